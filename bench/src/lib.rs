@@ -1,0 +1,1 @@
+//! Shared helpers for ltxfs benches. The benches themselves live in `benches/`.

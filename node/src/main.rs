@@ -1,0 +1,27 @@
+//! `ltxfs`: the production node binary. It only moves bytes between the world and `ltxfs-core`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "ltxfs", version, about = "SQLite replicated at the file-system layer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount the FUSE file system and run the node (the default with no arguments).
+    Mount,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Command::Mount) => {
+            eprintln!("ltxfs: the FUSE node is not built yet (see README status table)");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -11,7 +11,7 @@
 //! - [`chkindex`]: per-page checksums so a commit costs O(dirty pages); persist and reload.
 //! - [`catchup`]: what to send a lagging peer (nothing, one compacted LTX, or a snapshot).
 //! - [`retention`]: which retained LTX files may be deleted.
-//! - `node` (next): the node state machine.
+//! - [`node`]: the node state machine (lease roles, write path, replica apply, recovery).
 #![forbid(unsafe_code)]
 
 pub mod catchup;
@@ -21,3 +21,6 @@ pub mod ltx;
 pub mod msg;
 pub mod retention;
 pub mod time;
+pub mod node;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;

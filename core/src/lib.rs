@@ -12,6 +12,7 @@
 //! - [`catchup`]: what to send a lagging peer (nothing, one compacted LTX, or a snapshot).
 //! - [`retention`]: which retained LTX files may be deleted.
 //! - [`node`]: the node state machine (lease roles, write path, replica apply, recovery).
+//! - [`testing`]: an in-process cluster driver (perfect network, disk, lease service).
 #![forbid(unsafe_code)]
 
 pub mod catchup;
@@ -22,5 +23,6 @@ pub mod msg;
 pub mod retention;
 pub mod time;
 pub mod node;
+pub mod testing;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;

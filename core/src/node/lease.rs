@@ -245,6 +245,12 @@ impl Node {
             }
             return;
         }
+        if self.stream_retry_at.is_some_and(|t| t <= now) {
+            self.stream_retry_at = None;
+            if let Some(up) = self.upstream.filter(|p| self.connected.contains(p)) {
+                self.send_stream_request(up);
+            }
+        }
         if self.acquire_at.is_some_and(|t| t <= now) {
             self.acquire_at = None;
             if matches!(self.role, RoleState::Replica) && self.upstream.is_none() && self.is_candidate() {
@@ -257,7 +263,7 @@ impl Node {
         match self.role.primary() {
             Some(p) if !p.static_lease => Some(p.deadline.min(p.renew_at)),
             Some(_) => None,
-            None => self.acquire_at,
+            None => [self.acquire_at, self.stream_retry_at].into_iter().flatten().min(),
         }
     }
 

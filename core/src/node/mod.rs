@@ -91,6 +91,8 @@ pub struct Node {
     next_lease_request: u64,
     /// When a candidate without a known primary next tries to acquire.
     acquire_at: Option<Time>,
+    /// When a follower re-sends its stream request after the upstream refused it.
+    stream_retry_at: Option<Time>,
     heartbeat_at: Time,
     retention_at: Time,
     persist_at: Time,
@@ -122,6 +124,7 @@ impl Node {
             next_io: 1,
             next_lease_request: 1,
             acquire_at: None,
+            stream_retry_at: None,
             outputs: VecDeque::new(),
         };
         node.start_lease_role();
@@ -310,6 +313,10 @@ impl Node {
 
     fn on_error_message(&mut self, from: NodeId, code: crate::msg::ErrorCode) {
         self.event(Event::PeerRefused { peer: from, code });
+        if code == crate::msg::ErrorCode::NotPrimary && self.upstream == Some(from) {
+            // The lease watch can run ahead of the new primary learning it won: ask again later.
+            self.stream_retry_at = Some(self.now + self.config.heartbeat_interval);
+        }
     }
 
     fn on_peer_connected(&mut self, peer: NodeId) {

@@ -127,5 +127,17 @@ fn disconnected_replica_catches_up_on_reconnect() {
     c.input(N3, Input::PeerConnected { peer: N1 });
     c.run();
     assert_converged(&c, &a);
+    // One compacted LTX (TXIDs 2..=3) took node 3 from 1 to 3: no snapshot, no per-file stream.
+    let applied: Vec<u64> = c
+        .events_of(N3, |e| matches!(e, Event::Applied { .. }))
+        .iter()
+        .map(|e| match e {
+            Event::Applied { pos, .. } => pos.txid,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(applied, vec![1, 3]);
+    assert!(c.events_of(N1, |e| matches!(e, Event::SnapshotNeeded { .. })).is_empty());
+    assert!(c.nodes[&N3].disk.dbs[&a].ltx.contains_key(&(2, 3)));
 }
 

@@ -129,6 +129,14 @@ impl Node {
         if pd.sent == ours && !pd.force_snapshot {
             return;
         }
+        // A peer without the database and our newest file is a snapshot of it: send that.
+        let newest_is_snapshot = matches!(&d.last_ltx, Some((1, max, _)) if *max == ours.txid);
+        if pd.sent == Pos::ZERO && newest_is_snapshot && !pd.force_snapshot {
+            let bytes = d.last_ltx.as_ref().map(|l| l.2.clone()).expect("matched above");
+            pd.sent = ours;
+            self.send_ltx(peer, db, &bytes);
+            return;
+        }
         let decision = if pd.force_snapshot { CatchUp::Snapshot { reason: crate::catchup::SnapshotReason::NotRetained } } else { decide_catch_up(ours, pd.sent, &d.files) };
         match decision {
             CatchUp::UpToDate => {}

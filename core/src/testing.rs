@@ -85,7 +85,8 @@ impl FakeLease {
         FakeLease { ttl, holder: None, epoch: Epoch::ZERO, expires_at: Time::ZERO, reserved_for: None }
     }
 
-    fn expire(&mut self, now: Time) {
+    /// Drops the holder once its TTL has passed on the true clock.
+    pub fn expire(&mut self, now: Time) {
         if self.holder.is_some() && now >= self.expires_at {
             self.holder = None;
         }
@@ -148,8 +149,12 @@ pub struct Cluster {
     pub nodes: BTreeMap<NodeId, TestNode>,
     pub lease: FakeLease,
     pending: VecDeque<Delivery>,
-    /// Messages delivered so far (a perfect network loses none).
+    /// Messages delivered so far.
     pub messages_delivered: u64,
+    /// Cut links (both directions): messages across them are dropped.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes that cannot reach the lease service (requests dropped, no watch).
+    lease_unreachable: BTreeSet<NodeId>,
 }
 
 impl Cluster {
@@ -166,7 +171,15 @@ impl Cluster {
             let node = Node::new(config, id, Time::ZERO);
             nodes.insert(id, TestNode { node, disk: FakeDisk::default(), events: Vec::new() });
         }
-        let mut cluster = Cluster { now: Time::ZERO, nodes, lease: FakeLease::new(lease_ttl), pending: VecDeque::new(), messages_delivered: 0 };
+        let mut cluster = Cluster {
+            now: Time::ZERO,
+            nodes,
+            lease: FakeLease::new(lease_ttl),
+            pending: VecDeque::new(),
+            messages_delivered: 0,
+            cut: BTreeSet::new(),
+            lease_unreachable: BTreeSet::new(),
+        };
         for &a in &ids {
             for &b in &ids {
                 if a != b {
@@ -212,6 +225,8 @@ impl Cluster {
 
     fn deliver(&mut self, d: Delivery) {
         match d {
+            Delivery::Message { from, to, .. } if self.cut.contains(&(from, to)) => {}
+            Delivery::Lease { node, .. } | Delivery::Watch { node, .. } if self.lease_unreachable.contains(&node) => {}
             Delivery::Message { from, to, bytes } => {
                 let msg = Message::decode(&bytes).expect("nodes only send valid messages");
                 self.messages_delivered += 1;
@@ -226,14 +241,54 @@ impl Cluster {
                 let result = self.lease.handle(node, request.kind, self.now);
                 self.input(node, Input::LeaseReply { id: request.id, result });
                 if (self.lease.holder, self.lease.epoch) != before {
-                    let (holder, epoch) = (self.lease.holder, self.lease.epoch);
-                    for &id in self.nodes.keys() {
-                        self.pending.push_back(Delivery::Watch { node: id, holder, epoch });
-                    }
+                    self.broadcast_watch();
                 }
             }
             Delivery::Watch { node, holder, epoch } => self.input(node, Input::LeaseObserved { holder, epoch }),
         }
+    }
+
+    fn broadcast_watch(&mut self) {
+        let (holder, epoch) = (self.lease.holder, self.lease.epoch);
+        for &id in self.nodes.keys() {
+            self.pending.push_back(Delivery::Watch { node: id, holder, epoch });
+        }
+    }
+
+    /// Cuts the link between `a` and `b` both ways; both sides see a disconnection.
+    pub fn cut(&mut self, a: NodeId, b: NodeId) {
+        self.cut.insert((a, b));
+        self.cut.insert((b, a));
+        self.input(a, Input::PeerDisconnected { peer: b });
+        self.input(b, Input::PeerDisconnected { peer: a });
+    }
+
+    /// Restores the link between `a` and `b`.
+    pub fn heal(&mut self, a: NodeId, b: NodeId) {
+        self.cut.remove(&(a, b));
+        self.cut.remove(&(b, a));
+        self.input(a, Input::PeerConnected { peer: b });
+        self.input(b, Input::PeerConnected { peer: a });
+    }
+
+    /// Cuts `id` from every peer and from the lease service.
+    pub fn isolate(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
+        for p in others {
+            self.cut(id, p);
+        }
+        self.lease_unreachable.insert(id);
+    }
+
+    /// Undoes [`Cluster::isolate`]; the node then sees the lease service's current state.
+    pub fn rejoin(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self.nodes.keys().copied().filter(|p| *p != id).collect();
+        for p in others {
+            self.heal(id, p);
+        }
+        self.lease_unreachable.remove(&id);
+        let (holder, epoch) = (self.lease.holder, self.lease.epoch);
+        self.pending.push_back(Delivery::Watch { node: id, holder, epoch });
     }
 
     /// Moves time forward by `d`, firing every node timer on the way and running to quiescence
@@ -242,9 +297,14 @@ impl Cluster {
         let until = self.now + d;
         self.run();
         for _ in 0..STEPS_MAX {
-            let next = self.nodes.values().filter_map(|t| t.node.poll_timeout()).min();
+            let lease_expiry = self.lease.holder.map(|_| self.lease.expires_at);
+            let next = self.nodes.values().filter_map(|t| t.node.poll_timeout()).chain(lease_expiry).min();
             let Some(next) = next.filter(|t| *t <= until) else { break };
             self.now = self.now.max(next);
+            if lease_expiry.is_some_and(|t| t <= self.now) {
+                self.lease.expire(self.now);
+                self.broadcast_watch();
+            }
             let due: Vec<NodeId> = self.nodes.iter().filter(|(_, t)| t.node.poll_timeout().is_some_and(|x| x <= self.now)).map(|(id, _)| *id).collect();
             for id in due {
                 let now = self.now;

@@ -141,3 +141,88 @@ fn disconnected_replica_catches_up_on_reconnect() {
     assert!(c.nodes[&N3].disk.dbs[&a].ltx.contains_key(&(2, 3)));
 }
 
+
+/// Goal: when the primary disappears, a new primary takes over after the lease expires and its
+/// recovery phase fetches the writes it lacked from the most advanced replica, so no write that
+/// reached a live replica is lost. Method: node 3 is cut from node 1 (lags), node 2 is not a
+/// candidate; node 1 is then isolated; node 3 wins the lease and must fetch from node 2.
+#[test]
+fn failover_recovery_fetches_the_most_advanced_chain() {
+    let mut c = started(|id, cfg| {
+        if id == N2 {
+            cfg.lease = ltxfs_core::node::LeaseMode::Dynamic { candidate: false, clock_margin: Duration::from_secs(1) };
+        }
+    });
+    let a = db("a.db");
+    c.commit(N1, &a, PS, 2, &[(1, 1), (2, 2)]);
+    c.cut(N1, N3);
+    for i in 0..4u8 {
+        c.commit(N1, &a, PS, 2, &[(2, 10 + i)]);
+    }
+    let acked = c.node(N1).db_pos(&a).unwrap().pos;
+    assert_eq!(c.node(N2).db_pos(&a).unwrap().pos, acked);
+    assert_eq!(c.node(N3).db_pos(&a).unwrap().pos.txid, 1);
+    c.isolate(N1);
+    c.advance(Duration::from_secs(15));
+    assert_eq!(c.writable_primary(), Some(N3));
+    assert_eq!(c.node(N3).db_pos(&a).unwrap().pos, acked, "recovery fetched the writes node 3 lacked");
+    assert_eq!(c.nodes[&N3].disk.dbs[&a].image, c.nodes[&N2].disk.dbs[&a].image);
+    // The isolated node stopped writing at its deadline and reports it stepped down.
+    assert!(!c.events_of(N1, |e| matches!(e, Event::SteppedDown { .. })).is_empty());
+    c.commit(N3, &a, PS, 2, &[(1, 50)]);
+    c.rejoin(N1);
+    c.advance(Duration::from_secs(2));
+    let p3 = c.node(N3).db_pos(&a).unwrap();
+    for id in [N1, N2] {
+        assert_eq!(c.node(id).db_pos(&a).map(|p| p.pos), Some(p3.pos), "node {id}");
+    }
+}
+
+/// Goal: in sync mode a new primary never writes before it has heard from enough nodes to see
+/// every acknowledged commit. Method: node 2 acks node 1's commits while node 3 lags; nodes 1 and
+/// 2 then vanish together; node 3 wins the lease but waits (RecoveryWaiting) until node 2 is back,
+/// fetches the acked commits from it and only then accepts writes.
+#[test]
+fn sync_recovery_waits_for_a_quorum_and_loses_no_acked_commit() {
+    let mut c = started(|_, cfg| cfg.sync_replicas = 1);
+    let a = db("a.db");
+    c.commit(N1, &a, PS, 1, &[(1, 1)]);
+    c.cut(N1, N3);
+    for i in 0..3u8 {
+        c.commit(N1, &a, PS, 1, &[(1, 10 + i)]);
+    }
+    let acked = c.node(N1).db_pos(&a).unwrap().pos;
+    assert_eq!(c.events_of(N1, |e| matches!(e, Event::Committed { pos, .. } if *pos == acked)).len(), 1);
+    c.isolate(N1);
+    c.isolate(N2);
+    c.advance(Duration::from_secs(15));
+    assert_eq!(c.node(N3).role(), Role::Recovering);
+    assert_eq!(c.writable_primary(), None);
+    assert!(!c.events_of(N3, |e| matches!(e, Event::RecoveryWaiting { have: 1, need: 2 })).is_empty());
+    c.rejoin(N2);
+    c.advance(Duration::from_secs(2));
+    assert_eq!(c.writable_primary(), Some(N3));
+    assert_eq!(c.node(N3).db_pos(&a).unwrap().pos, acked, "the acked commits survived");
+}
+
+/// Goal: the planted `skip-recovery` bug is observable (the simulator relies on it): the same
+/// scenario as above lets node 3 write without the acked commits.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_skip_recovery_loses_acked_commits() {
+    use ltxfs_core::planted::{PlantedBug, PlantedBugs};
+    let mut c = started(|_, cfg| {
+        cfg.sync_replicas = 1;
+        cfg.planted = PlantedBugs::none().with(PlantedBug::SkipRecovery);
+    });
+    let a = db("a.db");
+    c.commit(N1, &a, PS, 1, &[(1, 1)]);
+    c.cut(N1, N3);
+    c.commit(N1, &a, PS, 1, &[(1, 10)]);
+    let acked = c.node(N1).db_pos(&a).unwrap().pos;
+    c.isolate(N1);
+    c.isolate(N2);
+    c.advance(Duration::from_secs(15));
+    assert_eq!(c.writable_primary(), Some(N3));
+    assert_ne!(c.node(N3).db_pos(&a).unwrap().pos, acked);
+}

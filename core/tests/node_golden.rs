@@ -516,3 +516,22 @@ fn checksum_index_reload_is_trusted_only_at_the_last_ltx_position() {
     assert_eq!(n.index_checksum(&db()), Some(p1.checksum));
     assert_eq!(n.db_pos(&db()).unwrap().pos, p1);
 }
+
+#[test]
+fn lease_lost_while_the_ltx_write_is_in_flight_reports_an_unknown_outcome() {
+    let mut n = primary_at_epoch_1(0);
+    n.handle_input(ms(200), commit_input(1, &[(1, 1)])).unwrap();
+    let write = drain(&mut n);
+    n.handle_input(ms(300), Input::LeaseObserved { holder: Some(N2), epoch: Epoch(2) }).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::SteppedDown { reason: StepDownReason::HigherEpoch, epoch: E1 }),
+            ev(Event::RoleChanged { role: Role::Replica, epoch: Epoch(2) }),
+        ]
+    );
+    n.handle_input(ms(400), done(io_id(&write[0]))).unwrap();
+    let pos = n.db_pos(&db()).unwrap().pos;
+    assert_eq!(pos.txid, 1);
+    assert_eq!(drain(&mut n), vec![ev(Event::CommitOutcomeUnknown { db: db(), pos })]);
+}

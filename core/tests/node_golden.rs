@@ -535,3 +535,18 @@ fn lease_lost_while_the_ltx_write_is_in_flight_reports_an_unknown_outcome() {
     assert_eq!(pos.txid, 1);
     assert_eq!(drain(&mut n), vec![ev(Event::CommitOutcomeUnknown { db: db(), pos })]);
 }
+
+#[test]
+fn invalid_local_commit_is_an_input_error_and_changes_nothing() {
+    let mut n = static_primary(0);
+    // Growth to 2 pages without writing page 2.
+    let err = n.handle_input(ms(1), commit_input(2, &[(1, 1)])).unwrap_err();
+    assert_eq!(
+        err,
+        InputError::InvalidCommit { db: db(), error: ltxfs_core::chkindex::IndexError::MissingGrowthPage { pgno: 2, commit: 2 } }
+    );
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()), None);
+    let err = n.handle_input(ms(1), Input::LocalCommit(LocalCommit { db: db(), page_size: 1000, commit: 1, pages: vec![], wall: WallMs(0) }));
+    assert_eq!(err, Err(InputError::BadPageSize(1000)));
+}

@@ -15,9 +15,26 @@
 //!    (debug builds assert it).
 //! 3. Ask [`Node::poll_timeout`] and call `handle_timeout` once that time is reached.
 //!
-//! Handlers are split by concern: [`lease`](self) (roles and deadlines), `primary` (write path,
-//! acks, handoff), `serve` (catch-up of peers), `replica` (applying LTX), `recovery` (the new
-//! primary's recovery phase), `housekeeping` (retention, index persistence, start-up loading).
+//! Handlers are split by concern, one private submodule each: `lease` (roles and deadlines),
+//! `primary` (write path, acks, handoff), `serve` (catch-up of peers), `replica` (applying LTX),
+//! `recovery` (the new primary's recovery phase), `housekeeping` (retention, index persistence,
+//! start-up loading). `api` holds the public vocabulary, re-exported here.
+//!
+//! # What the driver must guarantee
+//! - I/O commands of one database are executed in the order emitted; completions may interleave
+//!   across databases. `WriteLtx` completes only once the file is durable.
+//! - `Send` may be dropped while the peer is disconnected; report connectivity changes with
+//!   `PeerConnected` / `PeerDisconnected` (the node re-sends stream requests and queries then).
+//!   Messages between two connected nodes arrive in order (one ordered stream per pair).
+//! - Lease replies echo the request id; `LeaseObserved` reports the lease service's watch.
+//!
+//! # Known limits
+//! - LTX files, snapshots and database images travel in memory (`Vec<u8>`); the size of one
+//!   incoming file is bounded by `Config::ltx_bytes_max`.
+//! - A replica notices a dead primary through the lease watch or a disconnection, not through
+//!   missing heartbeats.
+//! - A database stopped by a checksum mismatch or an I/O failure stays stopped until the node is
+//!   restarted (events say why).
 
 /// `planted!(self, Name)`: whether the planted bug `Name` is switched on; always false unless
 /// the `planted-bugs` feature is compiled in.

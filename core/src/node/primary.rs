@@ -57,6 +57,16 @@ impl Node {
     }
 
     fn start_commit(&mut self, c: LocalCommit) -> Result<(), InputError> {
+        let created = !self.dbs.contains_key(&c.db);
+        let db = c.db.clone();
+        let result = self.start_commit_inner(c);
+        if result.is_err() && created {
+            self.dbs.remove(&db); // an invalid first commit leaves no trace
+        }
+        result
+    }
+
+    fn start_commit_inner(&mut self, c: LocalCommit) -> Result<(), InputError> {
         let epoch = self.epoch();
         let (compress, node_id, now) = (self.config.compress_ltx, self.id.0, self.now);
         let fresh = ChecksumIndex::new(c.page_size).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;

@@ -550,3 +550,11 @@ fn invalid_local_commit_is_an_input_error_and_changes_nothing() {
     let err = n.handle_input(ms(1), Input::LocalCommit(LocalCommit { db: db(), page_size: 1000, commit: 1, pages: vec![], wall: WallMs(0) }));
     assert_eq!(err, Err(InputError::BadPageSize(1000)));
 }
+
+#[test]
+fn messages_from_non_members_are_dropped() {
+    let mut n = static_primary(1);
+    let msg = Message::StreamRequest { epoch: E1, cluster_id: CLUSTER, node_id: NodeId(9), mode: StreamMode::Follow, positions: BTreeMap::new() };
+    n.handle_input(ms(5), Input::Receive { from: NodeId(9), msg }).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::UnknownPeer { peer: NodeId(9) })]);
+}

@@ -352,6 +352,8 @@ pub enum Event {
     /// An I/O command other than a commit write failed.
     IoFailed { db: DbName, error: IoErrorKind },
     HandoffFailed { to: NodeId },
+    /// A message from a node that is not a configured member was dropped.
+    UnknownPeer { peer: NodeId },
 }
 
 /// A misuse of the API by the driver (never caused by peer input: peer problems are events).

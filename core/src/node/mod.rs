@@ -310,6 +310,10 @@ impl Node {
         if from == self.id {
             return;
         }
+        if !self.config.peers.contains(&from) {
+            // Only configured members take part: this bounds per-peer state.
+            return self.event(Event::UnknownPeer { peer: from });
+        }
         match msg {
             Message::StreamRequest { epoch, cluster_id, node_id: _, mode, positions } => {
                 self.on_stream_request(from, epoch, cluster_id, mode, positions)

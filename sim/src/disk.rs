@@ -40,8 +40,10 @@ impl DbFile {
         if self.commit == 0 {
             return checksum::CHECKSUM_EMPTY;
         }
-        let lock = checksum::lock_pgno(self.page_size);
-        let zero = vec![0u8; self.page_size as usize];
+        // A file whose page size was never set cannot hold pages; use the smallest size.
+        let page_size = if self.page_size.is_power_of_two() { self.page_size } else { 512 };
+        let lock = checksum::lock_pgno(page_size);
+        let zero = vec![0u8; page_size as usize];
         let mut sum = checksum::DbChecksum::new();
         for pgno in 1..=self.commit {
             if pgno == lock {

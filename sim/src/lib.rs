@@ -8,10 +8,17 @@
 //! What this crate never does: change the core's behaviour (it only feeds inputs and carries out
 //! outputs), or read anything from the host besides scenario files.
 
+pub mod checker;
 pub mod clock;
 pub mod disk;
 pub mod lease;
 pub mod machine;
+pub mod model;
 pub mod net;
+pub mod random;
 pub mod rng;
+pub mod runner;
 pub mod scenario;
+pub mod trace;
+pub mod workload;
+pub mod world;

@@ -42,7 +42,12 @@ enum MachineKind {
 #[derive(Subcommand)]
 enum Command {
     /// Runs scenario files.
-    Scenario { files: Vec<PathBuf> },
+    Scenario {
+        files: Vec<PathBuf>,
+        /// Print every event.
+        #[arg(long)]
+        trace: bool,
+    },
     /// One random run.
     Run {
         #[arg(long)]
@@ -102,7 +107,7 @@ fn report_failure<M: Machine>(cli: &Cli, s: &scenario::Scenario, report: &sim::w
 
 fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
     match &cli.command {
-        Command::Scenario { files } => {
+        Command::Scenario { files, trace } => {
             let mut ok = true;
             for file in files {
                 let text = match std::fs::read_to_string(file) {
@@ -122,7 +127,10 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                     }
                 };
                 let started = Instant::now();
-                let report = runner::run::<M>(&s, false);
+                let report = runner::run::<M>(&s, *trace);
+                for line in report.trace_full.iter().flatten() {
+                    println!("{line}");
+                }
                 println!("{}: {}", file.display(), runner::summary(&report, started.elapsed().as_millis()));
                 if report.violation.is_some() {
                     ok = false;

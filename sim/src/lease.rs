@@ -57,6 +57,14 @@ impl LeaseService {
         (now < record.valid_until_us).then_some((epoch, record))
     }
 
+    /// What the watch reports at `now`: the live holder (or none) and the latest epoch.
+    pub fn observed(&self, now: TrueUs) -> (Option<NodeIdx>, u64) {
+        match self.live(now) {
+            Some((epoch, record)) => (Some(record.holder), epoch),
+            None => (None, self.next_epoch - 1),
+        }
+    }
+
     pub fn holder(&self, epoch: u64) -> Option<NodeIdx> {
         self.epochs.get(&epoch).map(|r| r.holder)
     }

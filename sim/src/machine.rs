@@ -63,6 +63,8 @@ pub enum LeaseResult {
     /// The lease named in the request is not (or no longer) the caller's.
     Lost { epoch: u64 },
     Released,
+    /// No answer within the client timeout: the request may or may not have taken effect.
+    Error,
 }
 
 /// An I/O command for the simulated disk. Every command is written, then (if `fsync`) made
@@ -98,6 +100,12 @@ pub enum MachineInput<M> {
     IoDone { id: u64, result: Result<IoValue, IoError> },
     LocalCommit { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, wall_ms: u64 },
     Handoff { to: NodeIdx },
+    /// The stream to `peer` is up (both ends running and reachable both ways).
+    PeerConnected { peer: NodeIdx },
+    /// The stream to `peer` broke (crash, partition); messages in flight on it are lost.
+    PeerDisconnected { peer: NodeIdx },
+    /// The lease service's watch: who holds the lease now (`None`: nobody) at `epoch`.
+    LeaseObserved { holder: Option<NodeIdx>, epoch: u64 },
 }
 
 /// What a node reports; the checkers' only window into the node besides [`Machine::view`].
@@ -144,6 +152,9 @@ pub struct MachineView {
 /// A sans-IO node the world can drive. Times are the node's local clock in microseconds.
 pub trait Machine: Sized {
     type Msg: Clone + Debug + Hash;
+    /// True if the node expects ordered streams per peer pair with `PeerConnected` /
+    /// `PeerDisconnected` (a lost message breaks the stream); false for datagram-like delivery.
+    const STREAMS: bool = false;
 
     /// Starts (or restarts) a node; `disk` holds only what survived (durable data).
     fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &SimDisk) -> Self;

@@ -577,6 +577,9 @@ impl Machine for ModelNode {
             MachineInput::LocalCommit { db, page_size, commit, pages, .. } => {
                 self.local_commit(now_us, db, page_size, commit, pages)
             }
+            MachineInput::PeerConnected { .. }
+            | MachineInput::PeerDisconnected { .. }
+            | MachineInput::LeaseObserved { .. } => {}
             MachineInput::Handoff { to } => {
                 if let Role::Primary { epoch, .. } = self.role {
                     if to != self.id {

@@ -45,7 +45,9 @@ pub enum Status {
 }
 
 enum Ev<Msg> {
-    Deliver { from: NodeIdx, from_inc: u32, to: NodeIdx, to_inc: u32, msg: Msg },
+    Deliver { from: NodeIdx, from_inc: u32, to: NodeIdx, to_inc: u32, gen: u64, msg: Msg },
+    /// A message on the stream (a, b) was lost: the stream breaks (TCP reset).
+    StreamBreak { a: NodeIdx, b: NodeIdx },
     LeaseRequest { from: NodeIdx, inc: u32, id: u64, op: LeaseOp },
     LeaseReply { to: NodeIdx, inc: u32, id: u64, result: LeaseResult },
     Timer { node: NodeIdx, token: u64 },
@@ -59,7 +61,17 @@ enum Ev<Msg> {
     Probe,
     /// SQLite's write lock is free again on (node, db): hand over the next waiting write.
     WriteReady { node: NodeIdx, db: String },
+    /// The lease client gives up on request `id`.
+    LeaseTimeout { node: NodeIdx, inc: u32, id: u64 },
+    /// The lease service's watch fires (periodically, and reports changes).
+    LeaseWatch { tick: u64 },
+    LeaseObserved { to: NodeIdx, inc: u32, holder: Option<NodeIdx>, epoch: u64 },
 }
+
+/// How long the lease client waits for an answer before reporting an error.
+const LEASE_TIMEOUT_US: u64 = 500_000;
+/// Period of the lease watch; every tenth tick re-sends the state even if unchanged.
+const LEASE_WATCH_US: u64 = 100_000;
 
 /// A client write waiting for SQLite's write lock: (history op index, the input to deliver).
 type WaitingWrite<Msg> = (usize, MachineInput<Msg>);
@@ -74,6 +86,8 @@ struct Slot<M: Machine> {
     timer: Option<(TrueUs, u64)>,
     io: BTreeMap<u64, IoKind>,
     disk_free_at: TrueUs,
+    /// Lease requests waiting for an answer.
+    lease_pending: std::collections::BTreeSet<u64>,
     /// Client writes handed to the node, per db, oldest first (op indices).
     writes_in_node: BTreeMap<String, VecDeque<usize>>,
     /// Client writes waiting for SQLite's write lock, per db.
@@ -118,6 +132,10 @@ pub struct World<M: Machine> {
     pub trace: Trace,
     healed: bool,
     converged: bool,
+    /// Streams that are up, as (lower, higher) node pairs, with a generation per pair: messages
+    /// sent on an older generation are lost.
+    streams: BTreeMap<(NodeIdx, NodeIdx), (bool, u64)>,
+    last_observed: Option<(Option<NodeIdx>, u64)>,
     probe_ok: bool,
     commits: u64,
 }
@@ -150,6 +168,7 @@ impl<M: Machine> World<M> {
                 timer: None,
                 io: BTreeMap::new(),
                 disk_free_at: 0,
+                lease_pending: std::collections::BTreeSet::new(),
                 writes_in_node: BTreeMap::new(),
                 writes_waiting: BTreeMap::new(),
             })
@@ -175,6 +194,8 @@ impl<M: Machine> World<M> {
             slots,
             healed: false,
             converged: false,
+            streams: BTreeMap::new(),
+            last_observed: None,
             probe_ok: false,
             commits: 0,
             scenario,
@@ -189,6 +210,7 @@ impl<M: Machine> World<M> {
         }
         world.push(ms(world.scenario.duration_ms), Ev::Heal);
         world.push(SWEEP_US, Ev::Sweep);
+        world.push(LEASE_WATCH_US, Ev::LeaseWatch { tick: 1 });
         world.schedule_client_write();
         world.schedule_client_read();
         for node in 0..nodes {
@@ -278,16 +300,25 @@ impl<M: Machine> World<M> {
 
     fn handle(&mut self, ev: Ev<M::Msg>) {
         match ev {
-            Ev::Deliver { from, from_inc, to, to_inc, msg } => {
+            Ev::StreamBreak { a, b } => {
+                let key = (a.min(b), a.max(b));
+                if self.streams.get(&key).is_some_and(|(up, _)| *up) {
+                    self.set_stream(key, false);
+                }
+            }
+            Ev::Deliver { from, from_inc, to, to_inc, gen, msg } => {
                 let slot = &self.slots[usize::from(to)];
-                let alive = slot.incarnation == to_inc && self.slots[usize::from(from)].incarnation == from_inc;
+                let same_stream = !M::STREAMS || self.streams.get(&(from.min(to), from.max(to))) == Some(&(true, gen));
+                let alive = same_stream
+                    && slot.incarnation == to_inc
+                    && self.slots[usize::from(from)].incarnation == from_inc;
                 let connected = self.net.connected(Peer::Node(from), Peer::Node(to));
                 if !alive || !connected {
                     return;
                 }
                 if self.net.is_clogged(Peer::Node(from), Peer::Node(to)) {
                     let at = self.now + 10_000;
-                    self.push(at, Ev::Deliver { from, from_inc, to, to_inc, msg });
+                    self.push(at, Ev::Deliver { from, from_inc, to, to_inc, gen, msg });
                     return;
                 }
                 let d = M::msg_digest(&msg);
@@ -323,12 +354,41 @@ impl<M: Machine> World<M> {
                 if self.slots[usize::from(to)].incarnation != inc || !self.net.connected(Peer::Lease, Peer::Node(to)) {
                     return;
                 }
+                if !self.slots[usize::from(to)].lease_pending.contains(&id) {
+                    return; // a duplicate, or the client already gave up
+                }
                 if self.net.is_clogged(Peer::Lease, Peer::Node(to)) {
                     self.push(self.now + 10_000, Ev::LeaseReply { to, inc, id, result });
                     return;
                 }
                 self.trace.record(self.now, &(3u8, to, id), || format!("n{} <- lease {result:?}", to + 1));
+                self.slots[usize::from(to)].lease_pending.remove(&id);
                 self.input(to, MachineInput::LeaseReply { id, result });
+            }
+            Ev::LeaseTimeout { node, inc, id } => {
+                let slot = &mut self.slots[usize::from(node)];
+                if slot.incarnation == inc && slot.lease_pending.remove(&id) {
+                    self.trace.record(self.now, &(11u8, node, id), || format!("n{} lease request {id} timed out", node + 1));
+                    self.input(node, MachineInput::LeaseReply { id, result: LeaseResult::Error });
+                }
+            }
+            Ev::LeaseWatch { tick } => {
+                self.push(self.now + LEASE_WATCH_US, Ev::LeaseWatch { tick: tick + 1 });
+                let observed = self.lease.observed(self.now);
+                if self.last_observed != Some(observed) || tick % 10 == 0 {
+                    self.last_observed = Some(observed);
+                    for to in 0..self.scenario.nodes {
+                        let inc = self.slots[usize::from(to)].incarnation;
+                        for at in self.net.schedule(&mut self.rng_net, self.now, Peer::Lease, Peer::Node(to)) {
+                            self.push(at, Ev::LeaseObserved { to, inc, holder: observed.0, epoch: observed.1 });
+                        }
+                    }
+                }
+            }
+            Ev::LeaseObserved { to, inc, holder, epoch } => {
+                if self.slots[usize::from(to)].incarnation == inc && self.net.connected(Peer::Lease, Peer::Node(to)) {
+                    self.input(to, MachineInput::LeaseObserved { holder, epoch });
+                }
             }
             Ev::Timer { node, token } => {
                 let slot = &mut self.slots[usize::from(node)];
@@ -393,6 +453,8 @@ impl<M: Machine> World<M> {
             }
             Ev::Sweep => {
                 self.push(self.now + SWEEP_US, Ev::Sweep);
+                // Broken streams reconnect here.
+                self.refresh_streams();
                 self.sweep();
             }
             Ev::Heal => self.heal(),
@@ -458,11 +520,24 @@ impl<M: Machine> World<M> {
                     return;
                 }
                 let to_inc = self.slots[usize::from(to)].incarnation;
-                for at in self.net.schedule(&mut self.rng_net, self.now, Peer::Node(node), Peer::Node(to)) {
-                    self.push(at, Ev::Deliver { from: node, from_inc: inc, to, to_inc, msg: msg.clone() });
+                let key = (node.min(to), node.max(to));
+                let gen = match self.streams.get(&key) {
+                    Some(&(true, gen)) => gen,
+                    _ if !M::STREAMS => 0,
+                    _ => return,
+                };
+                let arrivals = self.net.schedule(&mut self.rng_net, self.now, Peer::Node(node), Peer::Node(to));
+                if arrivals.is_empty() && M::STREAMS {
+                    // Lost on a stream: the connection breaks (not re-entrantly).
+                    self.push(self.now, Ev::StreamBreak { a: node, b: to });
+                }
+                for at in arrivals {
+                    self.push(at, Ev::Deliver { from: node, from_inc: inc, to, to_inc, gen, msg: msg.clone() });
                 }
             }
             MachineOutput::Lease { id, op } => {
+                self.slots[usize::from(node)].lease_pending.insert(id);
+                self.push(self.now + LEASE_TIMEOUT_US, Ev::LeaseTimeout { node, inc, id });
                 for at in self.net.schedule(&mut self.rng_net, self.now, Peer::Node(node), Peer::Lease) {
                     self.push(at, Ev::LeaseRequest { from: node, inc, id, op: op.clone() });
                 }
@@ -584,6 +659,46 @@ impl<M: Machine> World<M> {
         }
     }
 
+    /// Brings stream `key` up or down, bumping its generation (in-flight messages are lost) and
+    /// telling both live ends.
+    fn set_stream(&mut self, key: (NodeIdx, NodeIdx), up: bool) {
+        let entry = self.streams.entry(key).or_insert((false, 0));
+        entry.0 = up;
+        entry.1 += 1;
+        self.trace.record(self.now, &(12u8, key, up), || format!("stream n{}-n{} {}", key.0 + 1, key.1 + 1, if up { "up" } else { "down" }));
+        for (end, peer) in [(key.0, key.1), (key.1, key.0)] {
+            if !M::STREAMS || self.slots[usize::from(end)].status == Status::Crashed {
+                continue;
+            }
+            let input = if up { MachineInput::PeerConnected { peer } } else { MachineInput::PeerDisconnected { peer } };
+            self.input(end, input);
+        }
+    }
+
+    /// A stream between two nodes is up iff both run (or are paused) and can reach each other
+    /// both ways. Called after every change of processes or network, and periodically (so a
+    /// stream broken by a lost message reconnects).
+    fn refresh_streams(&mut self) {
+        let nodes = self.scenario.nodes;
+        let mut changes = Vec::new();
+        for a in 0..nodes {
+            for b in a + 1..nodes {
+                let alive = |n: NodeIdx| self.slots[usize::from(n)].status != Status::Crashed;
+                let want = alive(a)
+                    && alive(b)
+                    && self.net.connected(Peer::Node(a), Peer::Node(b))
+                    && self.net.connected(Peer::Node(b), Peer::Node(a));
+                let have = self.streams.get(&(a, b)).is_some_and(|(up, _)| *up);
+                if want != have {
+                    changes.push(((a, b), want));
+                }
+            }
+        }
+        for (key, up) in changes {
+            self.set_stream(key, up);
+        }
+    }
+
     fn start_node(&mut self, node: NodeIdx) {
         let local = self.local(node);
         let slot = &mut self.slots[usize::from(node)];
@@ -592,6 +707,7 @@ impl<M: Machine> World<M> {
         slot.status = Status::Running;
         self.trace.record(self.now, &(9u8, node), || format!("n{} started", node + 1));
         self.after_call(node, true);
+        self.refresh_streams();
     }
 
     fn crash(&mut self, node: NodeIdx) {
@@ -605,6 +721,7 @@ impl<M: Machine> World<M> {
         slot.disk.crash();
         slot.inbox.clear();
         slot.io.clear();
+        slot.lease_pending.clear();
         slot.timer = None;
         let in_node: Vec<usize> = std::mem::take(&mut slot.writes_in_node).into_values().flatten().collect();
         let waiting: Vec<usize> =
@@ -615,6 +732,7 @@ impl<M: Machine> World<M> {
         for op in waiting {
             self.finish_write(op, Outcome::Failed("node down".into()));
         }
+        self.refresh_streams();
     }
 
     fn pause(&mut self, node: NodeIdx) {
@@ -681,6 +799,7 @@ impl<M: Machine> World<M> {
             Action::Unclog { node } => self.net.unclog(*node),
             Action::Block { from, to } => self.net.block_oneway(*from, *to),
         }
+        self.refresh_streams();
     }
 
     /// End of the safety phase: heal everything, stop the random workload, start probing.
@@ -688,6 +807,7 @@ impl<M: Machine> World<M> {
         self.trace.record(self.now, &10u8, || "heal: liveness phase".to_string());
         self.healed = true;
         self.net.heal();
+        self.refresh_streams();
         for node in 0..self.scenario.nodes {
             self.slots[usize::from(node)].disk.disarm();
             match self.slots[usize::from(node)].status {

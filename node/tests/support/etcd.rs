@@ -1,0 +1,1 @@
+//! etcd test harness (filled in with the etcd backend).

@@ -1,10 +1,16 @@
 //! `ltxfs`: the production node binary. It only moves bytes between the world and `ltxfs-core`.
 
+mod config;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "ltxfs", version, about = "SQLite replicated at the file-system layer")]
+#[command(
+    name = "ltxfs",
+    version,
+    about = "SQLite replicated at the file-system layer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

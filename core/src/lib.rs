@@ -4,7 +4,9 @@
 //! an unseeded random number. Drivers (the production `node`, the deterministic `sim`, unit tests)
 //! feed it inputs with the current time as a value and carry out the commands it outputs.
 //!
+//! - [`detect`]: SQLite commit detection (all journal modes) and POSIX lock tables.
 //! - [`ltx`]: the LTX v1 file format (LiteFS / superfly/ltx v0.3.x), byte for byte.
 #![forbid(unsafe_code)]
 
+pub mod detect;
 pub mod ltx;

@@ -1,6 +1,7 @@
 //! `ltxfs`: the production node binary. It only moves bytes between the world and `ltxfs-core`.
 
 mod config;
+mod ltx_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Mount the FUSE file system and run the node (the default with no arguments).
     Mount,
+    /// Inspect, verify, build and apply LTX files.
+    Ltx(ltx_cmd::LtxArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,5 +32,6 @@ fn main() -> ExitCode {
             eprintln!("ltxfs: the FUSE node is not built yet (see README status table)");
             ExitCode::from(2)
         }
+        Some(Command::Ltx(args)) => ltx_cmd::run(args),
     }
 }

@@ -1,0 +1,249 @@
+//! Streaming LTX encoder: header, pages, trailer, with every encoder rule of §1.2/§1.7 enforced.
+//!
+//! It decides only whether a page or trailer is allowed; it never buffers more than the LZ4
+//! block it is filling, and does no I/O beyond the `Write` it is handed.
+
+use super::checksum::{page_checksum, DbChecksum, Hasher, CHECKSUM_FLAG};
+use super::{validate_post_apply, Header, LtxError, Trailer, HEADER_SIZE};
+use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+use std::io::Write;
+
+/// The LZ4 frame options superfly/ltx v0.3.14 uses through pierrec/lz4 v4: 64 KiB independent
+/// blocks, content checksum on, block checksums off, no content size. The frame descriptor bytes
+/// are therefore `04 22 4d 18 64 40 <hc>`, the same as LiteFS writes.
+pub(crate) fn lz4_frame_info() -> FrameInfo {
+    FrameInfo::new()
+        .block_size(BlockSize::Max64KB)
+        .block_mode(BlockMode::Independent)
+        .content_checksum(true)
+        .block_checksums(false)
+        .content_size(None)
+}
+
+/// Tracks the page-number rules of a page block (shared by encoder and decoder).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageRules {
+    commit: u32,
+    lock_pgno: u32,
+    snapshot: bool,
+    /// The last accepted page number; 0 before the first page.
+    prev_pgno: u32,
+}
+
+impl PageRules {
+    pub(crate) fn new(header: &Header) -> Self {
+        PageRules {
+            commit: header.commit,
+            lock_pgno: header.lock_pgno(),
+            snapshot: header.is_snapshot(),
+            prev_pgno: 0,
+        }
+    }
+
+    /// Accepts `pgno` as the next page or names the rule it breaks.
+    pub(crate) fn accept(&mut self, pgno: u32) -> Result<(), LtxError> {
+        if pgno == 0 {
+            return Err(LtxError::PageNumberZero);
+        }
+        if pgno > self.commit {
+            return Err(LtxError::PageOutOfBounds {
+                pgno,
+                commit: self.commit,
+            });
+        }
+        if pgno == self.lock_pgno {
+            return Err(LtxError::LockPage(pgno));
+        }
+        let prev = self.prev_pgno;
+        if self.snapshot {
+            if prev == 0 {
+                if pgno != 1 {
+                    return Err(LtxError::SnapshotStartNotOne(pgno));
+                }
+            } else {
+                let step = if prev.checked_add(1) == Some(self.lock_pgno) {
+                    2
+                } else {
+                    1
+                };
+                if prev.checked_add(step) != Some(pgno) {
+                    return Err(LtxError::SnapshotNotSequential { prev, pgno });
+                }
+            }
+        } else if prev >= pgno {
+            return Err(LtxError::PagesOutOfOrder { prev, pgno });
+        }
+        self.prev_pgno = pgno;
+        Ok(())
+    }
+
+    /// At the end of the page block: a snapshot must have reached its commit page.
+    pub(crate) fn check_end(&self) -> Result<(), LtxError> {
+        if !self.snapshot {
+            return Ok(());
+        }
+        let expected_last = if self.commit == self.lock_pgno {
+            self.commit - 1
+        } else {
+            self.commit
+        };
+        if self.prev_pgno != expected_last {
+            return Err(LtxError::SnapshotIncomplete {
+                last: self.prev_pgno,
+                commit: self.commit,
+            });
+        }
+        Ok(())
+    }
+}
+
+enum Sink<W: Write> {
+    Raw(W),
+    Lz4(Box<FrameEncoder<W>>),
+}
+
+impl<W: Write> Sink<W> {
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Raw(w) => w.write_all(b),
+            Sink::Lz4(w) => w.write_all(b),
+        }
+    }
+}
+
+/// Writes one LTX file to `W`. Create with [`Encoder::new`], add pages in order with
+/// [`Encoder::encode_page`], end with [`Encoder::finish`].
+pub struct Encoder<W: Write> {
+    sink: Sink<W>,
+    header: Header,
+    hasher: Hasher,
+    rules: PageRules,
+    /// Recomputed database checksum, kept for snapshots only.
+    db_sum: DbChecksum,
+    pages_written: u64,
+    failed: bool,
+}
+
+impl<W: Write> std::fmt::Debug for Encoder<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("header", &self.header)
+            .field("pages_written", &self.pages_written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> Encoder<W> {
+    /// Validates `header` and writes it.
+    pub fn new(mut w: W, header: Header) -> Result<Self, LtxError> {
+        header.validate()?;
+        let bytes: [u8; HEADER_SIZE] = header.to_bytes();
+        w.write_all(&bytes)?;
+        let mut hasher = Hasher::new();
+        hasher.update(&bytes);
+        let sink = if header.is_compressed() {
+            Sink::Lz4(Box::new(FrameEncoder::with_frame_info(lz4_frame_info(), w)))
+        } else {
+            Sink::Raw(w)
+        };
+        Ok(Encoder {
+            sink,
+            header,
+            hasher,
+            rules: PageRules::new(&header),
+            db_sum: DbChecksum::new(),
+            pages_written: 0,
+            failed: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn pages_written(&self) -> u64 {
+        self.pages_written
+    }
+
+    /// Adds one page. A page that breaks a rule is refused and the encoder stays usable; a write
+    /// error makes it unusable.
+    pub fn encode_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), LtxError> {
+        if self.failed {
+            return Err(LtxError::EncoderFailed);
+        }
+        if data.len() != self.header.page_size as usize {
+            return Err(LtxError::PageBufferSize {
+                len: data.len(),
+                page_size: self.header.page_size,
+            });
+        }
+        let mut rules = self.rules;
+        rules.accept(pgno)?;
+        let pgno_bytes = pgno.to_be_bytes();
+        if let Err(e) = self
+            .sink
+            .write_all(&pgno_bytes)
+            .and_then(|()| self.sink.write_all(data))
+        {
+            self.failed = true;
+            return Err(e.into());
+        }
+        self.rules = rules;
+        self.hasher.update(&pgno_bytes);
+        self.hasher.update(data);
+        if self.header.is_snapshot() {
+            self.db_sum.toggle(page_checksum(pgno, data));
+        }
+        self.pages_written += 1;
+        Ok(())
+    }
+
+    /// Ends the page block and writes the trailer. Refuses a post-apply checksum the format
+    /// forbids, an incomplete snapshot, and a snapshot whose pages do not sum to it.
+    pub fn finish(self, post_apply_checksum: u64) -> Result<(W, Trailer), LtxError> {
+        if self.failed {
+            return Err(LtxError::EncoderFailed);
+        }
+        validate_post_apply(post_apply_checksum)?;
+        if self.header.commit == 0 && post_apply_checksum != CHECKSUM_FLAG {
+            return Err(LtxError::DeletionPostApplyNotEmpty(post_apply_checksum));
+        }
+        self.rules.check_end()?;
+        if self.header.is_snapshot() && self.db_sum.value() != post_apply_checksum {
+            return Err(LtxError::SnapshotChecksumMismatch {
+                stored: post_apply_checksum,
+                computed: self.db_sum.value(),
+            });
+        }
+        let mut hasher = self.hasher;
+        let zero = [0u8; 4];
+        hasher.update(&zero);
+        let mut sink = self.sink;
+        sink.write_all(&zero)?;
+        let mut w = match sink {
+            Sink::Raw(w) => w,
+            Sink::Lz4(enc) => enc.finish().map_err(|e| super::error::lz4_error(&e))?,
+        };
+        hasher.update(&post_apply_checksum.to_be_bytes());
+        let trailer = Trailer {
+            post_apply_checksum,
+            file_checksum: hasher.finish_flagged(),
+        };
+        w.write_all(&trailer.to_bytes())?;
+        Ok((w, trailer))
+    }
+}
+
+/// Encodes a whole file into memory. Pages must obey the encoder rules (ascending; a snapshot
+/// every page `1..=commit` but the lock page).
+pub fn encode_to_vec<'a>(
+    header: Header,
+    pages: impl IntoIterator<Item = (u32, &'a [u8])>,
+    post_apply_checksum: u64,
+) -> Result<Vec<u8>, LtxError> {
+    let mut enc = Encoder::new(Vec::new(), header)?;
+    for (pgno, data) in pages {
+        enc.encode_page(pgno, data)?;
+    }
+    Ok(enc.finish(post_apply_checksum)?.0)
+}

@@ -867,6 +867,22 @@ impl Filesystem for LtxFs {
         reply.ok();
     }
 
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let state = self.state();
+        if let Err(err) = state.attr(ino) {
+            return reply.error(err);
+        }
+        let wants_write = mask.bits() & libc::W_OK != 0;
+        let read_only = state.opts.replica
+            || ino.0 == LAG_INO
+            || ino.0 == PRIMARY_INO
+            || matches!(state.resolve(ino), Some((_, Kind::Pos)));
+        if wants_write && read_only && ino.0 != ROOT_INO {
+            return reply.error(Errno::EACCES);
+        }
+        reply.ok();
+    }
+
     fn getxattr(
         &self,
         _req: &Request,

@@ -121,8 +121,9 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
             Some(pid)
         }
         None => {
+            // Tests wait for this line: it is printed once the mount serves requests.
+            println!("ltxfs: {role} node mounted at {}", fuse_dir.display());
             if request.hint {
-                println!("ltxfs: {role} node mounted at {}", fuse_dir.display());
                 println!("  data:  {}", data_dir.display());
                 println!("  try:   sqlite3 {}", fuse_dir.join("app.db").display());
                 println!("  stop:  Ctrl-C (unmounts cleanly)");

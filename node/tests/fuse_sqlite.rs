@@ -447,3 +447,51 @@ fn mount_runs_a_command_and_exits_with_its_code() {
         "unmounted after the command exited"
     );
 }
+
+/// Regenerates `core/tests/data/<mode>.ops`: every commit-detector input of a fixed workload,
+/// recorded through the real mount. Run with `cargo test -p node --test fuse_sqlite -- --ignored`
+/// after changing what the FUSE layer feeds the detector; core's `recorded_sqlite_runs` replays them.
+#[test]
+#[ignore = "regenerates committed fixtures; run by hand"]
+fn record_detector_fixtures() {
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for mode in ["DELETE", "TRUNCATE", "PERSIST", "WAL"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let record = root.join("ops");
+        let node = Node {
+            mnt: root.join("mnt"),
+            data: root.join("data"),
+            root,
+            _dir: dir,
+            child: None,
+        }
+        .launch(true, Some(&record));
+        let conn = Connection::open(node.db("app.db")).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA page_size=512; PRAGMA journal_mode={mode};"
+        ))
+        .unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        for i in 0..3 {
+            conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        conn.execute_batch("BEGIN; INSERT INTO t VALUES ('rolled back'); ROLLBACK;")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (?1)", [99]).unwrap();
+        drop(conn);
+        let expected = 5 + usize::from(mode == "WAL");
+        assert_eq!(node.ltx_count("app.db"), expected);
+        let text = std::fs::read_to_string(record.join("app.db.ops")).unwrap();
+        let header = format!(
+            "# ltxfs detector recording: journal_mode={mode}, page_size=512; PRAGMA, CREATE TABLE, 3 INSERTs,\n\
+             # a ROLLBACK, 1 INSERT, close. Expected commits: {expected}.\n"
+        );
+        std::fs::write(
+            out_dir.join(format!("{}.ops", mode.to_lowercase())),
+            header + &text,
+        )
+        .unwrap();
+    }
+}

@@ -27,6 +27,8 @@ fn require_tools() {
     }
 }
 
+type DecodedLtx = (ltx::Header, Vec<(u32, Vec<u8>)>, ltx::Trailer);
+
 /// One `ltxfs mount` process on a private temp dir; unmounted on drop.
 struct Node {
     _dir: tempfile::TempDir,
@@ -108,7 +110,7 @@ impl Node {
     }
 
     /// LTX files of a database, in TXID order, decoded.
-    fn ltx_files(&self, name: &str) -> Vec<(ltx::Header, Vec<(u32, Vec<u8>)>, ltx::Trailer)> {
+    fn ltx_files(&self, name: &str) -> Vec<DecodedLtx> {
         let dir = self.backing(name).join("ltx");
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -242,11 +244,23 @@ fn journal_mode_round_trip(mode: &str) {
     // A bigger transaction (several pages) and the sqlite3 CLI in another process.
     conn.execute_batch("BEGIN; WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<300) INSERT INTO t(v) SELECT hex(randomblob(64)) FROM c; COMMIT;").unwrap();
     txs += 1;
+    // WAL: a checkpoint that truncates the WAL, then one that only restarts it (new salts, stale
+    // frames left behind); both must keep the chain going. No-ops in rollback-journal modes.
+    conn.execute_batch(
+        "PRAGMA wal_checkpoint(TRUNCATE); INSERT INTO t(v) VALUES ('after truncate');",
+    )
+    .unwrap();
+    conn.execute_batch(
+        "PRAGMA wal_checkpoint(RESTART); INSERT INTO t(v) VALUES ('after restart');",
+    )
+    .unwrap();
+    txs += 2;
+    assert_eq!(node.ltx_count("app.db"), txs);
     drop(conn);
     sqlite3(&path, &format!("PRAGMA journal_mode={mode}; INSERT INTO t(v) VALUES ('cli 1'); INSERT INTO t(v) VALUES ('cli 2');"));
     txs += 2;
     let out = sqlite3(&path, "SELECT count(*) FROM t; PRAGMA integrity_check;");
-    assert_eq!(out, "307\nok\n");
+    assert_eq!(out, "309\nok\n");
     if mode == "WAL" {
         // Every connection is closed: SQLite checkpointed and removed the WAL.
         assert!(
@@ -494,4 +508,14 @@ fn record_detector_fixtures() {
         )
         .unwrap();
     }
+}
+
+#[test]
+fn two_writer_processes_truncate_mode() {
+    two_writer_processes("TRUNCATE");
+}
+
+#[test]
+fn two_writer_processes_persist_mode() {
+    two_writer_processes("PERSIST");
 }

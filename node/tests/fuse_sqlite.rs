@@ -519,3 +519,46 @@ fn two_writer_processes_truncate_mode() {
 fn two_writer_processes_persist_mode() {
     two_writer_processes("PERSIST");
 }
+
+#[test]
+fn no_arguments_mounts_the_embedded_default_and_sigint_unmounts() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ltxfs"))
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = String::new();
+    for _ in 0..4 {
+        text.push_str(&lines.next().unwrap().unwrap());
+        text.push('\n');
+    }
+    assert!(
+        text.contains("primary node mounted at ./ltxfs/mnt"),
+        "{text}"
+    );
+    assert!(text.contains("sqlite3 ./ltxfs/mnt/app.db"), "{text}");
+    let mnt = dir.path().join("ltxfs/mnt");
+    assert_eq!(
+        sqlite3(&mnt.join("app.db"), "CREATE TABLE t(x); SELECT 1;"),
+        "1\n"
+    );
+    assert!(
+        dir.path()
+            .join("ltxfs/data/dbs/app.db/ltx")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "unmounted on SIGINT"
+    );
+}

@@ -725,6 +725,29 @@ exec:
     }
 
     #[test]
+    fn example_cluster_configs_are_valid() {
+        let env = |name: &str| (name == "NODE_DIR").then(|| "/tmp/demo".to_string());
+        let primary = Config::parse(include_str!("../../examples/primary.yml"), &env).unwrap();
+        assert!(primary.lease.candidate);
+        assert_eq!(primary.fuse.dir, PathBuf::from("/tmp/demo/primary/mnt"));
+        let mut addrs = vec![primary.http.addr.clone()];
+        for text in [
+            include_str!("../../examples/replica1.yml"),
+            include_str!("../../examples/replica2.yml"),
+        ] {
+            let replica = Config::parse(text, &env).unwrap();
+            assert!(!replica.lease.candidate);
+            assert_eq!(
+                replica.lease.advertise_url.as_deref(),
+                Some("http://127.0.0.1:20202")
+            );
+            addrs.push(replica.http.addr.clone());
+        }
+        addrs.dedup();
+        assert_eq!(addrs.len(), 3, "each node listens on its own port");
+    }
+
+    #[test]
     fn expansion_keeps_literal_dollars() {
         assert_eq!(
             expand_env("a$$b $1 ${NODE}x $NODE.y", &env).unwrap(),

@@ -1,0 +1,114 @@
+//! Identifiers shared by every part of the node: [`NodeId`], [`Epoch`], [`ClusterId`],
+//! [`DbName`].
+//!
+//! This module decides only what a well-formed identifier is (a database name's length and
+//! characters); it never assigns identifiers — node ids and cluster ids come from configuration,
+//! epochs from the lease service.
+
+use std::fmt;
+
+/// A node of the cluster. Printed `%016X` as LiteFS prints node ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+/// A lease epoch: the fencing token the lease service grants, strictly increasing per lease key.
+/// Epoch 0 means "no lease ever seen".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    pub const ZERO: Epoch = Epoch(0);
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "e{}", self.0)
+    }
+}
+
+/// The cluster a node belongs to; nodes of different clusters never stream to each other
+/// (LiteFS #331). Printed as LiteFS prints cluster ids: `LFSC` + 16 uppercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ClusterId(pub u64);
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LFSC{:016X}", self.0)
+    }
+}
+
+/// Longest database name accepted, in bytes.
+pub const DB_NAME_BYTES_MAX: usize = 255;
+
+/// A database name: 1..=255 bytes of UTF-8, no `/`, no NUL, not `.` or `..` (it is a file name
+/// in the mount's flat root directory).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DbName(String);
+
+/// Why a string is not a valid [`DbName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbNameError {
+    #[error("database name is empty")]
+    Empty,
+    #[error("database name is {0} bytes, more than {DB_NAME_BYTES_MAX}")]
+    TooLong(usize),
+    #[error("database name contains '/' or NUL")]
+    BadCharacter,
+    #[error("database name is '.' or '..'")]
+    DotName,
+}
+
+impl DbName {
+    pub fn new(name: impl Into<String>) -> Result<DbName, DbNameError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(DbNameError::Empty);
+        }
+        if name.len() > DB_NAME_BYTES_MAX {
+            return Err(DbNameError::TooLong(name.len()));
+        }
+        if name.bytes().any(|b| b == b'/' || b == 0) {
+            return Err(DbNameError::BadCharacter);
+        }
+        if name == "." || name == ".." {
+            return Err(DbNameError::DotName);
+        }
+        Ok(DbName(name))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DbName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_names_are_validated() {
+        assert_eq!(DbName::new("app.db").map(|n| n.to_string()), Ok("app.db".to_string()));
+        assert_eq!(DbName::new(""), Err(DbNameError::Empty));
+        assert_eq!(DbName::new("a/b"), Err(DbNameError::BadCharacter));
+        assert_eq!(DbName::new(".."), Err(DbNameError::DotName));
+        assert_eq!(DbName::new("x".repeat(256)), Err(DbNameError::TooLong(256)));
+        assert!(DbName::new("x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn ids_print_like_litefs() {
+        assert_eq!(NodeId(0xab).to_string(), "00000000000000AB");
+        assert_eq!(ClusterId(1).to_string(), "LFSC0000000000000001");
+    }
+}

@@ -1,0 +1,131 @@
+//! Start-up loading of databases, checksum index persistence and retention.
+//!
+//! It decides whether a persisted checksum index can be trusted (it must decode, add up, and
+//! belong to exactly the last LTX's post-apply position — otherwise the database is read in full
+//! and the index recomputed), when changed indexes are persisted, and which retained LTX files
+//! retention deletes (never one a follower still needs within the size budget). It never reads
+//! or deletes anything itself: those are I/O commands.
+
+use crate::chkindex::ChecksumIndex;
+use crate::ids::DbName;
+use crate::ltx::Pos;
+use crate::retention::decide_retention;
+
+use super::db::{Db, DbState};
+use super::*;
+
+impl Node {
+    pub(super) fn on_open_db(&mut self, o: OpenDb) -> Result<(), InputError> {
+        if self.dbs.contains_key(&o.db) {
+            return Err(InputError::DbAlreadyOpen(o.db));
+        }
+        let mut d = Db::new(ChecksumIndex::new(o.page_size).map_err(|_| InputError::BadPageSize(o.page_size))?);
+        d.pos = o.pos;
+        d.pos_epoch = o.epoch;
+        for f in o.files {
+            d.files.insert(f.min_txid, f);
+        }
+        self.highest_epoch = self.highest_epoch.max(o.epoch);
+        let loaded = o.checksum_index.as_deref().map(ChecksumIndex::decode);
+        match loaded {
+            _ if o.pos.txid == 0 => {}
+            Some(Ok((pos, index))) if pos == o.pos && index.page_size() == o.page_size && index.checksum() == o.pos.checksum => {
+                d.index = index;
+            }
+            _ => {
+                d.state = DbState::Loading;
+                self.event(Event::ChecksumIndexRebuilt { db: o.db.clone() });
+                self.io(IoKind::ReadDatabase { db: o.db.clone() }, IoPurpose::LoadIndex { db: o.db.clone() });
+            }
+        }
+        self.dbs.insert(o.db, d);
+        Ok(())
+    }
+
+    pub(super) fn on_index_image(&mut self, db: DbName, result: Result<IoOutcome, IoErrorKind>) {
+        let d = self.dbs.get_mut(&db).expect("loading an open database");
+        assert!(matches!(d.state, DbState::Loading));
+        let index = match result {
+            Ok(IoOutcome::Database(image)) => ChecksumIndex::from_image(d.page_size, &image).map_err(|_| IoErrorKind::Failed),
+            Ok(_) => Err(IoErrorKind::Failed),
+            Err(e) => Err(e),
+        };
+        let index = match index {
+            Ok(index) => index,
+            Err(error) => {
+                d.state = DbState::Halted;
+                return self.event(Event::IoFailed { db, error });
+            }
+        };
+        d.state = DbState::Idle;
+        let expected = d.pos.checksum;
+        let actual = index.checksum();
+        d.index = index;
+        d.index_dirty = true;
+        if actual != expected {
+            // The file is not at its last LTX's position: forget the position so the primary
+            // sends a snapshot (retained files stay listed so the snapshot deletes them).
+            d.pos = Pos::ZERO;
+            d.pos_epoch = crate::ids::Epoch::ZERO;
+            self.event(Event::ChecksumMismatch { db: db.clone(), expected, actual });
+        }
+        if let Some(up) = self.upstream.filter(|_| self.role.is_follower()) {
+            if self.connected.contains(&up) {
+                self.send_stream_request(up);
+            }
+        }
+    }
+
+    /// Persists the index of every idle database whose position changed (all of them if `all`).
+    pub(super) fn persist_indexes(&mut self, all: bool) {
+        let mut writes = Vec::new();
+        for (name, d) in self.dbs.iter_mut() {
+            if (d.index_dirty || all) && d.is_idle() && d.pos.txid > 0 {
+                d.index_dirty = false;
+                writes.push((name.clone(), d.index.encode(d.pos)));
+            }
+        }
+        for (db, bytes) in writes {
+            self.io(IoKind::WriteChecksumIndex { db: db.clone(), bytes }, IoPurpose::Housekeeping { db });
+        }
+    }
+
+    pub(super) fn housekeeping_timers(&mut self) {
+        let now = self.now;
+        if now >= self.persist_at {
+            self.persist_at = now + self.config.checksum_index_persist_interval;
+            self.persist_indexes(false);
+        }
+        if now >= self.retention_at {
+            self.retention_at = now + self.config.retention_interval;
+            self.enforce_retention();
+        }
+    }
+
+    /// The lowest TXID a follower still needs of `db`.
+    fn needed_from_txid(&self, db: &DbName, ours: Pos) -> Option<u64> {
+        self.followers
+            .values()
+            .filter_map(|f| f.dbs.get(db))
+            .filter(|pd| pd.acked.txid < ours.txid)
+            .map(|pd| pd.acked.txid + 1)
+            .min()
+    }
+
+    fn enforce_retention(&mut self) {
+        let names: Vec<DbName> = self.dbs.keys().cloned().collect();
+        for db in names {
+            let d = &self.dbs[&db];
+            let needed = self.needed_from_txid(&db, d.pos);
+            let delete = decide_retention(&d.files, self.now, self.config.retention, needed);
+            if delete.is_empty() {
+                continue;
+            }
+            let d = self.dbs.get_mut(&db).expect("listed");
+            for (min, _) in &delete {
+                d.files.remove(min);
+            }
+            self.io(IoKind::DeleteLtx { db: db.clone(), files: delete }, IoPurpose::Housekeeping { db });
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The recovery phase of a newly elected primary: before accepting writes it learns the
+//! positions of enough nodes and catches up to the most advanced chain among them.
+//!
+//! It decides how many answers are enough (`cluster_size − sync_replicas`, counting itself, so the
+//! answer set intersects every ack set; in async mode, all peers but bounded by one heartbeat
+//! interval), which peer holds the best chain of each database (highest lineage epoch, then
+//! highest TXID), and when the phase is over. It never shrinks the required count when nodes die
+//! (the cluster size is configured) and never lets a sync-mode primary write before it has them:
+//! it reports [`Event::RecoveryWaiting`] instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ids::{ClusterId, DbName, Epoch, NodeId};
+use crate::msg::{DbPos, Message, StreamMode};
+use crate::time::Time;
+
+use super::lease::Phase;
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(super) struct Recovery {
+    started: Time,
+    /// When to report progress (sync) or stop waiting (async).
+    tick_at: Time,
+    answers: BTreeMap<NodeId, BTreeMap<DbName, DbPos>>,
+    /// Sources we fetch from, each with the databases it serves; `None` while still asking.
+    fetching: Option<BTreeMap<NodeId, BTreeSet<DbName>>>,
+    fetch_until: Time,
+}
+
+impl Recovery {
+    pub(super) fn new(now: Time) -> Recovery {
+        Recovery { started: now, tick_at: now, answers: BTreeMap::new(), fetching: None, fetch_until: Time::MAX }
+    }
+}
+
+impl Node {
+    fn recovery(&self) -> Option<&Recovery> {
+        match &self.role.primary()?.phase {
+            Phase::Recovering(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn recovery_mut(&mut self) -> Option<&mut Recovery> {
+        match &mut self.role.primary_mut()?.phase {
+            Phase::Recovering(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Answers needed, this node included.
+    fn recovery_need(&self) -> usize {
+        self.config.cluster_size() - self.config.sync_replicas as usize
+    }
+
+    fn is_sync(&self) -> bool {
+        self.config.sync_replicas > 0
+    }
+
+    pub(super) fn start_recovery(&mut self) {
+        if planted!(self, SkipRecovery) {
+            return self.complete_recovery();
+        }
+        let tick = self.now + self.config.heartbeat_interval;
+        if let Some(r) = self.recovery_mut() {
+            r.tick_at = tick;
+        }
+        let peers: Vec<NodeId> = self.config.peers.iter().copied().collect();
+        for peer in peers {
+            self.send_position_query(peer);
+        }
+        self.check_answers();
+    }
+
+    fn send_position_query(&mut self, peer: NodeId) {
+        let msg = Message::PositionQuery { epoch: self.epoch(), cluster_id: self.config.cluster_id };
+        self.send(peer, msg);
+    }
+
+    pub(super) fn on_position_query(&mut self, from: NodeId, epoch: Epoch, cluster_id: ClusterId) {
+        if cluster_id != self.config.cluster_id {
+            return self.refuse_cluster(from, cluster_id);
+        }
+        if !self.accept_epoch(from, epoch) {
+            return;
+        }
+        let msg = Message::PositionAnswer { epoch: self.epoch(), cluster_id, positions: self.db_positions() };
+        self.send(from, msg);
+    }
+
+    pub(super) fn on_position_answer(&mut self, from: NodeId, epoch: Epoch, cluster_id: ClusterId, positions: BTreeMap<DbName, DbPos>) {
+        if cluster_id != self.config.cluster_id {
+            return self.event(Event::ClusterMismatch { peer: from, theirs: cluster_id });
+        }
+        if !self.accept_epoch(from, epoch) {
+            return;
+        }
+        let Some(r) = self.recovery_mut() else { return };
+        if r.fetching.is_some() {
+            return;
+        }
+        r.answers.insert(from, positions);
+        self.check_answers();
+    }
+
+    fn check_answers(&mut self) {
+        let need = self.recovery_need();
+        let all = self.config.cluster_size();
+        let Some(r) = self.recovery() else { return };
+        let have = r.answers.len() + 1;
+        let enough = if self.is_sync() { have >= need } else { have >= all };
+        if enough {
+            self.decide_recovery();
+        }
+    }
+
+    /// Picks, per database, the best chain among the answers and fetches what we lack.
+    fn decide_recovery(&mut self) {
+        let Some(r) = self.recovery() else { return };
+        let mut best: BTreeMap<DbName, (Epoch, u64, NodeId)> = BTreeMap::new();
+        for (peer, positions) in &r.answers {
+            for (db, p) in positions {
+                let candidate = (p.epoch, p.pos.txid, *peer);
+                let entry = best.entry(db.clone()).or_insert(candidate);
+                if (candidate.0, candidate.1) > (entry.0, entry.1) {
+                    *entry = candidate;
+                }
+            }
+        }
+        let mut sources: BTreeMap<NodeId, BTreeSet<DbName>> = BTreeMap::new();
+        for (db, (epoch, txid, peer)) in best {
+            let ours = self.dbs.get(&db).map_or((Epoch::ZERO, 0), |d| (d.pos_epoch, d.pos.txid));
+            if (epoch, txid) > ours {
+                sources.entry(peer).or_default().insert(db);
+            }
+        }
+        if sources.is_empty() {
+            return self.complete_recovery();
+        }
+        let until = self.now + self.config.recovery_fetch_timeout;
+        let requests: Vec<(NodeId, BTreeSet<DbName>)> = sources.iter().map(|(p, d)| (*p, d.clone())).collect();
+        let r = self.recovery_mut().expect("recovering");
+        r.fetching = Some(sources);
+        r.fetch_until = until;
+        for (peer, dbs) in requests {
+            self.send_fetch(peer, &dbs);
+        }
+    }
+
+    fn send_fetch(&mut self, peer: NodeId, dbs: &BTreeSet<DbName>) {
+        let positions = dbs.iter().map(|db| (db.clone(), self.db_pos(db).unwrap_or_default())).collect();
+        let msg = Message::StreamRequest {
+            epoch: self.epoch(),
+            cluster_id: self.config.cluster_id,
+            node_id: self.id,
+            mode: StreamMode::Recovery,
+            positions,
+        };
+        self.send(peer, msg);
+    }
+
+    pub(super) fn is_recovery_source(&self, peer: NodeId) -> bool {
+        self.recovery().and_then(|r| r.fetching.as_ref()).is_some_and(|f| f.contains_key(&peer))
+    }
+
+    pub(super) fn on_recovery_ready(&mut self, from: NodeId) {
+        let Some(fetching) = self.recovery_mut().and_then(|r| r.fetching.as_mut()) else { return };
+        fetching.remove(&from);
+        self.recovery_progress();
+    }
+
+    /// Ends the phase once every source sent `Ready` and every fetched LTX is applied.
+    pub(super) fn recovery_progress(&mut self) {
+        let Some(fetching) = self.recovery().and_then(|r| r.fetching.as_ref()) else { return };
+        let applying = self.dbs.values().any(|d| !d.is_idle() && !d.is_halted() || !d.queue.is_empty());
+        if fetching.is_empty() && !applying {
+            self.complete_recovery();
+        }
+    }
+
+    fn complete_recovery(&mut self) {
+        let Some(p) = self.role.primary_mut() else { return };
+        p.phase = Phase::Writable;
+        let epoch = p.epoch;
+        self.event(Event::RecoveryComplete { epoch });
+        self.event(Event::RoleChanged { role: Role::Primary, epoch });
+        let waiting: Vec<NodeId> = self.followers.iter().filter(|(_, f)| f.waiting).map(|(id, _)| *id).collect();
+        for peer in waiting {
+            self.followers.get_mut(&peer).expect("listed").waiting = false;
+            self.pump_follower(peer);
+        }
+    }
+
+    /// A fetch failed: sync mode asks again (safety first), async mode gives up (best effort).
+    fn recovery_fetch_failed(&mut self) {
+        if !self.is_sync() {
+            return self.complete_recovery();
+        }
+        let now = self.now;
+        let r = self.recovery_mut().expect("recovering");
+        *r = Recovery::new(now);
+        self.start_recovery();
+    }
+
+    pub(super) fn recovery_timers(&mut self) {
+        let now = self.now;
+        let need = self.recovery_need();
+        let sync = self.is_sync();
+        let heartbeat = self.config.heartbeat_interval;
+        let peers = self.config.peers.clone();
+        let Some(r) = self.recovery_mut() else { return };
+        if r.fetching.is_some() {
+            if now >= r.fetch_until {
+                self.recovery_fetch_failed();
+            }
+            return;
+        }
+        if now < r.tick_at {
+            return;
+        }
+        r.tick_at = now + heartbeat;
+        if !sync {
+            return self.decide_recovery(); // async: waited one heartbeat interval, go
+        }
+        let have = r.answers.len() + 1;
+        let missing: Vec<NodeId> = peers.iter().filter(|p| !r.answers.contains_key(p)).copied().collect();
+        self.event(Event::RecoveryWaiting { have, need });
+        for peer in missing {
+            self.send_position_query(peer);
+        }
+    }
+
+    pub(super) fn recovery_timeout(&self) -> Option<Time> {
+        let r = self.recovery()?;
+        Some(if r.fetching.is_some() { r.fetch_until } else { r.tick_at })
+    }
+
+    pub(super) fn recovery_peer_connected(&mut self, peer: NodeId) {
+        let Some(r) = self.recovery() else { return };
+        match &r.fetching {
+            None if !r.answers.contains_key(&peer) => self.send_position_query(peer),
+            Some(f) => {
+                if let Some(dbs) = f.get(&peer).cloned() {
+                    self.send_fetch(peer, &dbs);
+                }
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn recovery_peer_disconnected(&mut self, peer: NodeId) {
+        // Answers already received stay valid; only a lost fetch source matters.
+        if self.is_recovery_source(peer) {
+            self.recovery_fetch_failed();
+        }
+    }
+
+    /// When the recovery phase of the current lease started, if it is under way.
+    pub fn recovery_started(&self) -> Option<Time> {
+        self.recovery().map(|r| r.started)
+    }
+}

@@ -1,0 +1,257 @@
+//! Applying LTX received from a peer (the primary, or a recovery source).
+//!
+//! It decides whether an LTX is accepted: its epoch is not older than the highest accepted; an
+//! incremental file starts exactly at this node's position (else a resync is requested); the
+//! checksum after its pages equals its post-apply checksum (else the database stops applying and
+//! says so — it never silently continues). Accepted files are written (durable) and then applied,
+//! one at a time per database, and acknowledged. It never applies anything on a writable
+//! primary and never touches a file itself.
+
+use crate::chkindex::ChecksumIndex;
+use crate::ids::{DbName, Epoch, NodeId};
+use crate::ltx;
+use crate::msg::Message;
+
+use super::db::{file_meta, ApplyStage, Db, DbState, Incoming, Partial, PendingApply};
+use super::*;
+
+impl Node {
+    /// Whether this node takes LTX from `from` now: followers take them from anyone with a
+    /// current epoch; a recovering primary only from its fetch sources.
+    fn accepts_ltx_from(&self, from: NodeId) -> bool {
+        match self.role.primary() {
+            None => true,
+            Some(_) => self.is_recovery_source(from),
+        }
+    }
+
+    pub(super) fn on_ltx_chunk(&mut self, from: NodeId, epoch: Epoch, db: DbName, offset: u64, total_bytes: u64, bytes: Vec<u8>) {
+        if !self.accept_epoch(from, epoch) {
+            self.partials.remove(&db);
+            return;
+        }
+        if !self.accepts_ltx_from(from) {
+            return;
+        }
+        if total_bytes > self.config.ltx_bytes_max {
+            self.drop_ltx(from, db, total_bytes);
+            return;
+        }
+        let partial = if offset == 0 {
+            let capacity = total_bytes.min(crate::msg::LTX_CHUNK_BYTES_MAX as u64) as usize;
+            Partial { from, total_bytes, bytes: Vec::with_capacity(capacity) }
+        } else {
+            match self.partials.remove(&db) {
+                Some(p) if p.from == from && p.total_bytes == total_bytes && p.bytes.len() as u64 == offset => p,
+                _ => return self.drop_ltx(from, db, total_bytes),
+            }
+        };
+        let mut partial = partial;
+        partial.bytes.extend_from_slice(&bytes);
+        if (partial.bytes.len() as u64) < total_bytes {
+            self.partials.insert(db, partial);
+            return;
+        }
+        self.on_ltx(from, epoch, db, partial.bytes);
+    }
+
+    fn drop_ltx(&mut self, from: NodeId, db: DbName, total_bytes: u64) {
+        self.partials.remove(&db);
+        self.event(Event::LtxDropped { db: db.clone(), from, total_bytes });
+        self.request_resync(from, db);
+    }
+
+    fn request_resync(&mut self, to: NodeId, db: DbName) {
+        let pos = self.db_pos_or_zero(&db);
+        self.send(to, Message::Resync { epoch: self.highest_epoch, db, pos });
+    }
+
+    /// A whole LTX file arrived: decode it and apply or queue it.
+    fn on_ltx(&mut self, from: NodeId, epoch: Epoch, db: DbName, bytes: Vec<u8>) {
+        let (header, pages, trailer) = match ltx::decode_slice(&bytes) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.event(Event::InvalidLtx { db: db.clone(), from, error });
+                self.request_resync(from, db);
+                return;
+            }
+        };
+        if !self.dbs.contains_key(&db) {
+            let index = ChecksumIndex::new(header.page_size).expect("the decoder validated the page size");
+            self.dbs.insert(db.clone(), Db::new(index));
+        }
+        let d = self.dbs.get_mut(&db).expect("inserted above");
+        if d.is_halted() {
+            return;
+        }
+        let incoming = Incoming { from, epoch, header, pages, trailer, bytes };
+        if !d.is_idle() || !d.queue.is_empty() {
+            if d.queue.len() >= self.config.apply_queue_max {
+                d.queue.clear();
+                self.request_resync(from, db);
+            } else {
+                d.queue.push_back(incoming);
+            }
+            return;
+        }
+        self.start_apply(db, incoming);
+    }
+
+    /// Checks an LTX against this node's position and checksum, then writes it.
+    fn start_apply(&mut self, db: DbName, inc: Incoming) {
+        if inc.epoch < self.highest_epoch && !planted!(self, SkipEpochCheck) {
+            self.event(Event::StaleEpochRejected { from: inc.from, epoch: inc.epoch, highest: self.highest_epoch });
+            return self.apply_next(db);
+        }
+        let snapshot = inc.header.is_snapshot();
+        let checked = if snapshot { self.check_snapshot(&db, &inc) } else { self.check_incremental(&db, &inc) };
+        let Some(new_index) = checked else { return };
+        let d = self.dbs.get_mut(&db).expect("open");
+        let post = crate::ltx::Pos { txid: inc.header.max_txid, checksum: inc.trailer.post_apply_checksum };
+        let meta = file_meta(&inc.header, &inc.trailer, inc.bytes.len(), self.now);
+        if snapshot {
+            let old: Vec<(u64, u64)> = d.files.values().map(|f| (f.min_txid, f.max_txid)).filter(|r| *r != (1, post.txid)).collect();
+            d.files.clear();
+            d.index = new_index.expect("snapshots rebuild the index");
+            d.page_size = inc.header.page_size;
+            if !old.is_empty() {
+                self.io(IoKind::DeleteLtx { db: db.clone(), files: old }, IoPurpose::Housekeeping { db: db.clone() });
+            }
+        }
+        let d = self.dbs.get_mut(&db).expect("open");
+        d.last_ltx = None;
+        d.state = DbState::Applying(PendingApply {
+            from: inc.from,
+            epoch: inc.epoch,
+            post,
+            commit: inc.header.commit,
+            pages: inc.pages,
+            meta,
+            snapshot,
+            stage: ApplyStage::WritingLtx,
+        });
+        let kind = IoKind::WriteLtx { db: db.clone(), min_txid: inc.header.min_txid, max_txid: inc.header.max_txid, bytes: inc.bytes, fsync: true };
+        self.io(kind, IoPurpose::ReplicaWriteLtx { db });
+    }
+
+    /// A snapshot replaces everything; returns its fresh index if its checksum is right.
+    fn check_snapshot(&mut self, db: &DbName, inc: &Incoming) -> Option<Option<ChecksumIndex>> {
+        let mut index = ChecksumIndex::new(inc.header.page_size).expect("the decoder validated the page size");
+        let refs: Vec<(u32, &[u8])> = inc.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        match index.apply(inc.header.commit, &refs) {
+            Ok(actual) if actual == inc.trailer.post_apply_checksum => Some(Some(index)),
+            Ok(actual) => {
+                self.halt_on_mismatch(db, inc.trailer.post_apply_checksum, actual);
+                None
+            }
+            Err(error) => {
+                self.event(Event::InvalidLtxPages { db: db.clone(), from: inc.from, error });
+                self.apply_next(db.clone());
+                None
+            }
+        }
+    }
+
+    /// An incremental applies only at our exact position and must end at its post-apply checksum.
+    fn check_incremental(&mut self, db: &DbName, inc: &Incoming) -> Option<Option<ChecksumIndex>> {
+        let d = self.dbs.get(db).expect("open");
+        if inc.header.max_txid <= d.pos.txid {
+            self.apply_next(db.clone()); // a duplicate of something already applied
+            return None;
+        }
+        let need = inc.header.pre_apply_pos();
+        if need != d.pos && !planted!(self, SkipPreapplyCheck) {
+            let have = d.pos;
+            self.event(Event::PreApplyMismatch { db: db.clone(), have, need, from: inc.from });
+            self.dbs.get_mut(db).expect("open").queue.clear();
+            self.request_resync(inc.from, db.clone());
+            return None;
+        }
+        if inc.header.page_size != d.page_size {
+            self.event(Event::InvalidLtxPages { db: db.clone(), from: inc.from, error: crate::chkindex::IndexError::BadPageSize(inc.header.page_size) });
+            self.request_resync(inc.from, db.clone());
+            return None;
+        }
+        let refs: Vec<(u32, &[u8])> = inc.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        match d.index.preview(inc.header.commit, &refs) {
+            Ok(actual) if actual == inc.trailer.post_apply_checksum => Some(None),
+            Ok(actual) => {
+                self.halt_on_mismatch(db, inc.trailer.post_apply_checksum, actual);
+                None
+            }
+            Err(error) => {
+                self.event(Event::InvalidLtxPages { db: db.clone(), from: inc.from, error });
+                self.request_resync(inc.from, db.clone());
+                None
+            }
+        }
+    }
+
+    fn halt_on_mismatch(&mut self, db: &DbName, expected: u64, actual: u64) {
+        let d = self.dbs.get_mut(db).expect("open");
+        d.state = DbState::Halted;
+        d.queue.clear();
+        self.event(Event::ChecksumMismatch { db: db.clone(), expected, actual });
+    }
+
+    pub(super) fn on_replica_ltx_written(&mut self, db: DbName, result: Result<IoOutcome, IoErrorKind>) {
+        let d = self.dbs.get_mut(&db).expect("apply belongs to an open database");
+        let DbState::Applying(pa) = &mut d.state else { unreachable!("LTX write completion without an apply") };
+        assert_eq!(pa.stage, ApplyStage::WritingLtx);
+        if let Err(error) = result {
+            d.state = DbState::Halted;
+            d.queue.clear();
+            self.event(Event::IoFailed { db, error });
+            return;
+        }
+        if !pa.snapshot {
+            let refs: Vec<(u32, &[u8])> = pa.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+            let actual = d.index.apply(pa.commit, &refs).expect("previewed before writing");
+            assert_eq!(actual, pa.post.checksum, "apply agrees with the preview");
+        }
+        pa.stage = ApplyStage::ApplyingPages;
+        let kind = IoKind::ApplyPages { db: db.clone(), page_size: d.page_size, commit: pa.commit, pages: std::mem::take(&mut pa.pages) };
+        self.io(kind, IoPurpose::ReplicaApply { db });
+    }
+
+    pub(super) fn on_replica_pages_applied(&mut self, db: DbName, result: Result<IoOutcome, IoErrorKind>) {
+        let d = self.dbs.get_mut(&db).expect("apply belongs to an open database");
+        let DbState::Applying(pa) = std::mem::replace(&mut d.state, DbState::Idle) else {
+            unreachable!("page apply completion without an apply")
+        };
+        assert_eq!(pa.stage, ApplyStage::ApplyingPages);
+        if let Err(error) = result {
+            d.state = DbState::Halted;
+            d.queue.clear();
+            self.event(Event::IoFailed { db, error });
+            return;
+        }
+        d.set_pos(pa.post, pa.epoch);
+        d.retain(pa.meta);
+        self.event(Event::Applied { db: db.clone(), pos: pa.post, from: pa.from });
+        self.send(pa.from, Message::Ack { epoch: self.highest_epoch, db: db.clone(), pos: pa.post });
+        self.apply_next(db);
+        self.recovery_progress();
+    }
+
+    /// Starts the next queued LTX of `db`, if any.
+    fn apply_next(&mut self, db: DbName) {
+        let Some(d) = self.dbs.get_mut(&db) else { return };
+        if !d.is_idle() {
+            return;
+        }
+        if let Some(next) = d.queue.pop_front() {
+            self.start_apply(db, next);
+        }
+    }
+
+    pub(super) fn on_ready(&mut self, from: NodeId, epoch: Epoch) {
+        if !self.accept_epoch(from, epoch) {
+            return;
+        }
+        if self.upstream == Some(from) {
+            self.event(Event::PrimaryReady { primary: from });
+        }
+        self.on_recovery_ready(from);
+    }
+}

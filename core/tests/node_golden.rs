@@ -1,0 +1,560 @@
+//! Golden output sequences (openraft style): feed one node inputs by hand and assert the exact
+//! outputs it emits, for the lease, write path, replica apply, catch-up and retention rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ltxfs_core::catchup::SnapshotReason;
+use ltxfs_core::chkindex::ChecksumIndex;
+use ltxfs_core::ids::{ClusterId, DbName, Epoch, NodeId};
+use ltxfs_core::ltx::{self, Header, Pos};
+use ltxfs_core::msg::{DbPos, ErrorCode, Message, StreamMode};
+use ltxfs_core::node::*;
+use ltxfs_core::retention::RetentionPolicy;
+use ltxfs_core::time::{Time, WallMs};
+
+const PS: u32 = 512;
+const CLUSTER: ClusterId = ClusterId(7);
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const N3: NodeId = NodeId(3);
+const E1: Epoch = Epoch(1);
+
+fn db() -> DbName {
+    DbName::new("a.db").unwrap()
+}
+fn ms(n: u64) -> Time {
+    Time::from_millis(n)
+}
+fn drain(n: &mut Node) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+fn ev(e: Event) -> Output {
+    Output::Event(e)
+}
+fn peers(ids: &[u64]) -> BTreeSet<NodeId> {
+    ids.iter().map(|&i| NodeId(i)).collect()
+}
+fn dynamic(ids: &[u64]) -> Config {
+    Config::new(CLUSTER, peers(ids), LeaseMode::Dynamic { candidate: true, clock_margin: Duration::from_secs(1) })
+}
+fn page(fill: u8) -> Vec<u8> {
+    vec![fill; PS as usize]
+}
+fn commit_input(commit: u32, pages: &[(u32, u8)]) -> Input {
+    let pages = pages.iter().map(|&(p, f)| (p, page(f))).collect();
+    Input::LocalCommit(LocalCommit { db: db(), page_size: PS, commit, pages, wall: WallMs(1000) })
+}
+fn io_id(o: &Output) -> IoId {
+    match o {
+        Output::Io(c) => c.id,
+        other => panic!("expected an I/O command, got {other:?}"),
+    }
+}
+fn done(id: IoId) -> Input {
+    Input::IoDone { id, result: Ok(IoOutcome::Done) }
+}
+
+/// Node 1 as a dynamic candidate in a 3-node cluster that acquired epoch 1 at t=0 (reply at
+/// 100 ms) and finished recovery with empty answers.
+fn primary_at_epoch_1(sync_replicas: u32) -> Node {
+    let mut cfg = dynamic(&[2, 3]);
+    cfg.sync_replicas = sync_replicas;
+    let mut n = Node::new(cfg, N1, Time::ZERO);
+    n.handle_timeout(Time::ZERO);
+    drain(&mut n);
+    n.handle_input(ms(100), Input::LeaseReply { id: LeaseRequestId(1), result: LeaseResult::Granted { epoch: E1, ttl: Duration::from_secs(10) } }).unwrap();
+    drain(&mut n);
+    for p in [N2, N3] {
+        let msg = Message::PositionAnswer { epoch: E1, cluster_id: CLUSTER, positions: BTreeMap::new() };
+        n.handle_input(ms(100), Input::Receive { from: p, msg }).unwrap();
+        drain(&mut n);
+    }
+    assert!(n.is_writable(ms(100)));
+    n
+}
+
+/// Registers `peer` as a follower at `pos` and drains.
+fn follow(n: &mut Node, now: Time, peer: NodeId, pos: Option<Pos>) -> Vec<Output> {
+    let positions = pos.map(|p| (db(), DbPos { epoch: E1, pos: p })).into_iter().collect();
+    let msg = Message::StreamRequest { epoch: E1, cluster_id: CLUSTER, node_id: peer, mode: StreamMode::Follow, positions };
+    n.handle_input(now, Input::Receive { from: peer, msg }).unwrap();
+    drain(n)
+}
+
+/// Commits on a writable primary and completes the LTX write; returns the outputs after it.
+fn commit_durably(n: &mut Node, now: Time, commit: u32, pages: &[(u32, u8)]) -> Vec<Output> {
+    n.handle_input(now, commit_input(commit, pages)).unwrap();
+    let out = drain(n);
+    assert_eq!(out.len(), 1, "{out:?}");
+    n.handle_input(now, done(io_id(&out[0]))).unwrap();
+    drain(n)
+}
+
+#[test]
+fn acquire_goes_candidate_then_recovering_then_primary() {
+    let mut n = Node::new(dynamic(&[2, 3]), N1, Time::ZERO);
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.poll_timeout(), Some(Time::ZERO));
+    n.handle_timeout(Time::ZERO);
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::RoleChanged { role: Role::Candidate, epoch: Epoch::ZERO }),
+            Output::Lease(LeaseRequest { id: LeaseRequestId(1), kind: LeaseKind::Acquire }),
+        ]
+    );
+    n.handle_input(ms(100), Input::LeaseReply { id: LeaseRequestId(1), result: LeaseResult::Granted { epoch: E1, ttl: Duration::from_secs(10) } }).unwrap();
+    let query = Message::PositionQuery { epoch: E1, cluster_id: CLUSTER };
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::RoleChanged { role: Role::Recovering, epoch: E1 }),
+            Output::Send { to: N2, msg: query.clone() },
+            Output::Send { to: N3, msg: query },
+        ]
+    );
+    // Deadline measured from when the request was sent (t=0), not from the reply (t=100ms).
+    assert_eq!(n.lease_deadline(), Some(Time::from_secs(9)));
+    n.handle_input(ms(150), commit_input(1, &[(1, 1)])).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::WriteRejected { db: db(), reason: RejectReason::Recovering })]);
+    for p in [N2, N3] {
+        let msg = Message::PositionAnswer { epoch: E1, cluster_id: CLUSTER, positions: BTreeMap::new() };
+        n.handle_input(ms(200), Input::Receive { from: p, msg }).unwrap();
+    }
+    assert_eq!(
+        drain(&mut n),
+        vec![ev(Event::RecoveryComplete { epoch: E1 }), ev(Event::RoleChanged { role: Role::Primary, epoch: E1 })]
+    );
+    assert!(n.is_writable(ms(200)));
+}
+
+#[test]
+fn renew_at_a_third_of_ttl_extends_the_deadline_from_the_send_time() {
+    let mut n = primary_at_epoch_1(0);
+    let renew_at = Time::ZERO + Duration::from_secs(10) / 3;
+    assert!(n.poll_timeout().unwrap() <= renew_at);
+    n.handle_timeout(renew_at);
+    let out: Vec<Output> = drain(&mut n).into_iter().filter(|o| matches!(o, Output::Lease(_))).collect();
+    assert_eq!(out, vec![Output::Lease(LeaseRequest { id: LeaseRequestId(2), kind: LeaseKind::Renew { epoch: E1 } })]);
+    // The reply comes late (t=8s): the deadline is sent_at + ttl - margin, not reply + ttl.
+    n.handle_input(Time::from_secs(8), Input::LeaseReply { id: LeaseRequestId(2), result: LeaseResult::Granted { epoch: E1, ttl: Duration::from_secs(10) } }).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.lease_deadline(), Some(renew_at + Duration::from_secs(9)));
+}
+
+#[test]
+fn lease_expiry_without_renewal_stops_writes_at_the_deadline() {
+    let mut n = primary_at_epoch_1(0);
+    let deadline = Time::from_secs(9);
+    // Renewals are sent but never answered.
+    n.handle_timeout(deadline - Duration::from_nanos(1));
+    drain(&mut n);
+    assert!(n.is_writable(deadline - Duration::from_nanos(1)));
+    assert!(!n.is_writable(deadline));
+    n.handle_input(deadline, commit_input(1, &[(1, 1)])).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::WriteRejected { db: db(), reason: RejectReason::LeaseDeadline })]);
+    n.handle_timeout(deadline);
+    let out = drain(&mut n);
+    assert_eq!(
+        out,
+        vec![
+            ev(Event::SteppedDown { reason: StepDownReason::DeadlinePassed, epoch: E1 }),
+            ev(Event::RoleChanged { role: Role::Replica, epoch: E1 }),
+            Output::Lease(LeaseRequest { id: LeaseRequestId(3), kind: LeaseKind::Release { epoch: E1 } }),
+        ]
+    );
+}
+
+/// Goal: with a clock running 1 % slow and a slow acquire, the node stops writing before the
+/// lease service's expiry in true time. Method: map node time to true time explicitly.
+#[test]
+fn lease_expiry_with_clock_drift_stays_inside_the_true_lease() {
+    let drift = 0.99_f64; // node seconds per true second (slow clock: the dangerous direction)
+    let true_of = |node: Time| node.as_nanos() as f64 / drift / 1e9;
+    let mut n = Node::new(dynamic(&[]), N1, Time::ZERO);
+    n.handle_timeout(Time::ZERO); // acquire sent at node 0 = true 0
+    drain(&mut n);
+    // The service handles it at true 0.5 s: the lease lasts until true 10.5 s. The reply reaches
+    // the node at node time 2 s.
+    let service_expiry_true = 0.5 + 10.0;
+    n.handle_input(Time::from_secs(2), Input::LeaseReply { id: LeaseRequestId(1), result: LeaseResult::Granted { epoch: E1, ttl: Duration::from_secs(10) } }).unwrap();
+    drain(&mut n);
+    let deadline = n.lease_deadline().unwrap();
+    assert_eq!(deadline, Time::from_secs(9));
+    assert!(true_of(deadline) < service_expiry_true, "writes stop at true {} s", true_of(deadline));
+    assert!(n.is_writable(deadline - Duration::from_millis(1)));
+    assert!(!n.is_writable(deadline));
+}
+
+#[test]
+fn renewal_refused_steps_down_and_pending_sync_commit_is_unknown() {
+    let mut n = primary_at_epoch_1(1);
+    follow(&mut n, ms(200), N2, None);
+    let out = commit_durably(&mut n, ms(300), 1, &[(1, 1)]);
+    assert!(out.iter().all(|o| !matches!(o, Output::Event(Event::Committed { .. }))), "{out:?}");
+    let pos = n.db_pos(&db()).unwrap().pos;
+    n.handle_timeout(Time::from_secs(4));
+    let renew = drain(&mut n).into_iter().find_map(|o| match o {
+        Output::Lease(r) => Some(r.id),
+        _ => None,
+    });
+    n.handle_input(Time::from_secs(4), Input::LeaseReply { id: renew.unwrap(), result: LeaseResult::Lost }).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::CommitOutcomeUnknown { db: db(), pos }),
+            ev(Event::SteppedDown { reason: StepDownReason::LeaseLost, epoch: E1 }),
+            ev(Event::RoleChanged { role: Role::Replica, epoch: E1 }),
+        ]
+    );
+}
+
+#[test]
+fn sync_mode_waits_for_an_ack_and_times_out_to_unknown() {
+    let mut n = primary_at_epoch_1(1);
+    follow(&mut n, ms(200), N2, None);
+    let out = commit_durably(&mut n, ms(300), 1, &[(1, 1)]);
+    let pos1 = n.db_pos(&db()).unwrap().pos;
+    assert!(matches!(&out[..], [Output::Send { to: N2, msg: Message::Ltx { .. } }]), "{out:?}");
+    n.handle_input(ms(310), Input::Receive { from: N2, msg: Message::Ack { epoch: E1, db: db(), pos: pos1 } }).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![ev(Event::ReplicaCaughtUp { peer: N2, db: db(), pos: pos1 }), ev(Event::Committed { db: db(), pos: pos1 })]
+    );
+    // A second commit is never acked: after sync_ack_timeout its outcome is unknown.
+    commit_durably(&mut n, ms(400), 1, &[(1, 2)]);
+    let pos2 = n.db_pos(&db()).unwrap().pos;
+    let t = ms(400) + Duration::from_secs(10);
+    n.handle_timeout(t);
+    let out = drain(&mut n);
+    assert!(out.contains(&ev(Event::CommitOutcomeUnknown { db: db(), pos: pos2 })), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Committed { .. }))));
+}
+
+#[test]
+fn handoff_waits_for_the_target_then_hands_the_lease_over() {
+    let mut n = primary_at_epoch_1(0);
+    n.handle_input(ms(150), Input::PeerConnected { peer: N2 }).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    follow(&mut n, ms(200), N2, None);
+    commit_durably(&mut n, ms(300), 1, &[(1, 1)]);
+    let pos = n.db_pos(&db()).unwrap().pos;
+    n.handle_input(ms(400), Input::Handoff { to: N2 }).unwrap();
+    assert_eq!(drain(&mut n), vec![], "target has not acked yet");
+    n.handle_input(ms(400), commit_input(1, &[(1, 9)])).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::WriteRejected { db: db(), reason: RejectReason::HandoffInProgress })]);
+    n.handle_input(ms(410), Input::Receive { from: N2, msg: Message::Ack { epoch: E1, db: db(), pos } }).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::ReplicaCaughtUp { peer: N2, db: db(), pos }),
+            Output::Lease(LeaseRequest { id: LeaseRequestId(2), kind: LeaseKind::Handoff { epoch: E1, to: N2 } }),
+        ]
+    );
+    n.handle_input(ms(420), Input::LeaseReply { id: LeaseRequestId(2), result: LeaseResult::Released }).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(out[0], Output::Send { to: N2, msg: Message::Handoff { epoch: E1, to: N2 } });
+    assert_eq!(out[1], ev(Event::SteppedDown { reason: StepDownReason::HandedOff, epoch: E1 }));
+    assert_eq!(out[2], ev(Event::RoleChanged { role: Role::Replica, epoch: E1 }));
+    assert!(matches!(&out[3], Output::Send { to: N2, msg: Message::StreamRequest { mode: StreamMode::Follow, .. } }), "{out:?}");
+    assert_eq!(out.len(), 4);
+    assert_eq!(n.upstream(), Some(N2));
+}
+
+// ----- replica side -----
+
+/// An LTX for `db()`: `min..=max`, pre-apply at `pre`, pages on top of `index` (updated).
+fn make_ltx(index: &mut ChecksumIndex, min: u64, pre: Pos, commit: u32, pages: &[(u32, u8)]) -> (Vec<u8>, Pos) {
+    let pages: Vec<(u32, Vec<u8>)> = pages.iter().map(|&(p, f)| (p, page(f))).collect();
+    let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    let post = index.apply(commit, &refs).unwrap();
+    let header = Header {
+        page_size: PS,
+        commit,
+        min_txid: min,
+        max_txid: min,
+        timestamp_ms: 5,
+        pre_apply_checksum: if min == 1 { 0 } else { pre.checksum },
+        ..Header::default()
+    };
+    (ltx::encode_to_vec(header, refs, post).unwrap(), Pos { txid: min, checksum: post })
+}
+
+fn ltx_msg(epoch: Epoch, bytes: &[u8]) -> Input {
+    Input::Receive { from: N1, msg: Message::Ltx { epoch, db: db(), offset: 0, total_bytes: bytes.len() as u64, bytes: bytes.to_vec() } }
+}
+
+/// Node 2, replica of the static primary node 1.
+fn static_replica() -> Node {
+    let mut n = Node::new(Config::new(CLUSTER, peers(&[1]), LeaseMode::Static { primary: N1 }), N2, Time::ZERO);
+    n.handle_input(ms(1), Input::PeerConnected { peer: N1 }).unwrap();
+    let out = drain(&mut n);
+    let expected = Message::StreamRequest { epoch: E1, cluster_id: CLUSTER, node_id: N2, mode: StreamMode::Follow, positions: BTreeMap::new() };
+    assert_eq!(out, vec![Output::Send { to: N1, msg: expected }]);
+    n
+}
+
+/// Feeds one LTX and completes its write and apply; returns all outputs.
+fn apply(n: &mut Node, input: Input) -> Vec<Output> {
+    n.handle_input(ms(10), input).unwrap();
+    let mut all = drain(n);
+    let write = all.iter().rev().find(|o| matches!(o, Output::Io(IoCommand { kind: IoKind::WriteLtx { .. }, .. }))).cloned();
+    let Some(write) = write else { return all };
+    n.handle_input(ms(10), done(io_id(&write))).unwrap();
+    let out = drain(n);
+    n.handle_input(ms(10), done(io_id(&out[0]))).unwrap();
+    all.extend(out);
+    all.extend(drain(n));
+    all
+}
+
+#[test]
+fn replica_applies_in_order_and_acks() {
+    let mut n = static_replica();
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (snap, p1) = make_ltx(&mut index, 1, Pos::ZERO, 2, &[(1, 1), (2, 2)]);
+    let out = apply(&mut n, ltx_msg(E1, &snap));
+    assert!(matches!(&out[0], Output::Io(IoCommand { kind: IoKind::WriteLtx { min_txid: 1, max_txid: 1, fsync: true, .. }, .. })), "{out:?}");
+    assert!(matches!(&out[1], Output::Io(IoCommand { kind: IoKind::ApplyPages { commit: 2, .. }, .. })), "{out:?}");
+    assert_eq!(out[2..], [ev(Event::Applied { db: db(), pos: p1, from: N1 }), Output::Send { to: N1, msg: Message::Ack { epoch: E1, db: db(), pos: p1 } }]);
+    let (inc, p2) = make_ltx(&mut index, 2, p1, 3, &[(2, 7), (3, 8)]);
+    let out = apply(&mut n, ltx_msg(E1, &inc));
+    assert_eq!(out[2..], [ev(Event::Applied { db: db(), pos: p2, from: N1 }), Output::Send { to: N1, msg: Message::Ack { epoch: E1, db: db(), pos: p2 } }]);
+    assert_eq!(n.db_pos(&db()).unwrap().pos, p2);
+    assert_eq!(n.index_checksum(&db()), Some(p2.checksum));
+}
+
+#[test]
+fn gap_makes_the_replica_request_a_resync() {
+    let mut n = static_replica();
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (snap, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 1)]);
+    apply(&mut n, ltx_msg(E1, &snap));
+    let (_, p2) = make_ltx(&mut index, 2, p1, 1, &[(1, 2)]);
+    let (three, _) = make_ltx(&mut index, 3, p2, 1, &[(1, 3)]);
+    n.handle_input(ms(20), ltx_msg(E1, &three)).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::PreApplyMismatch { db: db(), have: p1, need: p2, from: N1 }),
+            Output::Send { to: N1, msg: Message::Resync { epoch: E1, db: db(), pos: p1 } },
+        ]
+    );
+    assert_eq!(n.db_pos(&db()).unwrap().pos, p1);
+}
+
+#[test]
+fn post_apply_checksum_mismatch_stops_the_replica() {
+    let mut n = static_replica();
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (snap, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 1)]);
+    apply(&mut n, ltx_msg(E1, &snap));
+    // A well-formed LTX whose post-apply checksum is not what its pages produce.
+    let pages = [(1u32, page(2))];
+    let header = Header { page_size: PS, commit: 1, min_txid: 2, max_txid: 2, timestamp_ms: 5, pre_apply_checksum: p1.checksum, ..Header::default() };
+    let wrong = (1u64 << 63) | 12345;
+    let bytes = ltx::encode_to_vec(header, pages.iter().map(|(p, d)| (*p, d.as_slice())), wrong).unwrap();
+    n.handle_input(ms(20), ltx_msg(E1, &bytes)).unwrap();
+    let actual = index.preview(1, &[(1, &page(2))]).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::ChecksumMismatch { db: db(), expected: wrong, actual })]);
+    assert!(n.is_halted(&db()));
+    // It never silently continues: later frames are ignored.
+    let (next, _) = make_ltx(&mut index, 2, p1, 1, &[(1, 3)]);
+    n.handle_input(ms(30), ltx_msg(E1, &next)).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()).unwrap().pos, p1);
+}
+
+#[test]
+fn frame_from_a_stale_epoch_is_rejected() {
+    let mut n = static_replica();
+    n.handle_input(ms(5), Input::LeaseObserved { holder: Some(N1), epoch: Epoch(5) }).unwrap();
+    drain(&mut n);
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (snap, _) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 1)]);
+    n.handle_input(ms(10), ltx_msg(Epoch(4), &snap)).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::StaleEpochRejected { from: N1, epoch: Epoch(4), highest: Epoch(5) })]);
+    assert_eq!(n.db_pos(&db()), None);
+}
+
+// ----- primary catch-up decisions -----
+
+/// Node 1, static primary with `commits` durable commits of one page each.
+fn static_primary(commits: u8) -> Node {
+    let mut n = Node::new(Config::new(CLUSTER, peers(&[2]), LeaseMode::Static { primary: N1 }), N1, Time::ZERO);
+    assert_eq!(drain(&mut n), vec![ev(Event::RoleChanged { role: Role::Primary, epoch: E1 })]);
+    for i in 0..commits {
+        commit_durably(&mut n, ms(1), 1, &[(1, i)]);
+    }
+    n
+}
+
+#[test]
+fn same_txid_with_a_different_checksum_gets_a_snapshot() {
+    let mut n = static_primary(2);
+    let ours = n.db_pos(&db()).unwrap().pos;
+    let diverged = Pos { txid: ours.txid, checksum: ours.checksum ^ 1 };
+    let out = follow(&mut n, ms(5), N2, Some(diverged));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0], ev(Event::SnapshotNeeded { peer: N2, db: db(), reason: SnapshotReason::Diverged }));
+    let read = io_id(&out[1]);
+    assert!(matches!(&out[1], Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. })));
+    n.handle_input(ms(6), Input::IoDone { id: read, result: Ok(IoOutcome::Database(page(1))) }).unwrap();
+    let out = drain(&mut n);
+    let Output::Send { to: N2, msg: Message::Ltx { bytes, .. } } = &out[0] else { panic!("{out:?}") };
+    let (h, pages, t) = ltx::decode_slice(bytes).unwrap();
+    assert_eq!((h.min_txid, h.max_txid, h.commit, t.post_apply_checksum), (1, 2, 1, ours.checksum));
+    assert_eq!(pages, vec![(1, page(1))]);
+    assert_eq!(out[1], Output::Send { to: N2, msg: Message::Ready { epoch: E1 } });
+}
+
+#[test]
+fn lagging_replica_with_intact_chain_gets_one_compacted_ltx() {
+    let mut n = static_primary(4);
+    // Node 2 is at TXID 1: files 2..=4 are read and compacted (the newest alone is in memory).
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let p1 = Pos { txid: 1, checksum: index.apply(1, &[(1, &page(0))]).unwrap() };
+    let out = follow(&mut n, ms(5), N2, Some(p1));
+    let Output::Io(IoCommand { kind: IoKind::ReadLtx { files, .. }, .. }) = &out[0] else { panic!("{out:?}") };
+    assert_eq!(files, &vec![(2, 2), (3, 3), (4, 4)]);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn peer_from_another_cluster_is_refused() {
+    let mut n = static_primary(0);
+    let msg = Message::StreamRequest { epoch: E1, cluster_id: ClusterId(99), node_id: N2, mode: StreamMode::Follow, positions: BTreeMap::new() };
+    n.handle_input(ms(5), Input::Receive { from: N2, msg }).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(out[0], ev(Event::ClusterMismatch { peer: N2, theirs: ClusterId(99) }));
+    assert!(matches!(&out[1], Output::Send { to: N2, msg: Message::Error { code: ErrorCode::ClusterMismatch, .. } }));
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn retention_deletes_old_files_as_an_output() {
+    let mut cfg = Config::new(CLUSTER, peers(&[]), LeaseMode::Static { primary: N1 });
+    cfg.retention = RetentionPolicy { age_max: Duration::from_secs(5), bytes_max: u64::MAX };
+    cfg.retention_interval = Duration::from_secs(10);
+    cfg.checksum_index_persist_interval = Duration::from_secs(3600);
+    let mut n = Node::new(cfg, N1, Time::ZERO);
+    drain(&mut n);
+    for (t, fill) in [(1u64, 1u8), (3, 2), (8, 3)] {
+        commit_durably(&mut n, Time::from_secs(t), 1, &[(1, fill)]);
+    }
+    n.handle_timeout(Time::from_secs(10));
+    // Files written at 1 s and 3 s are older than 5 s at 10 s; the one from 8 s is not.
+    assert_eq!(
+        drain(&mut n),
+        vec![Output::Io(IoCommand { id: IoId(4), kind: IoKind::DeleteLtx { db: db(), files: vec![(1, 1), (2, 2)] } })]
+    );
+}
+
+// ----- recovery phase -----
+
+#[test]
+fn sync_recovery_waits_for_enough_answers_then_fetches_the_best_chain() {
+    let mut cfg = dynamic(&[2, 3]);
+    cfg.sync_replicas = 1;
+    let mut n = Node::new(cfg, N1, Time::ZERO);
+    n.handle_timeout(Time::ZERO);
+    drain(&mut n);
+    n.handle_input(ms(10), Input::LeaseReply { id: LeaseRequestId(1), result: LeaseResult::Granted { epoch: Epoch(3), ttl: Duration::from_secs(10) } }).unwrap();
+    drain(&mut n);
+    n.handle_timeout(ms(10) + Duration::from_secs(1));
+    let query = Message::PositionQuery { epoch: Epoch(3), cluster_id: CLUSTER };
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::RecoveryWaiting { have: 1, need: 2 }),
+            Output::Send { to: N2, msg: query.clone() },
+            Output::Send { to: N3, msg: query },
+        ]
+    );
+    assert!(!n.is_writable(Time::from_secs(2)));
+    // Node 3 answers with a chain from epoch 2 at TXID 5: fetch it from node 3.
+    let ahead = DbPos { epoch: Epoch(2), pos: Pos { txid: 5, checksum: (1 << 63) | 5 } };
+    let msg = Message::PositionAnswer { epoch: Epoch(3), cluster_id: CLUSTER, positions: [(db(), ahead)].into_iter().collect() };
+    n.handle_input(Time::from_secs(2), Input::Receive { from: N3, msg }).unwrap();
+    let fetch = Message::StreamRequest {
+        epoch: Epoch(3),
+        cluster_id: CLUSTER,
+        node_id: N1,
+        mode: StreamMode::Recovery,
+        positions: [(db(), DbPos::default())].into_iter().collect(),
+    };
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N3, msg: fetch }]);
+    assert!(!n.is_writable(Time::from_secs(2)));
+}
+
+// ----- checksum index reload -----
+
+#[test]
+fn checksum_index_reload_is_trusted_only_at_the_last_ltx_position() {
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let p1 = Pos { txid: 1, checksum: index.apply(1, &[(1, &page(1))]).unwrap() };
+    let open = |pos: Pos, saved: Vec<u8>| {
+        Input::OpenDb(OpenDb { db: db(), page_size: PS, pos, epoch: E1, files: vec![], checksum_index: Some(saved) })
+    };
+    let mut n = Node::new(Config::new(CLUSTER, peers(&[]), LeaseMode::Static { primary: N1 }), N1, Time::ZERO);
+    drain(&mut n);
+    n.handle_input(ms(1), open(p1, index.encode(p1))).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.index_checksum(&db()), Some(p1.checksum));
+
+    // Saved at an older position: rebuilt from the database file.
+    let mut n = Node::new(Config::new(CLUSTER, peers(&[]), LeaseMode::Static { primary: N1 }), N1, Time::ZERO);
+    drain(&mut n);
+    let stale = Pos { txid: 0, checksum: p1.checksum };
+    n.handle_input(ms(1), open(p1, index.encode(stale))).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(out[0], ev(Event::ChecksumIndexRebuilt { db: db() }));
+    assert!(matches!(&out[1], Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. })));
+    n.handle_input(ms(2), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(page(1))) }).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.index_checksum(&db()), Some(p1.checksum));
+    assert_eq!(n.db_pos(&db()).unwrap().pos, p1);
+}
+
+#[test]
+fn lease_lost_while_the_ltx_write_is_in_flight_reports_an_unknown_outcome() {
+    let mut n = primary_at_epoch_1(0);
+    n.handle_input(ms(200), commit_input(1, &[(1, 1)])).unwrap();
+    let write = drain(&mut n);
+    n.handle_input(ms(300), Input::LeaseObserved { holder: Some(N2), epoch: Epoch(2) }).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::SteppedDown { reason: StepDownReason::HigherEpoch, epoch: E1 }),
+            ev(Event::RoleChanged { role: Role::Replica, epoch: Epoch(2) }),
+        ]
+    );
+    n.handle_input(ms(400), done(io_id(&write[0]))).unwrap();
+    let pos = n.db_pos(&db()).unwrap().pos;
+    assert_eq!(pos.txid, 1);
+    assert_eq!(drain(&mut n), vec![ev(Event::CommitOutcomeUnknown { db: db(), pos })]);
+}
+
+#[test]
+fn invalid_local_commit_is_an_input_error_and_changes_nothing() {
+    let mut n = static_primary(0);
+    // Growth to 2 pages without writing page 2.
+    let err = n.handle_input(ms(1), commit_input(2, &[(1, 1)])).unwrap_err();
+    assert_eq!(
+        err,
+        InputError::InvalidCommit { db: db(), error: ltxfs_core::chkindex::IndexError::MissingGrowthPage { pgno: 2, commit: 2 } }
+    );
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()), None);
+    let err = n.handle_input(ms(1), Input::LocalCommit(LocalCommit { db: db(), page_size: 1000, commit: 1, pages: vec![], wall: WallMs(0) }));
+    assert_eq!(err, Err(InputError::BadPageSize(1000)));
+}
+
+#[test]
+fn messages_from_non_members_are_dropped() {
+    let mut n = static_primary(1);
+    let msg = Message::StreamRequest { epoch: E1, cluster_id: CLUSTER, node_id: NodeId(9), mode: StreamMode::Follow, positions: BTreeMap::new() };
+    n.handle_input(ms(5), Input::Receive { from: NodeId(9), msg }).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::UnknownPeer { peer: NodeId(9) })]);
+}

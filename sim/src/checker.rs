@@ -1,0 +1,385 @@
+//! Invariant checkers. Each invariant is stated precisely next to the code that checks it. The
+//! world feeds every node event, every step boundary, periodic sweeps and the final state; the
+//! first violation stops the run.
+//!
+//! The checkers see only what the simulator can see: node events ([`MachineEvent`]), each node's
+//! [`MachineView`] between steps, the simulated disks, the lease service's record of epochs in
+//! true time, and the client history. They never influence the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ltxfs_core::ltx::checksum::CHECKSUM_EMPTY;
+
+use crate::clock::TrueUs;
+use crate::disk::SimDisk;
+use crate::lease::LeaseService;
+use crate::machine::{MachineEvent, MachineView, NodeIdx};
+use crate::workload::{History, OpKind, Outcome};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Invariant {
+    /// 1: two nodes able to commit at one true instant (checked as: a commit decided outside the
+    /// committing node's lease validity).
+    SplitBrain,
+    /// 1: a replica applied a frame from an epoch older than one it already applied.
+    EpochRegression,
+    /// 1: two different LTX for one (db, txid) survived on read-serving nodes.
+    DivergentHistories,
+    /// 2: an applied or committed LTX did not start at the node's position.
+    ChecksumContinuity,
+    /// 2: a node's checksum differs from a recomputation of its simulated pages.
+    ChecksumRecompute,
+    /// 3: a replica's history is not a prefix of its primary's.
+    PrefixConsistency,
+    /// 4: an acknowledged write was lost with `sync_replicas ≥ 1`.
+    Durability,
+    /// 5: no convergence within the bound after healing.
+    Liveness,
+    /// A scenario's `[expect]` did not hold.
+    Expectation,
+    /// A node panicked or the run exceeded its event budget.
+    Crash,
+}
+
+impl Invariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::SplitBrain => "split-brain",
+            Invariant::EpochRegression => "epoch-regression",
+            Invariant::DivergentHistories => "divergent-histories",
+            Invariant::ChecksumContinuity => "checksum-continuity",
+            Invariant::ChecksumRecompute => "checksum-recompute",
+            Invariant::PrefixConsistency => "prefix-consistency",
+            Invariant::Durability => "durability",
+            Invariant::Liveness => "liveness",
+            Invariant::Expectation => "expectation",
+            Invariant::Crash => "crash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: Invariant,
+    pub at_us: TrueUs,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NodeTrack {
+    /// Position per db as of the node's last step (from its view), advanced by events within a
+    /// step.
+    pos: BTreeMap<String, (u64, u64)>,
+    /// txid → checksum since the node's last snapshot reset.
+    chain: BTreeMap<String, BTreeMap<u64, u64>>,
+    /// Highest epoch of any frame the node applied.
+    max_applied_epoch: u64,
+}
+
+/// Continuous and final checks for one run.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    nodes: Vec<NodeTrack>,
+    /// Every state a primary decided: (db, txid, post) → (pre, epoch).
+    produced: BTreeMap<(String, u64, u64), (u64, u64)>,
+    pub violation: Option<Violation>,
+    /// Writable epochs seen (for the failover count).
+    pub writable_epochs: BTreeSet<u64>,
+    pub lost_acked_writes: u64,
+    pub reads_checked: u64,
+}
+
+impl Checker {
+    pub fn new(nodes: u8) -> Checker {
+        Checker {
+            nodes: vec![NodeTrack::default(); usize::from(nodes)],
+            produced: BTreeMap::new(),
+            violation: None,
+            writable_epochs: BTreeSet::new(),
+            lost_acked_writes: 0,
+            reads_checked: 0,
+        }
+    }
+
+    pub fn fail(&mut self, invariant: Invariant, at_us: TrueUs, detail: String) {
+        if self.violation.is_none() {
+            self.violation = Some(Violation { invariant, at_us, detail });
+        }
+    }
+
+    pub fn failovers(&self) -> u64 {
+        (self.writable_epochs.len() as u64).saturating_sub(1)
+    }
+
+    /// One node event, in the order the node emitted it.
+    pub fn on_event(&mut self, now: TrueUs, node: NodeIdx, event: &MachineEvent, lease: &LeaseService) {
+        let name = format!("n{}", node + 1);
+        match event {
+            MachineEvent::Role { primary: true, writable: true, epoch } => {
+                self.writable_epochs.insert(*epoch);
+            }
+            MachineEvent::CommitDecided { db, txid, pre, post, epoch } => {
+                self.check_lease(now, node, *epoch, &format!("{name} decided {db} txid {txid}"), lease);
+                self.check_continuity(now, node, db, *txid, *pre, *post, "decided");
+                self.produced.insert((db.clone(), *txid, *post), (*pre, *epoch));
+                let track = &mut self.nodes[usize::from(node)];
+                track.chain.entry(db.clone()).or_default().insert(*txid, *post);
+            }
+            MachineEvent::Applied { db, txid, pre, post, epoch } => {
+                self.check_epoch(now, node, *epoch);
+                self.check_continuity(now, node, db, *txid, *pre, *post, "applied");
+                self.check_prefix(now, node, db, *txid, *post, *epoch, lease);
+                let track = &mut self.nodes[usize::from(node)];
+                track.chain.entry(db.clone()).or_default().insert(*txid, *post);
+            }
+            MachineEvent::SnapshotReset { db, txid, checksum, epoch } => {
+                self.check_epoch(now, node, *epoch);
+                self.check_prefix(now, node, db, *txid, *checksum, *epoch, lease);
+                let track = &mut self.nodes[usize::from(node)];
+                track.pos.insert(db.clone(), (*txid, *checksum));
+                track.chain.insert(db.clone(), BTreeMap::from([(*txid, *checksum)]));
+            }
+            _ => {}
+        }
+    }
+
+    /// Invariant 1 (split-brain freedom), checked as its sufficient condition: a primary may
+    /// decide a commit (issue its LTX write) at true instant `t` under epoch `E` only if the
+    /// lease service granted `E` to that very node and `E` is valid at `t`:
+    /// `granted(E) ≤ t < valid_until(E)`, where `valid_until` is the expiry the service computed
+    /// at its last renewal (a release or handoff pulls it back; a revocation does not, see
+    /// [`crate::lease`]). The service grants a new epoch only after the previous one's
+    /// `valid_until`, so validity windows are disjoint and at no true instant can two nodes make a
+    /// commit durable for the same database.
+    fn check_lease(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, what: &str, lease: &LeaseService) {
+        match lease.epochs.get(&epoch) {
+            None => self.fail(Invariant::SplitBrain, now, format!("{what} under epoch {epoch}, which was never granted")),
+            Some(record) if record.holder != node => self.fail(
+                Invariant::SplitBrain,
+                now,
+                format!("{what} under epoch {epoch}, which the lease service granted to n{}", record.holder + 1),
+            ),
+            Some(record) if now < record.granted_us || now >= record.valid_until_us => self.fail(
+                Invariant::SplitBrain,
+                now,
+                format!(
+                    "{what} under epoch {epoch} at {}us, outside its validity [{}us, {}us)",
+                    now, record.granted_us, record.valid_until_us
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
+    /// Invariant 1 (epochs only move forward): every frame a node applies — incremental LTX or
+    /// snapshot — carries an epoch ≥ the highest epoch of any frame that node applied before
+    /// (across restarts too: the check is on the node's whole life).
+    fn check_epoch(&mut self, now: TrueUs, node: NodeIdx, epoch: u64) {
+        let track = &mut self.nodes[usize::from(node)];
+        if epoch < track.max_applied_epoch {
+            let highest = track.max_applied_epoch;
+            self.fail(
+                Invariant::EpochRegression,
+                now,
+                format!("n{} applied a frame of epoch {epoch} after one of epoch {highest}", node + 1),
+            );
+            return;
+        }
+        track.max_applied_epoch = epoch;
+    }
+
+    /// Invariant 2 (checksum continuity): each LTX a node applies or commits has
+    /// `txid = position.txid + 1` and `pre-apply = position.checksum`, where `position` is the
+    /// node's position before it (as its view showed after its previous step, advanced by the
+    /// events of the current step).
+    #[allow(clippy::too_many_arguments)]
+    fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, pre: u64, post: u64, what: &str) {
+        let track = &mut self.nodes[usize::from(node)];
+        let (pos_txid, pos_checksum) = track.pos.get(db).copied().unwrap_or((0, CHECKSUM_EMPTY));
+        if txid != pos_txid + 1 || pre != pos_checksum {
+            self.fail(
+                Invariant::ChecksumContinuity,
+                now,
+                format!(
+                    "n{} {what} {db} txid {txid} pre {pre:016x}, but its position was {pos_txid}/{pos_checksum:016x}",
+                    node + 1
+                ),
+            );
+            return;
+        }
+        track.pos.insert(db.to_string(), (txid, post));
+    }
+
+    /// Invariant 3 (prefix consistency): a replica's history is a prefix of the history of the
+    /// primary of the epoch it followed. Checked incrementally: a state (db, txid, checksum) a
+    /// node applies (or resets to) from a frame of epoch `E` must (a) have been decided by some
+    /// primary of an epoch ≤ `E` — no phantom states — and (b) agree with what the holder of `E`
+    /// has at that txid in its own history, if it still has that txid. With continuity
+    /// (invariant 2) this makes every replica history a chain of the primary's states.
+    #[allow(clippy::too_many_arguments)]
+    fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
+        match self.produced.get(&(db.to_string(), txid, checksum)) {
+            None => {
+                self.fail(
+                    Invariant::PrefixConsistency,
+                    now,
+                    format!("n{} took {db} txid {txid} checksum {checksum:016x}, which no primary produced", node + 1),
+                );
+                return;
+            }
+            Some((_, produced_epoch)) if *produced_epoch > epoch => {
+                self.fail(
+                    Invariant::PrefixConsistency,
+                    now,
+                    format!("n{} took {db} txid {txid} in a frame of epoch {epoch}, but it was produced in epoch {produced_epoch}", node + 1),
+                );
+                return;
+            }
+            Some(_) => {}
+        }
+        let Some(holder) = lease.holder(epoch) else { return };
+        if holder == node {
+            return;
+        }
+        let theirs = self.nodes[usize::from(holder)].chain.get(db).and_then(|c| c.get(&txid)).copied();
+        if let Some(theirs) = theirs {
+            if theirs != checksum {
+                self.fail(
+                    Invariant::PrefixConsistency,
+                    now,
+                    format!(
+                        "n{} took {db} txid {txid} = {checksum:016x} from epoch {epoch}, whose primary n{} has {theirs:016x}",
+                        node + 1,
+                        holder + 1
+                    ),
+                );
+            }
+        }
+    }
+
+    /// After each step of a node (and after a restart): the node's view is authoritative for its
+    /// position; a restart truncates the tracked history above the restored position.
+    pub fn after_step(&mut self, node: NodeIdx, view: &MachineView, restarted: bool) {
+        let track = &mut self.nodes[usize::from(node)];
+        track.pos = view.positions.iter().map(|(db, txid, checksum)| (db.clone(), (*txid, *checksum))).collect();
+        if restarted {
+            for (db, txid, checksum) in &view.positions {
+                let chain = track.chain.entry(db.clone()).or_default();
+                chain.retain(|t, _| t <= txid);
+                if chain.get(txid) != Some(checksum) {
+                    chain.clear();
+                    chain.insert(*txid, *checksum);
+                }
+            }
+        }
+    }
+
+    /// Invariant 2 (recomputation): whenever a running node has no disk command in flight, for
+    /// each database it reports, its reported checksum equals the checksum recomputed from the
+    /// simulated database pages it would serve to readers (a missing file counts as empty).
+    /// This covers "after every apply and every restart": both end in such a quiescent moment.
+    pub fn sweep(&mut self, now: TrueUs, node: NodeIdx, view: &MachineView, disk: &SimDisk) {
+        for (db, txid, checksum) in &view.positions {
+            let on_disk = disk.db(db).map(|f| f.checksum()).unwrap_or(CHECKSUM_EMPTY);
+            if on_disk != *checksum {
+                self.fail(
+                    Invariant::ChecksumRecompute,
+                    now,
+                    format!(
+                        "n{} reports {db} at {txid}/{checksum:016x} but its pages checksum to {on_disk:016x}",
+                        node + 1
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Reads: a read of a quiescent node must observe a state some primary produced (or the
+    /// empty database) — no torn or phantom state is ever visible.
+    pub fn on_read(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, checksum: u64) {
+        self.reads_checked += 1;
+        if txid == 0 || checksum == CHECKSUM_EMPTY {
+            return;
+        }
+        if !self.produced.contains_key(&(db.to_string(), txid, checksum)) {
+            self.fail(
+                Invariant::PrefixConsistency,
+                now,
+                format!("a read on n{} saw {db} at {txid}/{checksum:016x}, which no primary produced", node + 1),
+            );
+        }
+    }
+
+    /// Invariant 1 (no divergent survivors), checked once the cluster has converged: for every
+    /// database, the histories (txid → checksum since each node's last snapshot reset) of all
+    /// live nodes agree on every txid they share. Two different LTX for one (db, txid) on two
+    /// read-serving nodes would show up as a disagreement.
+    pub fn check_no_divergence(&mut self, now: TrueUs, live: &[NodeIdx]) {
+        let mut seen: BTreeMap<(String, u64), (u64, NodeIdx)> = BTreeMap::new();
+        for node in live {
+            let chains = self.nodes[usize::from(*node)].chain.clone();
+            for (db, chain) in chains {
+                // txid 0 marks "position unknown" (e.g. after a torn write), not a transaction.
+                for (txid, checksum) in chain.into_iter().filter(|(t, _)| *t > 0) {
+                    match seen.get(&(db.clone(), txid)) {
+                        Some((other, other_node)) if *other != checksum => {
+                            self.fail(
+                                Invariant::DivergentHistories,
+                                now,
+                                format!(
+                                    "{db} txid {txid}: n{} has {checksum:016x}, n{} has {other:016x}",
+                                    node + 1,
+                                    other_node + 1
+                                ),
+                            );
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            seen.insert((db.clone(), txid), (checksum, *node));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Invariant 4 (durability), checked at the end: an acknowledged write (db, txid, checksum)
+    /// survives iff it is an ancestor-or-self of the final primary's state in the tree of decided
+    /// states (each state's parent is its pre-apply checksum at txid − 1). With
+    /// `sync_replicas ≥ 1` a lost acknowledged write is a violation; in async mode lost writes are
+    /// counted in [`Checker::lost_acked_writes`].
+    pub fn check_durability(&mut self, now: TrueUs, history: &History, finals: &[(String, u64, u64)], sync_replicas: u8) {
+        let mut survivors: BTreeSet<(String, u64, u64)> = BTreeSet::new();
+        for (db, txid, checksum) in finals {
+            let (mut txid, mut checksum) = (*txid, *checksum);
+            // Bounded by the txid: each step goes one txid down.
+            while txid > 0 {
+                survivors.insert((db.clone(), txid, checksum));
+                match self.produced.get(&(db.clone(), txid, checksum)) {
+                    Some((pre, _)) => {
+                        checksum = *pre;
+                        txid -= 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let mut lost = Vec::new();
+        for op in &history.ops {
+            if let (OpKind::Write { db }, Outcome::Ok { txid, checksum }) = (&op.kind, &op.outcome) {
+                if !survivors.contains(&(db.clone(), *txid, *checksum)) {
+                    lost.push((op.id, db.clone(), *txid));
+                }
+            }
+        }
+        self.lost_acked_writes = lost.len() as u64;
+        if sync_replicas >= 1 && !lost.is_empty() {
+            self.fail(
+                Invariant::Durability,
+                now,
+                format!("{} acknowledged writes lost with sync_replicas = {sync_replicas}, first: {:?}", lost.len(), lost[0]),
+            );
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! A simulated disk per node: files and database page files with a page-cache/durable split.
+//!
+//! Writes land in the "current" state at once (what a reader of the file sees) and become durable
+//! only at fsync. A crash reverts everything written since the last fsync of that file, except
+//! that a torn-write fault keeps a prefix of the last unsynced write. Injected faults make the
+//! next commands fail with EIO or ENOSPC (changing nothing). Deletes are durable at once
+//! (a journaled unlink).
+//!
+//! This module decides nothing about when faults happen; the world arms them.
+
+use std::collections::BTreeMap;
+
+use ltxfs_core::ltx::checksum;
+
+use crate::machine::{IoError, IoKind, IoValue};
+
+#[derive(Debug, Clone, Default)]
+struct FileState {
+    data: Vec<u8>,
+    /// Durable content before the first unsynced write, if any write is unsynced.
+    undo: Option<Option<Vec<u8>>>,
+}
+
+/// A database file as pages (1-based page numbers).
+#[derive(Debug, Clone, Default)]
+pub struct DbFile {
+    pub page_size: u32,
+    pub commit: u32,
+    pub pages: BTreeMap<u32, Vec<u8>>,
+    /// Durable value of every page changed since the last fsync (None = absent), and the
+    /// durable commit size.
+    undo_pages: BTreeMap<u32, Option<Vec<u8>>>,
+    undo_commit: Option<u32>,
+}
+
+impl DbFile {
+    /// The database checksum of what a reader sees now (lock page and pages past `commit`
+    /// excluded; missing pages read as zeros).
+    pub fn checksum(&self) -> u64 {
+        if self.commit == 0 {
+            return checksum::CHECKSUM_EMPTY;
+        }
+        // A file whose page size was never set cannot hold pages; use the smallest size.
+        let page_size = if self.page_size.is_power_of_two() { self.page_size } else { 512 };
+        let lock = checksum::lock_pgno(page_size);
+        let zero = vec![0u8; page_size as usize];
+        let mut sum = checksum::DbChecksum::new();
+        for pgno in 1..=self.commit {
+            if pgno == lock {
+                continue;
+            }
+            let page = self.pages.get(&pgno).unwrap_or(&zero);
+            sum.toggle(checksum::page_checksum(pgno, page));
+        }
+        sum.value()
+    }
+}
+
+/// Which fault the next command meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiskFault {
+    Eio,
+    Enospc,
+    /// The last unsynced write before a crash is torn.
+    TornWrite,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    files: BTreeMap<String, FileState>,
+    dbs: BTreeMap<String, DbFile>,
+    /// Commands still to fail with an injected error.
+    failing: Option<(DiskFault, u32)>,
+    torn_next_crash: bool,
+    /// The most recent unsynced write, for tearing: (file path or db name, is_db).
+    last_unsynced: Option<(String, bool)>,
+}
+
+impl SimDisk {
+    pub fn file(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(|f| f.data.as_slice())
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.files.iter().map(|(path, f)| (path, &f.data))
+    }
+
+    pub fn db(&self, name: &str) -> Option<&DbFile> {
+        self.dbs.get(name)
+    }
+
+    pub fn dbs(&self) -> impl Iterator<Item = (&String, &DbFile)> {
+        self.dbs.iter()
+    }
+
+    /// Arms a fault: EIO/ENOSPC for the next `count` commands, or a torn write at the next crash.
+    pub fn arm(&mut self, fault: DiskFault, count: u32) {
+        match fault {
+            DiskFault::TornWrite => self.torn_next_crash = true,
+            _ => self.failing = Some((fault, count.max(1))),
+        }
+    }
+
+    /// Stops every armed fault (healing).
+    pub fn disarm(&mut self) {
+        self.failing = None;
+        self.torn_next_crash = false;
+    }
+
+    /// Whether the next command fails, consuming one armed failure.
+    pub fn take_failure(&mut self) -> Option<IoError> {
+        let (fault, count) = self.failing?;
+        self.failing = if count > 1 { Some((fault, count - 1)) } else { None };
+        Some(match fault {
+            DiskFault::Enospc => IoError::Enospc,
+            _ => IoError::Eio,
+        })
+    }
+
+    /// Carries out the write phase of a command (visible, not yet durable) or a read.
+    pub fn write(&mut self, kind: &IoKind) -> Result<IoValue, IoError> {
+        match kind {
+            IoKind::WriteFile { path, data, .. } => {
+                let durable = match self.files.get(path) {
+                    Some(file) if file.undo.is_some() => None,
+                    Some(file) => Some(Some(file.data.clone())),
+                    None => Some(None),
+                };
+                let entry = self.files.entry(path.clone()).or_default();
+                if let Some(durable) = durable {
+                    entry.undo = Some(durable);
+                }
+                entry.data = data.clone();
+                self.last_unsynced = Some((path.clone(), false));
+                Ok(IoValue::Done)
+            }
+            IoKind::WritePages { db, page_size, commit, pages, .. } => {
+                let file = self.dbs.entry(db.clone()).or_default();
+                file.page_size = *page_size;
+                if file.undo_commit.is_none() {
+                    file.undo_commit = Some(file.commit);
+                }
+                for (pgno, data) in pages {
+                    let old = file.pages.insert(*pgno, data.clone());
+                    file.undo_pages.entry(*pgno).or_insert(old);
+                }
+                file.commit = *commit;
+                let past_end: Vec<u32> = file.pages.range(commit + 1..).map(|(p, _)| *p).collect();
+                for pgno in past_end {
+                    let old = file.pages.remove(&pgno);
+                    file.undo_pages.entry(pgno).or_insert(old);
+                }
+                self.last_unsynced = Some((db.clone(), true));
+                Ok(IoValue::Done)
+            }
+            IoKind::DeleteFile { path } => {
+                self.files.remove(path);
+                Ok(IoValue::Done)
+            }
+            IoKind::ReadFile { path } => match self.files.get(path) {
+                Some(file) => Ok(IoValue::Data(file.data.clone())),
+                None => Err(IoError::NotFound),
+            },
+        }
+    }
+
+    /// Makes the command's target durable.
+    pub fn fsync(&mut self, kind: &IoKind) {
+        match kind {
+            IoKind::WriteFile { path, .. } => {
+                if let Some(file) = self.files.get_mut(path) {
+                    file.undo = None;
+                }
+                if self.last_unsynced.as_ref() == Some(&(path.clone(), false)) {
+                    self.last_unsynced = None;
+                }
+            }
+            IoKind::WritePages { db, .. } => {
+                if let Some(file) = self.dbs.get_mut(db) {
+                    file.undo_pages.clear();
+                    file.undo_commit = None;
+                }
+                if self.last_unsynced.as_ref() == Some(&(db.clone(), true)) {
+                    self.last_unsynced = None;
+                }
+            }
+            IoKind::DeleteFile { .. } | IoKind::ReadFile { .. } => {}
+        }
+    }
+
+    /// Power loss: everything unsynced is lost; a torn-write fault keeps half of the last
+    /// unsynced write (a prefix of a file, or the lower half of the changed pages).
+    pub fn crash(&mut self) {
+        let torn = if self.torn_next_crash { self.last_unsynced.take() } else { None };
+        self.torn_next_crash = false;
+        self.last_unsynced = None;
+        let mut removed = Vec::new();
+        for (path, file) in self.files.iter_mut() {
+            if let Some(undo) = file.undo.take() {
+                if torn.as_ref() == Some(&(path.clone(), false)) {
+                    let keep = file.data.len() / 2;
+                    file.data.truncate(keep);
+                } else {
+                    match undo {
+                        Some(data) => file.data = data,
+                        None => removed.push(path.clone()),
+                    }
+                }
+            }
+        }
+        for path in removed {
+            self.files.remove(&path);
+        }
+        for (name, file) in self.dbs.iter_mut() {
+            let undo = std::mem::take(&mut file.undo_pages);
+            let tear = torn.as_ref() == Some(&(name.clone(), true));
+            let keep_count = if tear { undo.len() / 2 } else { 0 };
+            for (index, (pgno, old)) in undo.into_iter().enumerate() {
+                if index < keep_count {
+                    continue;
+                }
+                match old {
+                    Some(data) => {
+                        file.pages.insert(pgno, data);
+                    }
+                    None => {
+                        file.pages.remove(&pgno);
+                    }
+                }
+            }
+            if let Some(commit) = file.undo_commit.take() {
+                if !tear {
+                    file.commit = commit;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(path: &str, data: &[u8]) -> IoKind {
+        IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true }
+    }
+
+    #[test]
+    fn crash_drops_unsynced_file_and_keeps_synced_one() {
+        let mut disk = SimDisk::default();
+        let a = write_file("a.ltx", b"aaaa");
+        disk.write(&a).unwrap();
+        disk.fsync(&a);
+        disk.write(&write_file("b.ltx", b"bbbb")).unwrap();
+        assert_eq!(disk.file("b.ltx"), Some(&b"bbbb"[..]));
+        disk.crash();
+        assert_eq!(disk.file("a.ltx"), Some(&b"aaaa"[..]));
+        assert_eq!(disk.file("b.ltx"), None);
+    }
+
+    #[test]
+    fn crash_reverts_unsynced_pages_and_commit_size() {
+        let mut disk = SimDisk::default();
+        let first = IoKind::WritePages {
+            db: "db".into(),
+            page_size: 512,
+            commit: 1,
+            pages: vec![(1, vec![1; 512])],
+            fsync: true,
+        };
+        disk.write(&first).unwrap();
+        disk.fsync(&first);
+        let synced = disk.db("db").unwrap().checksum();
+        let second = IoKind::WritePages {
+            db: "db".into(),
+            page_size: 512,
+            commit: 2,
+            pages: vec![(1, vec![2; 512]), (2, vec![3; 512])],
+            fsync: true,
+        };
+        disk.write(&second).unwrap();
+        assert_ne!(disk.db("db").unwrap().checksum(), synced);
+        disk.crash();
+        assert_eq!(disk.db("db").unwrap().checksum(), synced);
+        assert_eq!(disk.db("db").unwrap().commit, 1);
+    }
+
+    #[test]
+    fn torn_write_keeps_a_prefix_of_the_last_unsynced_file() {
+        let mut disk = SimDisk::default();
+        disk.arm(DiskFault::TornWrite, 1);
+        disk.write(&write_file("c.ltx", b"12345678")).unwrap();
+        disk.crash();
+        assert_eq!(disk.file("c.ltx"), Some(&b"1234"[..]));
+    }
+
+    #[test]
+    fn injected_errors_are_consumed() {
+        let mut disk = SimDisk::default();
+        disk.arm(DiskFault::Enospc, 2);
+        assert_eq!(disk.take_failure(), Some(IoError::Enospc));
+        assert_eq!(disk.take_failure(), Some(IoError::Enospc));
+        assert_eq!(disk.take_failure(), None);
+    }
+
+    #[test]
+    fn db_checksum_matches_core_whole_image_checksum() {
+        let mut file = DbFile { page_size: 512, commit: 2, ..DbFile::default() };
+        file.pages.insert(1, vec![9; 512]);
+        file.pages.insert(2, vec![8; 512]);
+        let mut image = vec![9u8; 512];
+        image.extend_from_slice(&[8u8; 512]);
+        assert_eq!(file.checksum(), checksum::db_checksum(&image, 512));
+    }
+}

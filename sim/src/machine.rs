@@ -1,0 +1,170 @@
+//! The boundary between the world and a node state machine.
+//!
+//! The world drives anything that implements [`Machine`]: the real `ltxfs-core` node through a
+//! thin binding, or the small reference model in [`crate::model`]. The types here are the
+//! simulator's own, neutral view of inputs, outputs and observations, so the checkers never
+//! depend on the exact shape of the core's API: a binding translates.
+//!
+//! This module decides nothing; it only names things.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use crate::disk::SimDisk;
+
+/// A node index, 0-based (`n1` is 0).
+pub type NodeIdx = u8;
+
+/// Something that can send or receive over the simulated network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    Node(NodeIdx),
+    Lease,
+}
+
+impl Peer {
+    pub fn name(self) -> String {
+        match self {
+            Peer::Node(index) => format!("n{}", index + 1),
+            Peer::Lease => "lease".to_string(),
+        }
+    }
+}
+
+/// What the world needs to know to start a node.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub cluster_size: u8,
+    pub lease_ttl_ms: u64,
+    pub sync_replicas: u8,
+    /// Seed for any randomness inside the node (jitter), derived from the run seed.
+    pub seed: u64,
+    /// Name of the planted bug to enable, if the machine supports planted bugs.
+    pub planted: Option<String>,
+}
+
+/// A lease-service operation, as carried over the simulated network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LeaseOp {
+    Acquire,
+    Renew { epoch: u64 },
+    Release { epoch: u64 },
+    /// Ends `epoch` and reserves the next one for `to` for one TTL.
+    Handoff { epoch: u64, to: NodeIdx },
+}
+
+/// The lease service's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LeaseResult {
+    Granted { epoch: u64, ttl_ms: u64 },
+    Renewed { epoch: u64, ttl_ms: u64 },
+    /// Someone else holds it (or it is reserved / in lock delay).
+    Held { holder: Option<NodeIdx>, epoch: u64 },
+    /// The lease named in the request is not (or no longer) the caller's.
+    Lost { epoch: u64 },
+    Released,
+    /// No answer within the client timeout: the request may or may not have taken effect.
+    Error,
+}
+
+/// An I/O command for the simulated disk. Every command is written, then (if `fsync`) made
+/// durable, then completed; a crash in between loses what was not fsynced.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IoKind {
+    /// Writes a whole file (e.g. an LTX file).
+    WriteFile { path: String, data: Vec<u8>, fsync: bool },
+    /// Writes pages into a database file and sets its size to `commit` pages.
+    WritePages { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, fsync: bool },
+    DeleteFile { path: String },
+    ReadFile { path: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoError {
+    Eio,
+    Enospc,
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IoValue {
+    Done,
+    Data(Vec<u8>),
+}
+
+/// Inputs from the world to a node.
+#[derive(Debug, Clone)]
+pub enum MachineInput<M> {
+    Receive { from: NodeIdx, msg: M },
+    LeaseReply { id: u64, result: LeaseResult },
+    IoDone { id: u64, result: Result<IoValue, IoError> },
+    LocalCommit { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, wall_ms: u64 },
+    Handoff { to: NodeIdx },
+    /// The stream to `peer` is up (both ends running and reachable both ways).
+    PeerConnected { peer: NodeIdx },
+    /// The stream to `peer` broke (crash, partition); messages in flight on it are lost.
+    PeerDisconnected { peer: NodeIdx },
+    /// The lease service's watch: who holds the lease now (`None`: nobody) at `epoch`.
+    LeaseObserved { holder: Option<NodeIdx>, epoch: u64 },
+}
+
+/// What a node reports; the checkers' only window into the node besides [`Machine::view`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MachineEvent {
+    /// Role change; `writable` is true once a primary may accept local commits.
+    Role { primary: bool, writable: bool, epoch: u64 },
+    /// The primary decided to make this commit durable (it issued the LTX write).
+    CommitDecided { db: String, txid: u64, pre: u64, post: u64, epoch: u64 },
+    /// The local commit is durable and acknowledged to the writer.
+    Committed { db: String, txid: u64, checksum: u64, epoch: u64 },
+    /// The writer must not assume either outcome.
+    CommitUnknown { db: String },
+    /// The local commit was refused and nothing was made durable.
+    WriteRejected { db: String, reason: String },
+    /// A replica applied an LTX received in a frame of `epoch`.
+    Applied { db: String, txid: u64, pre: u64, post: u64, epoch: u64 },
+    /// A replica replaced its database with a snapshot at (`txid`, `checksum`).
+    SnapshotReset { db: String, txid: u64, checksum: u64, epoch: u64 },
+    StaleEpochRejected { epoch: u64, highest: u64 },
+    ChecksumMismatch { db: String },
+    Note(String),
+}
+
+/// Outputs from a node to the world.
+#[derive(Debug, Clone)]
+pub enum MachineOutput<M> {
+    Send { to: NodeIdx, msg: M },
+    Lease { id: u64, op: LeaseOp },
+    Io { id: u64, kind: IoKind },
+    Event(MachineEvent),
+}
+
+/// The node's current beliefs, read by the checkers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineView {
+    pub primary: bool,
+    pub writable: bool,
+    pub epoch: u64,
+    /// (txid, checksum) per database.
+    pub positions: Vec<(String, u64, u64)>,
+}
+
+/// A sans-IO node the world can drive. Times are the node's local clock in microseconds.
+pub trait Machine: Sized {
+    type Msg: Clone + Debug + Hash;
+    /// True if the node expects ordered streams per peer pair with `PeerConnected` /
+    /// `PeerDisconnected` (a lost message breaks the stream); false for datagram-like delivery.
+    const STREAMS: bool = false;
+
+    /// Starts (or restarts) a node; `disk` holds only what survived (durable data).
+    fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &SimDisk) -> Self;
+    fn handle_input(&mut self, now_us: u64, input: MachineInput<Self::Msg>);
+    fn handle_timeout(&mut self, now_us: u64);
+    fn poll_output(&mut self) -> Option<MachineOutput<Self::Msg>>;
+    fn poll_timeout(&self) -> Option<u64>;
+    fn view(&self) -> MachineView;
+    /// A short digest of a message for the trace hash.
+    fn msg_digest(msg: &Self::Msg) -> u64;
+    /// Names of planted bugs this machine can enable.
+    fn planted_names() -> Vec<&'static str>;
+}

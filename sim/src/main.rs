@@ -1,0 +1,207 @@
+//! `sim`: the deterministic simulator's command line.
+//!
+//! - `sim scenario FILE...` — run scenario files; exit 0 iff every invariant and `[expect]` holds.
+//! - `sim run --seed N [--nodes K] [--trace]` — one random run; last line `trace-hash: <16 hex>`.
+//! - `sim swarm --seeds N [--jobs J] [--planted NAME]` — many random runs in parallel.
+//! - `sim planted --list` — the planted bugs the machine under test offers.
+//!
+//! On a failure the run is shrunk and a reproducing scenario file is written (its path printed).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use sim::machine::Machine;
+use sim::model::ModelNode;
+use sim::{random, runner, scenario};
+
+#[derive(Parser)]
+#[command(name = "sim", about = "Deterministic simulator for ltxfs-core")]
+struct Cli {
+    /// Which node implementation to drive.
+    #[arg(long, value_enum, default_value_t = MachineKind::Model, global = true)]
+    machine: MachineKind,
+    /// Where reproducers of failures are written.
+    #[arg(long, default_value = "target/sim-failures", global = true)]
+    out: PathBuf,
+    /// Runs the shrinker may spend on one failure.
+    #[arg(long, default_value_t = 150, global = true)]
+    shrink_budget: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MachineKind {
+    /// The simulator's own reference node (for testing the simulator itself).
+    Model,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs scenario files.
+    Scenario {
+        files: Vec<PathBuf>,
+        /// Print every event.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// One random run.
+    Run {
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        nodes: Option<u8>,
+        /// Print every event.
+        #[arg(long)]
+        trace: bool,
+        #[arg(long)]
+        planted: Option<String>,
+    },
+    /// Many random runs in parallel.
+    Swarm {
+        #[arg(long)]
+        seeds: u64,
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[arg(long)]
+        nodes: Option<u8>,
+        #[arg(long)]
+        planted: Option<String>,
+    },
+    /// Lists planted bugs.
+    Planted {
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+fn report_failure<M: Machine>(cli: &Cli, s: &scenario::Scenario, report: &sim::world::RunReport) {
+    let Some(v) = &report.violation else { return };
+    println!("  violation: {} at {:.3} ms (seed {}): {}", v.invariant.name(), v.at_us as f64 / 1000.0, s.seed, v.detail);
+    println!("  last events:");
+    for line in &report.trace_tail {
+        println!("    {line}");
+    }
+    let shrunk = runner::shrink::<M>(s, v.invariant, cli.shrink_budget);
+    let check = runner::run::<M>(&shrunk, false);
+    let (scenario, violation) = match &check.violation {
+        Some(sv) if sv.invariant == v.invariant => (&shrunk, sv),
+        _ => (s, v),
+    };
+    match runner::write_reproducer(&cli.out, scenario, violation) {
+        Ok(path) => println!(
+            "  reproducer ({} nodes, {} steps, {} ms): {}",
+            scenario.nodes,
+            scenario.steps.len(),
+            scenario.duration_ms,
+            path.display()
+        ),
+        Err(e) => println!("  could not write reproducer: {e}"),
+    }
+}
+
+fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
+    match &cli.command {
+        Command::Scenario { files, trace } => {
+            let mut ok = true;
+            for file in files {
+                let text = match std::fs::read_to_string(file) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        println!("{}: {e}", file.display());
+                        ok = false;
+                        continue;
+                    }
+                };
+                let s = match scenario::parse(&text) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        println!("{}: {e}", file.display());
+                        ok = false;
+                        continue;
+                    }
+                };
+                let started = Instant::now();
+                let report = runner::run::<M>(&s, *trace);
+                for line in report.trace_full.iter().flatten() {
+                    println!("{line}");
+                }
+                println!("{}: {}", file.display(), runner::summary(&report, started.elapsed().as_millis()));
+                if report.violation.is_some() {
+                    ok = false;
+                    report_failure::<M>(cli, &s, &report);
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Run { seed, nodes, trace, planted } => {
+            let mut s = random::scenario(*seed, *nodes);
+            s.planted = planted.clone();
+            let started = Instant::now();
+            let report = runner::run::<M>(&s, *trace);
+            if let Some(lines) = &report.trace_full {
+                for line in lines {
+                    println!("{line}");
+                }
+            }
+            println!("{}", runner::summary(&report, started.elapsed().as_millis()));
+            if report.violation.is_some() {
+                report_failure::<M>(cli, &s, &report);
+            }
+            println!("trace-hash: {:016x}", report.trace_hash);
+            if report.violation.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Swarm { seeds, first, jobs, nodes, planted } => {
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let report = runner::swarm::<M>(*first, *seeds, jobs, *nodes, planted.as_deref(), planted.is_some());
+            for (seed, v) in &report.failures {
+                println!("FAIL seed {seed}: {} at {:.3} ms: {}", v.invariant.name(), v.at_us as f64 / 1000.0, v.detail);
+            }
+            println!(
+                "swarm: {} seeds, {} failed, {:.1} simulated s in {:.1} wall s on {jobs} jobs: {:.0}x real time, {:.0} seeds/min",
+                report.seeds,
+                report.failures.len(),
+                report.simulated_us as f64 / 1e6,
+                report.wall_ms as f64 / 1e3,
+                report.simulated_per_wall(),
+                report.seeds_per_minute()
+            );
+            if let Some((seed, _)) = report.failures.first() {
+                let mut s = random::scenario(*seed, *nodes);
+                s.planted = planted.clone();
+                let again = runner::run::<M>(&s, false);
+                report_failure::<M>(cli, &s, &again);
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Planted { list } => {
+            if *list {
+                for name in M::planted_names() {
+                    println!("{name}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.machine {
+        MachineKind::Model => main_with::<ModelNode>(&cli),
+    }
+}

@@ -1,0 +1,171 @@
+//! Random runs: every option of a run, and its faults, derived from one seed (swarm testing).
+//!
+//! A random run is an ordinary [`Scenario`] whose faults are generated up front as scripted
+//! steps, so a failing run can be written out and shrunk like any scenario file. The same
+//! generator expands `random_faults = true` in a scenario file.
+//!
+//! Faults stay inside the recoverable envelope the core promises to survive: clock drift within
+//! ±200 ppm, forward jumps only, every pause and crash eventually undone (at the latest when the
+//! world heals at `duration_ms`).
+
+use std::collections::BTreeSet;
+
+use crate::disk::DiskFault;
+use crate::machine::Peer;
+use crate::net::NetConfig;
+use crate::rng::Rng;
+use crate::scenario::{Action, Scenario, Step};
+
+/// Drift bound for random clock faults, in ppm.
+pub const DRIFT_PPM_BOUND: i64 = 200;
+
+/// Faults for `[0, duration_ms)`, drawn from `seed`.
+pub fn faults(seed: u64, nodes: u8, lease_ttl_ms: u64, duration_ms: u64) -> Vec<Step> {
+    let mut rng = Rng::new(seed, "faults");
+    let mut steps = Vec::new();
+    let node = |rng: &mut Rng| rng.below(u64::from(nodes)) as u8;
+    let mean_gap_ms = 1_500.0;
+    let mut at = rng.exponential(mean_gap_ms);
+    // Bounded: each iteration moves `at` forward by at least 1 ms.
+    while at < duration_ms {
+        let until = |rng: &mut Rng, low: u64, high: u64| (at + rng.range(low, high)).min(duration_ms.saturating_sub(1));
+        match rng.below(13) {
+            0 | 1 => {
+                let n = node(&mut rng);
+                steps.push(Step { at_ms: at, action: Action::Crash { node: n } });
+                let back = until(&mut rng, 100, 4_000);
+                steps.push(Step { at_ms: back, action: Action::Restart { node: n } });
+            }
+            2 => {
+                // GC-style pause, often longer than the lease.
+                let n = node(&mut rng);
+                steps.push(Step { at_ms: at, action: Action::Pause { node: n } });
+                let back = until(&mut rng, lease_ttl_ms / 2, lease_ttl_ms * 3);
+                steps.push(Step { at_ms: back, action: Action::Resume { node: n } });
+            }
+            3 | 4 => {
+                let mut peers: Vec<Peer> = (0..nodes).map(Peer::Node).collect();
+                peers.push(Peer::Lease);
+                rng.shuffle(&mut peers);
+                let cut = rng.range(1, peers.len() as u64 - 1) as usize;
+                let groups: Vec<BTreeSet<Peer>> =
+                    vec![peers[..cut].iter().copied().collect(), peers[cut..].iter().copied().collect()];
+                steps.push(Step { at_ms: at, action: Action::Partition { groups } });
+                let back = until(&mut rng, 500, 6_000);
+                steps.push(Step { at_ms: back, action: Action::Heal });
+            }
+            5 => {
+                // Isolate one node from the lease service only, or one direction of a link.
+                let n = node(&mut rng);
+                let other = if rng.chance(0.5) { Peer::Lease } else { Peer::Node(node(&mut rng)) };
+                if other != Peer::Node(n) {
+                    let (from, to) = if rng.chance(0.5) { (Peer::Node(n), other) } else { (other, Peer::Node(n)) };
+                    steps.push(Step { at_ms: at, action: Action::Block { from, to } });
+                    let back = until(&mut rng, 500, 5_000);
+                    steps.push(Step { at_ms: back, action: Action::Heal });
+                }
+            }
+            6 => {
+                let n = node(&mut rng);
+                let drift = rng.range(0, 2 * DRIFT_PPM_BOUND as u64) as i64 - DRIFT_PPM_BOUND;
+                let offset = if rng.chance(0.3) { Some(rng.range(1, 3_000) as i64) } else { None };
+                steps.push(Step { at_ms: at, action: Action::Clock { node: n, offset_ms: offset, drift_ppm: Some(drift) } });
+            }
+            7 => steps.push(Step { at_ms: at, action: Action::LeaseRevoke }),
+            8 => steps.push(Step { at_ms: at, action: Action::Handoff { node: node(&mut rng) } }),
+            9 => {
+                let n = node(&mut rng);
+                let kind = *rng.pick(&[DiskFault::Eio, DiskFault::Enospc, DiskFault::TornWrite]).expect("non-empty");
+                steps.push(Step { at_ms: at, action: Action::DiskFault { node: n, kind } });
+                if kind == DiskFault::TornWrite {
+                    let crash_at = until(&mut rng, 1, 200);
+                    steps.push(Step { at_ms: crash_at, action: Action::Crash { node: n } });
+                    steps.push(Step { at_ms: until(&mut rng, 300, 2_000).max(crash_at), action: Action::Restart { node: n } });
+                }
+            }
+            10 => {
+                // Swizzle: clog a few nodes one by one, unclog them in random order.
+                let mut victims: Vec<u8> = (0..nodes).collect();
+                rng.shuffle(&mut victims);
+                victims.truncate(rng.range(1, u64::from(nodes)) as usize);
+                let mut t = at;
+                for v in &victims {
+                    steps.push(Step { at_ms: t.min(duration_ms.saturating_sub(1)), action: Action::Clog { node: Peer::Node(*v) } });
+                    t += rng.range(50, 500);
+                }
+                rng.shuffle(&mut victims);
+                for v in &victims {
+                    t += rng.range(50, 800);
+                    steps.push(Step { at_ms: t.min(duration_ms.saturating_sub(1)), action: Action::Unclog { node: Peer::Node(*v) } });
+                }
+            }
+            11 => {
+                // Correlated: two nodes crash together (maybe the primary and its acking replica).
+                let a = node(&mut rng);
+                let b = node(&mut rng);
+                for n in BTreeSet::from([a, b]) {
+                    steps.push(Step { at_ms: at, action: Action::Crash { node: n } });
+                    steps.push(Step { at_ms: until(&mut rng, 200, 3_000), action: Action::Restart { node: n } });
+                }
+            }
+            _ => {
+                if rng.chance(0.3) {
+                    // Power loss: every node at once.
+                    for n in 0..nodes {
+                        steps.push(Step { at_ms: at, action: Action::Crash { node: n } });
+                    }
+                    let back = until(&mut rng, 200, 2_000);
+                    for n in 0..nodes {
+                        steps.push(Step { at_ms: back, action: Action::Restart { node: n } });
+                    }
+                }
+            }
+        }
+        at += 1 + rng.exponential(mean_gap_ms);
+    }
+    steps.sort_by_key(|s| s.at_ms);
+    steps
+}
+
+/// A whole random run for `seed`: cluster shape, lease TTL, replication mode, network quality,
+/// workload and faults. `nodes` forces the node count.
+pub fn scenario(seed: u64, nodes: Option<u8>) -> Scenario {
+    let mut rng = Rng::new(seed, "swarm");
+    let nodes = nodes.unwrap_or_else(|| *rng.pick(&[1, 2, 3, 3, 3, 4, 5]).expect("non-empty"));
+    let mut s = Scenario::new(&format!("random seed {seed}"), seed, nodes);
+    s.lease_ttl_ms = *rng.pick(&[1_000, 2_000, 3_000]).expect("non-empty");
+    s.sync_replicas = if nodes >= 2 && rng.chance(0.3) { 1 } else { 0 };
+    s.duration_ms = rng.range(4_000, 12_000);
+    s.liveness_ms = 30_000;
+    s.workload.writes_per_s = rng.range(20, 100) as u32;
+    s.workload.reads_per_s = rng.range(0, 100) as u32;
+    s.network = NetConfig {
+        latency_us_min: rng.range(100, 2_000),
+        latency_us_mean_extra: rng.range(200, 5_000),
+        loss: if rng.chance(0.5) { rng.unit() * 0.05 } else { 0.0 },
+        duplicate: if rng.chance(0.3) { rng.unit() * 0.05 } else { 0.0 },
+        reorder: rng.chance(0.1),
+    };
+    s.steps = faults(seed, nodes, s.lease_ttl_ms, s.duration_ms);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_scenarios_are_a_function_of_the_seed() {
+        assert_eq!(scenario(9, None), scenario(9, None));
+        assert_ne!(scenario(9, None), scenario(10, None));
+    }
+
+    #[test]
+    fn faults_stay_before_duration_and_in_order() {
+        for seed in 0..50 {
+            let s = scenario(seed, Some(3));
+            assert!(s.steps.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+            assert!(s.steps.iter().all(|st| st.at_ms < s.duration_ms));
+        }
+    }
+}

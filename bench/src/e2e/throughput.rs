@@ -1,0 +1,132 @@
+//! Write throughput through an `ltxfs` mount vs raw SQLite on the same disk, same run.
+//!
+//! Decides: the schedule (per mode: fresh databases on both arms, a warm-up, then chunks
+//! alternating raw, mount, raw, mount ... so drift in the machine hits both arms alike), and the
+//! separate, untimed strace window that counts FUSE requests and fsyncs per commit.
+//! Never does: change the node; the raw arm lives in `raw/` next to the node's `data/`.
+
+use super::node::{self, Node, NodeSpec, Result};
+use super::trace::{Counts, Tracer};
+use super::workload::{percentile, Db, Mode};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub modes: Vec<Mode>,
+    /// Timed transactions per arm and mode.
+    pub transactions: usize,
+    pub warmup: usize,
+    /// Transactions per chunk before switching arms.
+    pub chunk: usize,
+    /// Transactions in the strace window (0: no counting).
+    pub traced: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArmResult {
+    pub tx_per_s: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModeResult {
+    pub mode: Mode,
+    pub raw: ArmResult,
+    pub mount: ArmResult,
+    /// Counts over `traced` commits, or why there are none.
+    pub counts: std::result::Result<(Counts, u64), String>,
+}
+
+impl ModeResult {
+    pub fn ratio(&self) -> f64 {
+        self.mount.tx_per_s / self.raw.tx_per_s
+    }
+}
+
+fn arm(latencies: &mut [Duration]) -> ArmResult {
+    latencies.sort();
+    let total: Duration = latencies.iter().sum();
+    ArmResult {
+        tx_per_s: latencies.len() as f64 / total.as_secs_f64(),
+        p50: percentile(latencies, 50.0).unwrap_or_default(),
+        p99: percentile(latencies, 99.0).unwrap_or_default(),
+    }
+}
+
+pub fn run(bin: &Path, params: &Params) -> Result<Vec<ModeResult>> {
+    assert!(params.chunk > 0 && params.transactions >= params.chunk);
+    let dir = node::run_dir("throughput")?;
+    let spec = NodeSpec {
+        name: "primary".into(),
+        root: dir.path().join("primary"),
+        http_port: node::free_port()?,
+        primary_port: None,
+        compress: true,
+        cluster_size: 1,
+    };
+    let raw_dir = dir.path().join("primary").join("raw");
+    std::fs::create_dir_all(&raw_dir).map_err(|e| e.to_string())?;
+    let node = Node::start(bin, spec)?;
+    let mnt = node.spec.mount_dir();
+    let mut results = Vec::new();
+    for &mode in &params.modes {
+        let name = format!("{}.db", mode.tag());
+        let mut raw = Db::open(&raw_dir.join(&name), mode)?;
+        let mut mount = Db::open(&mnt.join(&name), mode)
+            .map_err(|e| format!("{e}\n{}", node.log_tail()))?;
+        let mut ignore = Vec::new();
+        raw.insert_many(params.warmup, &mut ignore)?;
+        mount.insert_many(params.warmup, &mut ignore)?;
+        let mut raw_lat = Vec::with_capacity(params.transactions);
+        let mut mount_lat = Vec::with_capacity(params.transactions);
+        let chunks = params.transactions / params.chunk;
+        for _ in 0..chunks {
+            raw.insert_many(params.chunk, &mut raw_lat)?;
+            mount
+                .insert_many(params.chunk, &mut mount_lat)
+                .map_err(|e| format!("{e}\n{}", node.log_tail()))?;
+        }
+        let counts = if params.traced == 0 {
+            Err("not requested".to_string())
+        } else {
+            count_window(&node, &mut mount, params.traced, dir.path(), mode)
+        };
+        let result = ModeResult {
+            mode,
+            raw: arm(&mut raw_lat),
+            mount: arm(&mut mount_lat),
+            counts,
+        };
+        eprintln!(
+            "e2e: throughput {:<11} raw {:>8.0} tx/s  mount {:>8.0} tx/s  ratio {:.3}",
+            mode.label(),
+            result.raw.tx_per_s,
+            result.mount.tx_per_s,
+            result.ratio()
+        );
+        results.push(result);
+    }
+    drop(node);
+    Ok(results)
+}
+
+/// Runs `n` mount transactions under strace and returns the counts and `n`.
+fn count_window(
+    node: &Node,
+    db: &mut Db,
+    n: usize,
+    dir: &Path,
+    mode: Mode,
+) -> std::result::Result<(Counts, u64), String> {
+    if !Tracer::available() {
+        return Err("strace not installed (apt-get install -y strace)".into());
+    }
+    let pid = node.pid().ok_or("node not running")?;
+    let tracer = Tracer::attach(pid, &dir.join(format!("strace-{}.txt", mode.tag())))?;
+    let result = db.insert_many(n, &mut Vec::new());
+    let counts = tracer.finish()?;
+    result?;
+    Ok((counts, n as u64))
+}

@@ -198,7 +198,13 @@ fn fd_path(args: &str) -> Option<String> {
         return None;
     }
     let close = args[open..].find('>')? + open;
-    Some(args[open + 1..close].to_string())
+    let raw = &args[open + 1..close];
+    // With -xx, strace hex-escapes the path too.
+    if raw.starts_with("\\x") {
+        let bytes = decode_hex_escapes(raw);
+        return Some(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    Some(raw.to_string())
 }
 
 /// Bytes of the first `"..."` argument written with `-xx` (`\xNN` escapes).
@@ -208,7 +214,11 @@ fn first_string_bytes(text: &str) -> Vec<u8> {
     };
     let body = &text[start + 1..];
     let end = body.find('"').unwrap_or(body.len());
-    let body = &body[..end];
+    decode_hex_escapes(&body[..end])
+}
+
+/// `\xNN\xNN...` → bytes (stops at the first non-escape).
+fn decode_hex_escapes(body: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = body;
     while let Some(pos) = rest.find("\\x") {
@@ -239,11 +249,9 @@ impl Tracer {
             .is_ok_and(|s| s.success())
     }
 
-    /// Attaches to every thread of `pid` and returns once all are attached.
+    /// Attaches to every thread of `pid` and returns once strace reports it attached (strace
+    /// prints "Process N attached with K threads" once, after seizing all of them).
     pub fn attach(pid: u32, out: &Path) -> Result<Tracer, String> {
-        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| d.count())
-            .unwrap_or(1);
         let mut child = Command::new("strace")
             .args(["-f", "-y", "-xx", "-s", "8"])
             .args(["-e", "trace=read,fsync,fdatasync", "-e", "signal=none"])
@@ -261,23 +269,21 @@ impl Tracer {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("attached") && tx.send(()).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut attached = 0;
-        while attached < threads {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || rx.recv_timeout(left).is_err() {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "strace attached to {attached} of {threads} threads (ptrace not permitted?)"
-                ));
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("attached") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("strace did not attach (ptrace not permitted?)".into());
+                }
             }
-            attached += 1;
         }
         Ok(Tracer {
             child: Some(child),
@@ -312,7 +318,7 @@ impl Drop for Tracer {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"1234 read(5</dev/fuse>, "\x50\x00\x00\x00\x10\x00\x00\x00"..., 1052672) = 4176
+    const SAMPLE: &str = r#"1234 read(5<\x2f\x64\x65\x76\x2f\x66\x75\x73\x65>, "\x50\x00\x00\x00\x10\x00\x00\x00"..., 1052672) = 4176
 1234 read(5</dev/fuse>,  <unfinished ...>
 1240 fsync(9</d/data/dbs/a.db/ltx/0000000000000002-0000000000000002.ltx.tmp>) = 0
 1234 <... read resumed>"\x38\x00\x00\x00\x14\x00\x00\x00"..., 1052672) = 64

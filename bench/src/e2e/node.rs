@@ -139,7 +139,9 @@ pub struct Node {
     child: Option<Child>,
     /// When `spawn` started the process.
     pub started: Instant,
-    ready_rx: mpsc::Receiver<()>,
+    ready_rx: mpsc::Receiver<Instant>,
+    /// When the "mounted at" line was read, once [`Node::wait_mounted`] saw it.
+    pub mounted_at: Option<Instant>,
 }
 
 impl Node {
@@ -169,7 +171,7 @@ impl Node {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if line.contains("mounted at") {
-                    let _ = ready_tx.send(());
+                    let _ = ready_tx.send(Instant::now());
                 }
             }
         });
@@ -178,6 +180,7 @@ impl Node {
             child: Some(child),
             started,
             ready_rx,
+            mounted_at: None,
         })
     }
 
@@ -194,10 +197,16 @@ impl Node {
 
     /// Waits for the "mounted at" line; fails with the log's tail if the process exits first.
     pub fn wait_mounted(&mut self, timeout: Duration) -> Result<()> {
+        if self.mounted_at.is_some() {
+            return Ok(());
+        }
         let deadline = Instant::now() + timeout;
         loop {
             match self.ready_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(()) => return Ok(()),
+                Ok(at) => {
+                    self.mounted_at = Some(at);
+                    return Ok(());
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
             if let Some(child) = self.child.as_mut() {

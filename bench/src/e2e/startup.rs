@@ -85,7 +85,9 @@ pub fn run(bin: &Path, params: &Params) -> Result<StartupResult> {
             std::thread::sleep(Duration::from_micros(500));
         }
         node.wait_mounted(Duration::from_secs(10))?;
-        mounted.push(node.started.elapsed().min(*ready.last().unwrap_or(&Duration::MAX)));
+        if let Some(at) = node.mounted_at {
+            mounted.push(at - node.started);
+        }
         drop(node);
     }
     Ok(StartupResult {

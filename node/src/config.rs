@@ -1,4 +1,17 @@
-//! `ltxfs.yml`: LiteFS's configuration keys plus ltxfs's own (`replication.*`, `http.auth-token`).
+//! `ltxfs.yml`: LiteFS's configuration keys plus ltxfs's own (`replication.*`, `http.auth-token`,
+//! `lease.ttl`, `lease.etcd.*`).
+//!
+//! ltxfs keys beyond LiteFS's:
+//! - `replication.node-id`: this node's name (any text; its node id is a CRC-64 of it). Default:
+//!   `lease.hostname` on a static-lease primary and on etcd nodes, else the system host name
+//!   followed by `:` and `http.addr`.
+//! - `replication.members`: the names of every node of the cluster, this one included (the core
+//!   only talks to configured members). A static primary's name is its `lease.hostname`.
+//! - `replication.cluster-id`: clusters with different ids never exchange data (16 hex digits,
+//!   or any text, hashed). Default `ltxfs`.
+//! - `replication.sync`, `replication.cluster-size`, `replication.heartbeat-interval` (1s).
+//! - `lease.type: etcd` with `lease.ttl` (10s), `lease.etcd.endpoints`, `lease.etcd.key`.
+//! - `http.auth-token`.
 //!
 //! Decides: what a configuration file means, its defaults, and whether it is acceptable. Every
 //! rejection names the offending key (`fuse.dir`, `lease.type`, ...), so a bad file is caught
@@ -95,6 +108,17 @@ pub struct HttpConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum LeaseType {
     Static,
+    Etcd,
+}
+
+/// `lease.etcd`: where the lease lives.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct EtcdLeaseConfig {
+    /// Client URLs (`http://host:2379`), tried in order.
+    pub endpoints: Vec<String>,
+    /// The key holding the primary's lease.
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -113,6 +137,10 @@ pub struct LeaseConfig {
     #[serde(with = "duration_text")]
     pub demote_delay: Duration,
     pub databases: Vec<String>,
+    /// Lease time to live (etcd; default 10s).
+    #[serde(with = "duration_text")]
+    pub ttl: Duration,
+    pub etcd: EtcdLeaseConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -122,6 +150,14 @@ pub struct ReplicationConfig {
     pub sync: bool,
     /// Number of nodes in the cluster, used for the sync quorum.
     pub cluster_size: u32,
+    /// This node's name (see the module docs for the default).
+    pub node_id: Option<String>,
+    /// Every node's name, this one included.
+    pub members: Vec<String>,
+    pub cluster_id: Option<String>,
+    /// Primary → replica heartbeats.
+    #[serde(with = "duration_text")]
+    pub heartbeat_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -198,6 +234,8 @@ impl Default for LeaseConfig {
             reconnect_delay: Duration::from_secs(1),
             demote_delay: Duration::from_secs(10),
             databases: Vec::new(),
+            ttl: Duration::from_secs(10),
+            etcd: EtcdLeaseConfig::default(),
         }
     }
 }
@@ -207,6 +245,10 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             sync: false,
             cluster_size: 1,
+            node_id: None,
+            members: Vec::new(),
+            cluster_id: None,
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }
@@ -234,6 +276,38 @@ impl Config {
         config.lease.hostname = Some("localhost".into());
         config.lease.advertise_url = Some("http://127.0.0.1:20202".into());
         config
+    }
+
+    /// This node's name (`replication.node-id`, or its default; see the module docs).
+    pub fn node_name(&self) -> String {
+        if let Some(name) = &self.replication.node_id {
+            return name.clone();
+        }
+        let system = system_hostname;
+        match (self.lease.kind, self.lease.candidate) {
+            (Some(LeaseType::Static), true) | (Some(LeaseType::Etcd), _) => self.lease.hostname.clone().unwrap_or_else(system),
+            _ => format!("{}:{}", system(), self.http.addr),
+        }
+    }
+
+    /// Every member's name (this node included); with none configured, this node and, under a
+    /// static lease, its primary.
+    pub fn member_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.replication.members.clone();
+        if names.is_empty() {
+            names.push(self.node_name());
+            if self.lease.kind == Some(LeaseType::Static) && !self.lease.candidate {
+                names.push(self.static_primary_name());
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Under a static lease: the primary's name (its `lease.hostname`).
+    pub fn static_primary_name(&self) -> String {
+        self.lease.hostname.clone().unwrap_or_else(system_hostname)
     }
 
     /// Reads, expands and validates a configuration file.
@@ -279,7 +353,47 @@ impl Config {
             return Err(invalid("data.dir", "must not be inside fuse.dir"));
         }
         if self.lease.kind.is_none() {
-            return Err(invalid("lease.type", "required (supported: static)"));
+            return Err(invalid("lease.type", "required (supported: static, etcd)"));
+        }
+        if self.lease.kind == Some(LeaseType::Etcd) {
+            if self.lease.etcd.endpoints.is_empty() {
+                return Err(invalid("lease.etcd.endpoints", "required with lease.type etcd"));
+            }
+            if self.lease.etcd.key.trim().is_empty() {
+                return Err(invalid("lease.etcd.key", "required with lease.type etcd"));
+            }
+            if self.lease.advertise_url.is_none() {
+                return Err(invalid("lease.advertise-url", "required with lease.type etcd (this node's URL)"));
+            }
+            if self.lease.ttl < Duration::from_secs(1) {
+                return Err(invalid("lease.ttl", "must be at least 1s"));
+            }
+        }
+        if self.replication.heartbeat_interval.is_zero() {
+            return Err(invalid("replication.heartbeat-interval", "must be above 0"));
+        }
+        let me = self.node_name();
+        if self.replication.node_id.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid("replication.node-id", "must not be empty"));
+        }
+        if self.lease.kind == Some(LeaseType::Static) && self.lease.candidate {
+            if let (Some(id), Some(host)) = (&self.replication.node_id, &self.lease.hostname) {
+                if id != host {
+                    return Err(invalid("replication.node-id", "on a static-lease primary it must equal lease.hostname"));
+                }
+            }
+        }
+        if !self.replication.members.is_empty() {
+            let unique: std::collections::BTreeSet<&String> = self.replication.members.iter().collect();
+            if unique.len() != self.replication.members.len() {
+                return Err(invalid("replication.members", "lists a node twice"));
+            }
+            if !unique.contains(&me) {
+                return Err(invalid("replication.members", format!("must include this node ({me})")));
+            }
+            if self.replication.cluster_size != 1 && self.replication.cluster_size as usize != unique.len() {
+                return Err(invalid("replication.cluster-size", "differs from the number of replication.members"));
+            }
         }
         if !self.lease.candidate && self.lease.advertise_url.is_none() {
             return Err(invalid(
@@ -294,6 +408,9 @@ impl Config {
                     "must start with http:// or https://",
                 ));
             }
+        }
+        if self.lease.kind == Some(LeaseType::Static) && !self.lease.candidate && self.replication.members.is_empty() {
+            return Err(invalid("replication.members", "a static-lease replica needs the cluster's members (the primary only talks to members)"));
         }
         parse_listen_addr(&self.http.addr).map_err(|reason| invalid("http.addr", reason))?;
         if self.replication.cluster_size == 0 {
@@ -329,6 +446,11 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
         key,
         reason: reason.into(),
     }
+}
+
+/// `$HOSTNAME`, else the system host name, else `localhost`.
+fn system_hostname() -> String {
+    std::env::var("HOSTNAME").ok().or_else(|| default_env("HOSTNAME")).unwrap_or_else(|| "localhost".into())
 }
 
 fn default_env(name: &str) -> Option<String> {
@@ -722,6 +844,38 @@ exec:
             parse("fuse: {dir: /m/${NODE"),
             Err(ConfigError::UnterminatedVariable { offset: 15 })
         );
+    }
+
+    #[test]
+    fn membership_and_identity_keys() {
+        let text = "lease: {type: static, candidate: false, hostname: p, advertise-url: 'http://p:1'}\n";
+        assert!(matches!(parse(text), Err(ConfigError::Invalid { key: "replication.members", .. })));
+        let text = "lease: {type: static, candidate: false, hostname: p, advertise-url: 'http://p:1'}\nreplication: {node-id: r1, members: [p, r2]}\n";
+        assert!(matches!(parse(text), Err(ConfigError::Invalid { key: "replication.members", .. })), "must include this node");
+        let text = "lease: {type: static, candidate: false, hostname: p, advertise-url: 'http://p:1'}\nreplication: {node-id: r1, members: [p, r1, r1]}\n";
+        assert!(matches!(parse(text), Err(ConfigError::Invalid { key: "replication.members", .. })), "no duplicates");
+        let text = "lease: {type: static, candidate: false, hostname: p, advertise-url: 'http://p:1'}\nreplication: {node-id: r1, members: [p, r1], cluster-id: c1}\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.node_name(), "r1");
+        assert_eq!(config.member_names(), vec!["p".to_string(), "r1".to_string()]);
+        assert_eq!(config.replication.cluster_id.as_deref(), Some("c1"));
+        let text = "lease: {type: static, candidate: true, hostname: p}\nreplication: {node-id: q}\n";
+        assert!(matches!(parse(text), Err(ConfigError::Invalid { key: "replication.node-id", .. })));
+        let text = "lease: {type: static, candidate: true, hostname: p}\n";
+        assert_eq!(parse(text).unwrap().node_name(), "p", "a static primary is named by lease.hostname");
+    }
+
+    #[test]
+    fn etcd_lease_keys() {
+        let text = "lease: {type: etcd, hostname: n1, advertise-url: 'http://n1:20202', ttl: 2s}\n";
+        assert!(matches!(parse(text), Err(ConfigError::Invalid { key: "lease.etcd.endpoints", .. })));
+        let text = "lease: {type: etcd, hostname: n1, advertise-url: 'http://n1:20202', ttl: 2s, etcd: {endpoints: ['http://127.0.0.1:2379']}}\n";
+        assert!(matches!(parse(text), Err(ConfigError::Invalid { key: "lease.etcd.key", .. })));
+        let text = "lease: {type: etcd, hostname: n1, advertise-url: 'http://n1:20202', ttl: 2s, etcd: {endpoints: ['http://127.0.0.1:2379'], key: ltxfs/app}}\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.lease.ttl, Duration::from_secs(2));
+        assert_eq!(config.lease.etcd.key, "ltxfs/app");
+        assert_eq!(config.node_name(), "n1");
     }
 
     #[test]

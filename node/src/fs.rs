@@ -2,13 +2,21 @@
 //!
 //! Decides: the namespace (§5.1: `<db>`, `<db>-journal`, `<db>-wal`, `<db>-shm`, virtual
 //! `<db>-pos`, `.lag`, `.primary` on replicas), how each FUSE request maps onto backing files, and
-//! the order "commit detected → LTX durable (engine) → operation completes". Replicas refuse
-//! writes (EACCES), so SQLite reports "attempt to write a readonly database".
+//! the order "commit detected → the node runtime reports it committed → operation completes".
+//! A node that is not the primary (per the runtime's status) refuses writes (EACCES), so SQLite
+//! reports "attempt to write a readonly database".
+//!
+//! As the runtime's [`ApplyHook`] it makes a replica's apply atomic for SQLite readers: it takes
+//! SQLite's locks in its own lock tables (rollback modes: PENDING, then RESERVED and the SHARED
+//! range exclusively; WAL: WRITE, CKPT, RECOVER and READ0–4), only for the local write (the
+//! runtime calls it after the LTX was received and made durable), then invalidates the kernel
+//! page cache for the written pages and, in WAL mode, rewrites the WAL-index header in the
+//! kernel's copy of `-shm` (§5.5) so open connections see the new data.
 //!
 //! Never decides when a transaction commits (that is `ltxfs_core::detect`) or what the next
-//! position is (that is `crate::engine`, later the core node). It only moves bytes and calls them.
+//! position is, who is primary, or what to replicate (the core, through [`RuntimeHandle`]).
 
-use crate::engine::{DbLog, EngineError, LocalCommit};
+use node::runtime::{ApplyHook, CommitOutcome, RuntimeHandle};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -16,36 +24,45 @@ use fuser::{
 };
 use ltxfs_core::detect::locks::{LockError, LockKind};
 use ltxfs_core::detect::{
-    self, oplog, Commit, DbHeader, DetectError, Detector, Event, LockFile, Op,
+    self, oplog, Commit, DbHeader, DetectError, Detector, Event, LockFile, Op, DB_PENDING_BYTE,
+    DB_RESERVED_BYTE, DB_SHARED_FIRST, SHM_WRITE_LOCK,
 };
+use ltxfs_core::ids::DbName;
+use ltxfs_core::node::WalFrames;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 const ROOT_INO: u64 = 1;
 const PRIMARY_INO: u64 = 2;
 const LAG_INO: u64 = 3;
 const DB_INO_BASE: u64 = 16;
-/// How long the kernel may cache attributes and names. Every change goes through this mount on
-/// the primary, so the kernel's view stays exact; replicas will invalidate explicitly.
+/// How long the kernel may cache attributes and names on the primary, where every change goes
+/// through this mount. Elsewhere attributes are not cached (the runtime changes files).
 const TTL: Duration = Duration::from_secs(1);
-/// `.lag` content on a primary: `%+010d\n` of 0 ms.
-const LAG_PRIMARY: &[u8] = b"+000000000\n";
+/// `.lag` before the first heartbeat from a primary (LiteFS: 2147483647).
+const LAG_UNKNOWN_MS: i64 = 2_147_483_647;
+/// Lock owner id of the node's own locks (apply, snapshot read); no kernel lock owner uses it.
+const SHELL_OWNER: u64 = u64::MAX - 0x17f5;
+/// SQLite's SHARED range on the database file is 510 bytes.
+const DB_SHARED_SIZE: u64 = 510;
+/// `-shm` bytes WRITE..=READ4 (WRITE, CKPT, RECOVER, READ0–4).
+const SHM_APPLY_LOCKS: (u64, u64) = (SHM_WRITE_LOCK, SHM_WRITE_LOCK + 7);
+/// Longest a snapshot read waits for SQLite's read lock before reading anyway (the core checks
+/// the image against its position and reads again if it was caught mid-transaction).
+const READ_LOCK_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Poll interval while waiting for SQLite's locks (SQLite itself never blocks on them).
+const LOCK_POLL: Duration = Duration::from_millis(1);
 
 /// How the file system is set up.
 #[derive(Debug, Clone)]
 pub struct FsOptions {
     pub data_dir: PathBuf,
-    pub compress: bool,
-    /// Replica: every write is refused (no replication yet, so content is static).
-    pub replica: bool,
-    /// Hostname of the primary, shown in `.primary` on replicas.
-    pub primary_hostname: String,
     /// Append every detector input of database `<db>` to `<dir>/<db>.ops` (test recordings).
     pub record_ops: Option<PathBuf>,
 }
@@ -122,14 +139,31 @@ fn db_ino(id: usize, kind: Kind) -> INodeNo {
     INodeNo(DB_INO_BASE + id as u64 * 8 + kind as u64)
 }
 
+/// Where the committed content of a WAL-mode database lives, for snapshot reads that must not
+/// wait for the FUSE thread: pages committed to the WAL (not yet known to be checkpointed) and
+/// the database size after the last WAL commit. Emptied when SQLite restarts the WAL (it does so
+/// only after a complete checkpoint).
+#[derive(Debug, Default)]
+struct WalIndex {
+    pages: BTreeMap<u32, u64>,
+    commit: Option<u32>,
+    page_size: u32,
+}
+
 struct Db {
     name: String,
     dir: PathBuf,
     /// Open backing files (database always; the others while they exist).
     files: [Option<File>; 4],
     detector: Detector,
-    log: DbLog,
     recorder: Option<File>,
+    wal_index: Arc<Mutex<WalIndex>>,
+    /// Last WAL-index change counter this node wrote (replicas).
+    shm_change: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Db {
@@ -157,13 +191,13 @@ impl Db {
     }
 
     /// Feeds the detector and carries out what it asks; `Err` fails the FUSE operation.
-    fn detect(&mut self, op: Op<'_>) -> Result<(), Errno> {
+    fn detect(&mut self, op: Op<'_>, rt: &RuntimeHandle) -> Result<(), Errno> {
         if self.recorder.is_some() {
             self.record(&oplog::format_op(&op));
         }
         match self.detector.apply(op) {
             Ok(None) => Ok(()),
-            Ok(Some(event)) => self.handle_event(event),
+            Ok(Some(event)) => self.handle_event(event, rt),
             Err(DetectError::Lock(LockError::Conflict(_)))
             | Err(DetectError::CheckpointDuringWrite { .. }) => Err(Errno::EAGAIN),
             Err(err) => {
@@ -173,9 +207,9 @@ impl Db {
         }
     }
 
-    fn handle_event(&mut self, event: Event) -> Result<(), Errno> {
+    fn handle_event(&mut self, event: Event, rt: &RuntimeHandle) -> Result<(), Errno> {
         match event {
-            Event::Committed(commit) => self.commit_rollback_journal(&commit).map_err(|err| {
+            Event::Committed(commit) => self.commit_rollback_journal(&commit, rt).map_err(|err| {
                 tracing::error!(db = %self.name, %err, "commit failed; the transaction is rolled back");
                 Errno::EIO
             }),
@@ -184,9 +218,10 @@ impl Db {
                 Ok(())
             }
             Event::ReadWal { offset, len } => {
-                if let Err(err) = self.commit_wal(offset, len) {
+                if let Err(err) = self.commit_wal(offset, len, rt) {
                     // SQLite already believes the transaction committed: the WAL and the LTX log
-                    // disagree now. Like LiteFS (exit 99), stop rather than serve diverged data.
+                    // disagree now. Like LiteFS (exit 99), stop rather than serve diverged data;
+                    // start-up recovery cuts the WAL back to the last LTX.
                     tracing::error!(db = %self.name, %err, "WAL commit could not be recorded; exiting");
                     std::process::exit(99);
                 }
@@ -195,34 +230,80 @@ impl Db {
         }
     }
 
-    fn commit_rollback_journal(&mut self, commit: &Commit) -> Result<(), EngineError> {
+    fn db_name(&self) -> io::Result<DbName> {
+        DbName::new(self.name.clone()).map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Hands one transaction to the node runtime and waits for the verdict. The first commit
+    /// of a database carries every page (the core makes it a snapshot LTX).
+    fn submit(
+        &self,
+        rt: &RuntimeHandle,
+        page_size: u32,
+        commit: u32,
+        mut pages: Vec<(u32, Vec<u8>)>,
+        wal: Option<WalFrames>,
+    ) -> io::Result<CommitOutcome> {
+        let db = self.db_name()?;
+        if !rt.status().positions.contains_key(&self.name) {
+            pages = self.full_image_pages(page_size, commit, pages)?;
+        }
+        let outcome = rt
+            .commit_blocking(db, page_size, commit, pages, wal)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match outcome {
+            CommitOutcome::Committed { .. } => Ok(outcome),
+            other => Err(io::Error::other(format!("commit not accepted by the node: {other:?}"))),
+        }
+    }
+
+    /// Every page `1..=commit`: `dirty` where given, else the committed content (WAL or file).
+    fn full_image_pages(&self, page_size: u32, commit: u32, dirty: Vec<(u32, Vec<u8>)>) -> io::Result<Vec<(u32, Vec<u8>)>> {
+        let mut dirty: BTreeMap<u32, Vec<u8>> = dirty.into_iter().collect();
+        let image = self.committed_image(page_size)?;
+        let ps = page_size as usize;
+        let mut out = Vec::with_capacity(commit as usize);
+        for pgno in 1..=commit {
+            let data = match dirty.remove(&pgno) {
+                Some(data) => data,
+                None => {
+                    let at = (pgno as usize - 1) * ps;
+                    let mut page = vec![0u8; ps];
+                    if at < image.len() {
+                        let end = (at + ps).min(image.len());
+                        page[..end - at].copy_from_slice(&image[at..end]);
+                    }
+                    page
+                }
+            };
+            out.push((pgno, data));
+        }
+        Ok(out)
+    }
+
+    /// The database as last committed: the file with committed WAL pages laid over it.
+    fn committed_image(&self, page_size: u32) -> io::Result<Vec<u8>> {
+        read_committed_image(&self.dir, &self.wal_index, page_size)
+    }
+
+    fn commit_rollback_journal(&mut self, commit: &Commit, rt: &RuntimeHandle) -> io::Result<()> {
         let database = self.files[Kind::Database as usize]
             .as_ref()
             .ok_or_else(|| io::Error::other("no database file"))?;
         let page_size = u64::from(commit.page_size);
-        let mut data = Vec::with_capacity(commit.pages.len());
+        let mut pages = Vec::with_capacity(commit.pages.len());
         for page in &commit.pages {
             let mut buf = vec![0u8; commit.page_size as usize];
             database.read_exact_at(&mut buf, u64::from(page.pgno - 1) * page_size)?;
-            data.push((page.pgno, buf));
+            pages.push((page.pgno, buf));
         }
-        let pages: Vec<(u32, &[u8])> = data.iter().map(|(p, d)| (*p, d.as_slice())).collect();
-        let mut read_page = |pgno: u32, buf: &mut [u8]| {
-            database.read_exact_at(buf, u64::from(pgno - 1) * page_size)
-        };
-        let pos = self.log.commit(LocalCommit {
-            page_size: commit.page_size,
-            commit: commit.commit,
-            pages: &pages,
-            wal: None,
-            wall_ms: wall_ms(),
-            read_page: &mut read_page,
-        })?;
-        tracing::debug!(db = %self.name, ?pos, pages = pages.len(), "rollback-journal commit");
+        let n = pages.len();
+        let outcome = self.submit(rt, commit.page_size, commit.commit, pages, None)?;
+        tracing::debug!(db = %self.name, ?outcome, pages = n, "rollback-journal commit");
         Ok(())
     }
 
-    fn commit_wal(&mut self, offset: u64, len: u64) -> Result<(), EngineError> {
+    fn commit_wal(&mut self, offset: u64, len: u64, rt: &RuntimeHandle) -> io::Result<()> {
         let wal = self.files[Kind::Wal as usize]
             .as_ref()
             .ok_or_else(|| io::Error::other("no WAL file"))?;
@@ -239,47 +320,57 @@ impl Db {
         if self.recorder.is_some() {
             self.record(&oplog::format_wal_data(offset, &bytes));
         }
-        let commits = self
-            .detector
-            .wal_data(offset, &bytes)
-            .map_err(io::Error::other)?;
-        let database = self.files[Kind::Database as usize]
-            .as_ref()
-            .ok_or_else(|| io::Error::other("no database file"))?;
+        let commits = self.detector.wal_data(offset, &bytes).map_err(io::Error::other)?;
+        if !commits.is_empty() {
+            // The WAL frames must be durable before their LTX is (start-up recovery keeps WAL
+            // frames up to the last LTX): with synchronous=NORMAL SQLite does not sync them.
+            if let Some(wal) = self.files[Kind::Wal as usize].as_ref() {
+                wal.sync_data()?;
+            }
+        }
         for commit in commits {
             let page_size = commit.page_size as usize;
-            let pages: Vec<(u32, &[u8])> = commit
-                .pages
-                .iter()
-                .map(|page| {
-                    let at = (page
-                        .wal_offset
-                        .expect("WAL commits locate pages in the WAL")
-                        - offset) as usize;
-                    (page.pgno, &bytes[at..at + page_size])
-                })
-                .collect();
-            let mut read_page = |pgno: u32, buf: &mut [u8]| {
-                database.read_exact_at(buf, u64::from(pgno - 1) * commit.page_size as u64)
-            };
-            let pos = self.log.commit(LocalCommit {
-                page_size: commit.page_size,
-                commit: commit.commit,
-                pages: &pages,
-                wal: commit.wal,
-                wall_ms: wall_ms(),
-                read_page: &mut read_page,
-            })?;
-            tracing::debug!(db = %self.name, ?pos, pages = pages.len(), "WAL commit");
+            let mut pages = Vec::with_capacity(commit.pages.len());
+            let mut located = Vec::with_capacity(commit.pages.len());
+            for page in &commit.pages {
+                let wal_offset = page.wal_offset.ok_or_else(|| io::Error::other("WAL commit page without a WAL offset"))?;
+                let at = usize::try_from(wal_offset - offset).map_err(io::Error::other)?;
+                let data = bytes.get(at..at + page_size).ok_or_else(|| io::Error::other("WAL frame beyond the bytes read"))?;
+                pages.push((page.pgno, data.to_vec()));
+                located.push((page.pgno, wal_offset));
+            }
+            let wal = commit.wal.map(|w| WalFrames { offset: w.offset, size: w.size, salt1: w.salt1, salt2: w.salt2 });
+            let outcome = self.submit(rt, commit.page_size, commit.commit, pages, wal)?;
+            let mut index = lock(&self.wal_index);
+            index.page_size = commit.page_size;
+            index.commit = Some(commit.commit);
+            index.pages.retain(|pgno, _| *pgno <= commit.commit);
+            index.pages.extend(located);
+            tracing::debug!(db = %self.name, ?outcome, "WAL commit");
         }
         Ok(())
     }
 }
 
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// The database image at its last commit: `database` with committed WAL pages laid over it.
+fn read_committed_image(dir: &std::path::Path, wal_index: &Mutex<WalIndex>, page_size: u32) -> io::Result<Vec<u8>> {
+    let index = lock(wal_index);
+    let mut image = match fs::read(dir.join(Kind::Database.backing_name())) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        other => other?,
+    };
+    let Some(commit) = index.commit else { return Ok(image) };
+    let ps = if index.page_size != 0 { index.page_size } else { page_size } as usize;
+    image.resize(commit as usize * ps, 0);
+    if index.pages.is_empty() {
+        return Ok(image);
+    }
+    let wal = File::open(dir.join(Kind::Wal.backing_name()))?;
+    for (pgno, offset) in &index.pages {
+        let at = (*pgno as usize - 1) * ps;
+        wal.read_exact_at(&mut image[at..at + ps], *offset)?;
+    }
+    Ok(image)
 }
 
 struct State {
@@ -290,18 +381,30 @@ struct State {
     gid: u32,
 }
 
+/// What the FUSE callbacks and the runtime's apply hook share.
+pub struct Shared {
+    state: Mutex<State>,
+    runtime: OnceLock<RuntimeHandle>,
+    notifier: OnceLock<fuser::Notifier>,
+    /// WAL indexes by database name, reachable without the state lock (snapshot reads).
+    wal_indexes: Mutex<BTreeMap<String, Arc<Mutex<WalIndex>>>>,
+    /// Databases whose SHARED lock a snapshot read holds (released in `after_read`).
+    reading: Mutex<BTreeMap<String, bool>>,
+}
+
 /// The mounted file system. All requests are served under one lock (correctness first).
 pub struct LtxFs {
-    state: Mutex<State>,
+    shared: Arc<Shared>,
 }
 
 fn io_errno(err: io::Error) -> Errno {
     Errno::from(err)
 }
 
-impl LtxFs {
-    /// Loads every database under `<data>/dbs/` (checksumming it) and removes stale `-shm` files.
-    pub fn new(opts: FsOptions) -> io::Result<LtxFs> {
+impl Shared {
+    /// Loads every database under `<data>/dbs/` and removes stale `-shm` files. Recovery
+    /// (hot journals, WAL cut back to the last LTX) has run before (`crate::recover`).
+    pub fn new(opts: FsOptions) -> io::Result<Arc<Shared>> {
         let dbs_dir = opts.data_dir.join("dbs");
         fs::create_dir_all(&dbs_dir)?;
         if let Some(dir) = &opts.record_ops {
@@ -324,27 +427,68 @@ impl LtxFs {
             }
         }
         names.sort();
+        let shared = Shared {
+            state: Mutex::new(state_placeholder()),
+            runtime: OnceLock::new(),
+            notifier: OnceLock::new(),
+            wal_indexes: Mutex::new(BTreeMap::new()),
+            reading: Mutex::new(BTreeMap::new()),
+        };
         for name in names {
             let _ = fs::remove_file(dbs_dir.join(&name).join("shm"));
-            state
-                .load_db(&name, false)
-                .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
+            state.load_db(&name, false, &shared).map_err(|e| io::Error::other(format!("{name}: {e}")))?;
         }
-        Ok(LtxFs {
-            state: Mutex::new(state),
-        })
+        *lock(&shared.state) = state;
+        Ok(Arc::new(shared))
+    }
+
+    /// Connects the file system to the node runtime (once, before mounting).
+    pub fn set_runtime(&self, runtime: RuntimeHandle) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// The kernel notifier of the mounted session (once, right after mounting).
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        let _ = self.notifier.set(notifier);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
+    }
+
+    fn rt(&self) -> Result<&RuntimeHandle, Errno> {
+        self.runtime.get().ok_or(Errno::EIO)
+    }
+
+    /// Whether local writes are refused: anything but the primary.
+    fn read_only(&self) -> bool {
+        self.runtime.get().is_none_or(|rt| !rt.status().is_primary)
+    }
+}
+
+fn state_placeholder() -> State {
+    State {
+        opts: FsOptions { data_dir: PathBuf::new(), record_ops: None },
+        dbs: Vec::new(),
+        by_name: BTreeMap::new(),
+        uid: 0,
+        gid: 0,
+    }
+}
+
+impl LtxFs {
+    pub fn new(shared: Arc<Shared>) -> LtxFs {
+        LtxFs { shared }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state()
     }
 }
 
 impl State {
     /// Registers database `name`, creating its files when `create`.
-    fn load_db(&mut self, name: &str, create: bool) -> Result<usize, EngineError> {
+    fn load_db(&mut self, name: &str, create: bool, shared: &Shared) -> io::Result<usize> {
         if let Some(id) = self.by_name.get(name) {
             return Ok(*id);
         }
@@ -352,45 +496,34 @@ impl State {
         if create {
             fs::create_dir_all(&dir)?;
         }
-        let database = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .open(dir.join("database"))?;
+        let database = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(dir.join("database"))?;
         let mut head = [0u8; 100];
         let header = match database.read_exact_at(&mut head, 0) {
             Ok(()) => DbHeader::parse(&head),
             Err(_) => None,
         };
-        let log = DbLog::open(&dir.join("ltx"), &database, self.opts.compress)?;
         let mut files: [Option<File>; 4] = [Some(database), None, None, None];
         for kind in [Kind::Journal, Kind::Wal, Kind::Shm] {
-            files[kind as usize] = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(dir.join(kind.backing_name()))
-                .ok();
+            files[kind as usize] = OpenOptions::new().read(true).write(true).open(dir.join(kind.backing_name())).ok();
         }
         let recorder = match &self.opts.record_ops {
-            Some(rec) => Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(rec.join(format!("{name}.ops")))?,
-            ),
+            Some(rec) => Some(OpenOptions::new().create(true).append(true).open(rec.join(format!("{name}.ops")))?),
             None => None,
         };
+        let wal_index = Arc::new(Mutex::new(WalIndex::default()));
+        lock(&shared.wal_indexes).insert(name.to_string(), wal_index.clone());
         let id = self.dbs.len();
         self.dbs.push(Db {
             name: name.to_string(),
             dir,
             files,
             detector: Detector::new(header),
-            log,
             recorder,
+            wal_index,
+            shm_change: 0,
         });
         self.by_name.insert(name.to_string(), id);
-        tracing::info!(db = name, pos = %self.dbs[id].log.pos(), "database opened");
+        tracing::info!(db = name, "database opened");
         Ok(id)
     }
 
@@ -400,8 +533,51 @@ impl State {
         let kind = Kind::from_index(raw % 8)?;
         (id < self.dbs.len()).then_some((id, kind))
     }
+}
 
-    fn attr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+/// What the virtual files show, from the runtime's status.
+struct View {
+    primary: bool,
+    /// `.primary` content (replica connected to a primary).
+    primary_hostname: Option<String>,
+    lag_ms: i64,
+    positions: BTreeMap<String, String>,
+}
+
+impl View {
+    fn of(rt: Option<&RuntimeHandle>) -> View {
+        let Some(rt) = rt else {
+            return View { primary: false, primary_hostname: None, lag_ms: LAG_UNKNOWN_MS, positions: BTreeMap::new() };
+        };
+        let s = rt.status();
+        let primary_hostname = match (&s.primary, s.connected_to_primary, s.is_primary) {
+            (Some(p), true, false) => Some(p.hostname.clone()),
+            _ => None,
+        };
+        let lag_ms = if s.is_primary { 0 } else { s.lag_ms.unwrap_or(LAG_UNKNOWN_MS).min(LAG_UNKNOWN_MS) };
+        let positions = s.positions.iter().map(|(db, p)| (db.clone(), format!("{:016x}/{:016x}\n", p.txid, p.checksum))).collect();
+        View { primary: s.is_primary, primary_hostname, lag_ms, positions }
+    }
+
+    fn ttl(&self) -> Duration {
+        if self.primary {
+            TTL
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn lag(&self) -> Vec<u8> {
+        format!("{:+010}\n", self.lag_ms).into_bytes()
+    }
+
+    fn pos(&self, db: &str) -> Vec<u8> {
+        self.positions.get(db).cloned().unwrap_or_else(|| format!("{:016x}/{:016x}\n", 0, 0)).into_bytes()
+    }
+}
+
+impl State {
+    fn attr(&self, ino: INodeNo, view: &View) -> Result<FileAttr, Errno> {
         let now = SystemTime::now();
         let mut attr = FileAttr {
             ino,
@@ -427,14 +603,15 @@ impl State {
                 attr.nlink = 2;
                 return Ok(attr);
             }
-            PRIMARY_INO if self.opts.replica => {
+            PRIMARY_INO => {
+                let host = view.primary_hostname.as_ref().ok_or(Errno::ENOENT)?;
                 attr.perm = 0o444;
-                attr.size = self.opts.primary_hostname.len() as u64 + 1;
+                attr.size = host.len() as u64 + 1;
                 return Ok(attr);
             }
             LAG_INO => {
                 attr.perm = 0o444;
-                attr.size = LAG_PRIMARY.len() as u64;
+                attr.size = view.lag().len() as u64;
                 return Ok(attr);
             }
             _ => {}
@@ -443,7 +620,7 @@ impl State {
         let db = &self.dbs[id];
         if kind == Kind::Pos {
             attr.perm = 0o444;
-            attr.size = 34;
+            attr.size = view.pos(&db.name).len() as u64;
             return Ok(attr);
         }
         let meta = db.file(kind)?.metadata().map_err(io_errno)?;
@@ -451,29 +628,27 @@ impl State {
         attr.blocks = meta.blocks();
         attr.mtime = meta.modified().unwrap_or(now);
         attr.ctime = attr.mtime;
-        if self.opts.replica && kind == Kind::Database {
+        if !view.primary && kind != Kind::Shm {
             attr.perm = 0o444;
         }
         Ok(attr)
     }
 
-    fn virtual_content(&self, ino: INodeNo) -> Option<Vec<u8>> {
+    fn virtual_content(&self, ino: INodeNo, view: &View) -> Option<Vec<u8>> {
         match ino.0 {
-            PRIMARY_INO if self.opts.replica => {
-                Some(format!("{}\n", self.opts.primary_hostname).into_bytes())
-            }
-            LAG_INO => Some(LAG_PRIMARY.to_vec()),
+            PRIMARY_INO => Some(format!("{}\n", view.primary_hostname.as_deref().unwrap_or("")).into_bytes()),
+            LAG_INO => Some(view.lag()),
             _ => match self.resolve(ino)? {
-                (id, Kind::Pos) => Some(format!("{}\n", self.dbs[id].log.pos()).into_bytes()),
+                (id, Kind::Pos) => Some(view.pos(&self.dbs[id].name)),
                 _ => None,
             },
         }
     }
 
-    fn lookup_name(&self, name: &OsStr) -> Result<INodeNo, Errno> {
+    fn lookup_name(&self, name: &OsStr, view: &View) -> Result<INodeNo, Errno> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         match name {
-            ".primary" if self.opts.replica => return Ok(INodeNo(PRIMARY_INO)),
+            ".primary" if view.primary_hostname.is_some() => return Ok(INodeNo(PRIMARY_INO)),
             ".lag" => return Ok(INodeNo(LAG_INO)),
             _ => {}
         }
@@ -494,6 +669,240 @@ fn lock_kind(typ: i32) -> Option<LockKind> {
     }
 }
 
+/// Whether the database file's header says WAL mode (bytes 18 and 19 are 2).
+fn file_is_wal(file: &File) -> bool {
+    let mut b = [0u8; 2];
+    file.read_exact_at(&mut b, 18).is_ok() && b == [2, 2]
+}
+
+/// Two copies of SQLite's `WalIndexHdr` and a `WalCkptInfo` saying "the WAL is empty, read
+/// everything from the database file" (§5.5): version 3007000, `iChange`, `isInit`, native
+/// byte order, `szPage`, `mxFrame = 0`, `nPage`, frame checksum and salts from the WAL header,
+/// the header checksum; `nBackfill = 0`, read marks `[0, unused × 4]`.
+fn wal_index_header(change: u32, page_size: u32, n_page: u32, wal_header: Option<[u8; 32]>) -> Vec<u8> {
+    let mut hdr = [0u8; 48];
+    hdr[0..4].copy_from_slice(&3_007_000u32.to_ne_bytes());
+    hdr[8..12].copy_from_slice(&change.to_ne_bytes());
+    hdr[12] = 1; // isInit
+    hdr[13] = u8::from(cfg!(target_endian = "big")); // bigEndCksum: native order
+    let sz = if page_size == 65_536 { 1u16 } else { page_size as u16 };
+    hdr[14..16].copy_from_slice(&sz.to_ne_bytes());
+    // mxFrame (16..20) stays 0.
+    hdr[20..24].copy_from_slice(&n_page.to_ne_bytes());
+    if let Some(w) = wal_header {
+        // aFrameCksum = the WAL header's checksum, aSalt = its salts (as SQLite keeps them: the
+        // salts are copied as raw bytes, the checksums as native integers).
+        let c1 = u32::from_be_bytes([w[24], w[25], w[26], w[27]]);
+        let c2 = u32::from_be_bytes([w[28], w[29], w[30], w[31]]);
+        hdr[24..28].copy_from_slice(&c1.to_ne_bytes());
+        hdr[28..32].copy_from_slice(&c2.to_ne_bytes());
+        hdr[32..40].copy_from_slice(&w[16..24]);
+    }
+    let (s1, s2) = wal_checksum_native(&hdr[..40]);
+    hdr[40..44].copy_from_slice(&s1.to_ne_bytes());
+    hdr[44..48].copy_from_slice(&s2.to_ne_bytes());
+    let mut out = Vec::with_capacity(136);
+    out.extend_from_slice(&hdr);
+    out.extend_from_slice(&hdr);
+    let mut ckpt = [0u8; 40];
+    // nBackfill 0; aReadMark[0] = 0, aReadMark[1..5] = READMARK_NOT_USED.
+    for i in 1..5 {
+        ckpt[4 + i * 4..8 + i * 4].copy_from_slice(&0xffff_ffffu32.to_ne_bytes());
+    }
+    out.extend_from_slice(&ckpt);
+    out
+}
+
+/// SQLite's `walChecksumBytes` in native byte order, from a zero seed.
+fn wal_checksum_native(data: &[u8]) -> (u32, u32) {
+    let (mut s1, mut s2) = (0u32, 0u32);
+    for chunk in data.chunks_exact(8) {
+        let a = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let b = u32::from_ne_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        s1 = s1.wrapping_add(a).wrapping_add(s2);
+        s2 = s2.wrapping_add(b).wrapping_add(s1);
+    }
+    (s1, s2)
+}
+
+impl ApplyHook for Shared {
+    fn before_apply(&self, db: &DbName) {
+        // On a replica the FUSE thread never waits for the runtime, so waiting for the state
+        // lock is safe; on a primary (`/import`) the wait is bounded like a read's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let mut state = self.state();
+                let Some(&id) = state.by_name.get(db.as_str()) else { return };
+                let d = &mut state.dbs[id];
+                let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
+                if take_apply_locks(&mut d.detector, wal) {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(%db, "applying without SQLite's locks: a local connection held them for 10 s");
+                return;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    fn after_apply(&self, db: &DbName, pages: &[u32], commit: u32) {
+        // 1. Register a new database, note what to invalidate (under the state lock).
+        let (id, page_size, shm, wal_header, change) = {
+            let mut state = self.state();
+            let id = match state.by_name.get(db.as_str()) {
+                Some(&id) => id,
+                None => match state.load_db(db.as_str(), false, self) {
+                    Ok(id) => id,
+                    Err(err) => {
+                        tracing::warn!(%db, %err, "applied database cannot be opened");
+                        return;
+                    }
+                },
+            };
+            let d = &mut state.dbs[id];
+            let mut head = [0u8; 100];
+            let header = d.files[0].as_ref().and_then(|f| f.read_exact_at(&mut head, 0).ok()).and_then(|()| DbHeader::parse(&head));
+            let page_size = header.map_or(4096, |h| h.page_size);
+            let wal_mode = header.is_some_and(|h| h.wal_mode);
+            if wal_mode && d.files[Kind::Wal as usize].is_none() {
+                // Readers of a WAL database need a -wal file; a replica's stays empty.
+                match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(d.path(Kind::Wal)) {
+                    Ok(f) => d.files[Kind::Wal as usize] = Some(f),
+                    Err(err) => tracing::warn!(%db, %err, "cannot create the replica's empty WAL"),
+                }
+            }
+            let shm = wal_mode && d.files[Kind::Shm as usize].is_some();
+            let mut wal_header = None;
+            if let Some(w) = d.files[Kind::Wal as usize].as_ref() {
+                let mut buf = [0u8; 32];
+                if w.read_exact_at(&mut buf, 0).is_ok() {
+                    wal_header = Some(buf);
+                }
+            }
+            d.shm_change = d.shm_change.wrapping_add(1).max(next_change_seed());
+            (id, page_size, shm, wal_header, d.shm_change)
+        };
+        // 2. Kernel caches, without the state lock (the kernel may wait for a FUSE request).
+        if let Some(notifier) = self.notifier.get() {
+            let ino = db_ino(id, Kind::Database);
+            let ps = i64::from(page_size);
+            if pages.is_empty() {
+                let _ = notifier.inval_inode(ino, 0, 0);
+            } else {
+                for range in page_ranges(pages) {
+                    let _ = notifier.inval_inode(ino, i64::from(range.0 - 1) * ps, i64::from(range.1 - range.0 + 1) * ps);
+                }
+                // The size may have changed: invalidate attributes and anything past the end.
+                let _ = notifier.inval_inode(ino, i64::from(commit) * ps, 0);
+            }
+            if shm {
+                let header = wal_index_header(change, page_size, commit, wal_header);
+                let shm_ino = db_ino(id, Kind::Shm);
+                if let Err(err) = notifier.store(shm_ino, 0, &header) {
+                    tracing::debug!(%db, %err, "WAL-index store into the kernel cache failed");
+                }
+                let state = self.state();
+                if let Some(f) = state.dbs[id].files[Kind::Shm as usize].as_ref() {
+                    let _ = f.write_all_at(&header, 0);
+                }
+            }
+        }
+        // 3. Release SQLite's locks.
+        let mut state = self.state();
+        release_apply_locks(&mut state.dbs[id].detector);
+    }
+
+    fn before_read(&self, db: &DbName) {
+        // Rollback modes: a reader's SHARED lock keeps a writer's uncommitted pages out of the
+        // image. Bounded: the FUSE thread may be waiting for a commit queued behind this read.
+        // WAL mode needs no lock (committed WAL pages are laid over the file).
+        let deadline = Instant::now() + READ_LOCK_WAIT_MAX;
+        loop {
+            if let Ok(mut state) = self.state.try_lock() {
+                let Some(&id) = state.by_name.get(db.as_str()) else { return };
+                let d = &mut state.dbs[id];
+                if d.files[0].as_ref().is_none_or(file_is_wal) {
+                    return;
+                }
+                let locks = d.detector.shell_locks(LockFile::Database);
+                let pending_free = locks.conflict(SHELL_OWNER, DB_PENDING_BYTE, DB_PENDING_BYTE, LockKind::Read).is_none();
+                if pending_free && locks.lock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1, LockKind::Read).is_ok() {
+                    lock(&self.reading).insert(db.to_string(), true);
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    fn read_database(&self, db: &DbName) -> Option<io::Result<Vec<u8>>> {
+        let index = lock(&self.wal_indexes).get(db.as_str()).cloned()?;
+        let state_dir = self.runtime.get()?.config().data_dir.join("dbs").join(db.as_str());
+        Some(read_committed_image(&state_dir, &index, 0))
+    }
+
+    fn after_read(&self, db: &DbName) {
+        if lock(&self.reading).remove(db.as_str()).is_none() {
+            return;
+        }
+        // Holding SHARED kept every writer of this database out of its commit, so the FUSE
+        // thread cannot be waiting on this database's I/O queue: waiting for the lock is safe.
+        let mut state = self.state();
+        if let Some(&id) = state.by_name.get(db.as_str()) {
+            state.dbs[id].detector.shell_locks(LockFile::Database).unlock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+        }
+    }
+}
+
+/// A change counter unlikely to equal one a reader cached from an earlier run.
+fn next_change_seed() -> u32 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.subsec_nanos() | 1) & 0xff
+}
+
+/// Takes SQLite's write locks for an apply; false if a reader is in the way (then only PENDING
+/// is kept in rollback modes, so new readers wait while the current ones finish).
+fn take_apply_locks(detector: &mut Detector, wal: bool) -> bool {
+    if wal {
+        let locks = detector.shell_locks(LockFile::Shm);
+        return locks.lock(SHELL_OWNER, SHM_APPLY_LOCKS.0, SHM_APPLY_LOCKS.1, LockKind::Write).is_ok();
+    }
+    let locks = detector.shell_locks(LockFile::Database);
+    if locks.lock(SHELL_OWNER, DB_PENDING_BYTE, DB_PENDING_BYTE, LockKind::Write).is_err() {
+        return false;
+    }
+    let rest = locks.lock(SHELL_OWNER, DB_RESERVED_BYTE, DB_RESERVED_BYTE, LockKind::Write).is_ok()
+        && locks.lock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1, LockKind::Write).is_ok();
+    if !rest {
+        locks.unlock(SHELL_OWNER, DB_RESERVED_BYTE, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+    }
+    rest
+}
+
+fn release_apply_locks(detector: &mut Detector) {
+    detector.shell_locks(LockFile::Database).release_owner(SHELL_OWNER);
+    detector.shell_locks(LockFile::Shm).release_owner(SHELL_OWNER);
+}
+
+/// Ascending page numbers → inclusive runs.
+fn page_ranges(pages: &[u32]) -> Vec<(u32, u32)> {
+    let mut sorted = pages.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for p in sorted {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 >= p => *end = (*end).max(p),
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
 impl Filesystem for LtxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         config
@@ -503,19 +912,21 @@ impl Filesystem for LtxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
-        match state.lookup_name(name).and_then(|ino| state.attr(ino)) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        match state.lookup_name(name, &view).and_then(|ino| state.attr(ino, &view)) {
+            Ok(attr) => reply.entry(&view.ttl(), &attr, Generation(0)),
             Err(err) => reply.error(err),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.state().attr(ino) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+        let view = View::of(self.shared.runtime.get());
+        match self.state().attr(ino, &view) {
+            Ok(attr) => reply.attr(&view.ttl(), &attr),
             Err(err) => reply.error(err),
         }
     }
@@ -538,12 +949,14 @@ impl Filesystem for LtxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let view = View::of(self.shared.runtime.get());
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
         if let Some(size) = size {
             let Some((id, kind)) = state.resolve(ino) else {
                 return reply.error(Errno::EACCES);
             };
-            if state.opts.replica && kind != Kind::Shm {
+            if !view.primary && kind != Kind::Shm {
                 return reply.error(Errno::EACCES);
             }
             let db = &mut state.dbs[id];
@@ -555,9 +968,12 @@ impl Filesystem for LtxFs {
                 Kind::Pos => return reply.error(Errno::EACCES),
             };
             if let Some(op) = op {
-                if let Err(err) = db.detect(op) {
+                if let Err(err) = db.detect(op, rt) {
                     return reply.error(err);
                 }
+            }
+            if kind == Kind::Wal && size == 0 {
+                *lock(&db.wal_index) = WalIndex::default();
             }
             let result = db
                 .file(kind)
@@ -566,25 +982,27 @@ impl Filesystem for LtxFs {
                 return reply.error(err);
             }
         }
-        match state.attr(ino) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+        match state.attr(ino, &view) {
+            Ok(attr) => reply.attr(&view.ttl(), &attr),
             Err(err) => reply.error(err),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let view = View::of(self.shared.runtime.get());
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
-        let ino = match state.lookup_name(name) {
+        let ino = match state.lookup_name(name, &view) {
             Ok(ino) => ino,
             Err(err) => return reply.error(err),
         };
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.error(Errno::EPERM);
         };
-        if state.opts.replica {
+        if !view.primary && kind != Kind::Shm {
             return reply.error(Errno::EACCES);
         }
         let db = &mut state.dbs[id];
@@ -596,9 +1014,12 @@ impl Filesystem for LtxFs {
             Kind::Database | Kind::Pos => return reply.error(Errno::EPERM),
         };
         if let Some(op) = op {
-            if let Err(err) = db.detect(op) {
+            if let Err(err) = db.detect(op, rt) {
                 return reply.error(err);
             }
+        }
+        if kind == Kind::Wal {
+            *lock(&db.wal_index) = WalIndex::default();
         }
         db.files[kind as usize] = None;
         match fs::remove_file(db.path(kind)) {
@@ -608,6 +1029,7 @@ impl Filesystem for LtxFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let read_only = self.shared.read_only();
         let state = self.state();
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         if ino.0 == PRIMARY_INO
@@ -622,7 +1044,7 @@ impl Filesystem for LtxFs {
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        if state.opts.replica && writable && kind != Kind::Shm {
+        if read_only && writable && kind != Kind::Shm {
             return reply.error(Errno::EACCES);
         }
         if !state.dbs[id].exists(kind) {
@@ -641,20 +1063,22 @@ impl Filesystem for LtxFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let view = View::of(self.shared.runtime.get());
         let mut state = self.state();
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
-        if state.opts.replica {
-            return reply.error(Errno::EACCES);
-        }
         let Some((db_name, kind)) = name.to_str().and_then(parse_name) else {
             return reply.error(Errno::EACCES);
         };
+        // Not the primary: only SQLite's -shm (shared memory for readers) may be created.
+        if !view.primary && kind != Kind::Shm {
+            return reply.error(Errno::EACCES);
+        }
         let id = match (kind, state.by_name.get(db_name)) {
             (Kind::Pos, _) => return reply.error(Errno::EACCES),
             (_, Some(id)) => *id,
-            (Kind::Database, None) => match state.load_db(db_name, true) {
+            (Kind::Database, None) => match state.load_db(db_name, true, &self.shared) {
                 Ok(id) => id,
                 Err(err) => {
                     tracing::error!(db = db_name, %err, "cannot create database");
@@ -680,9 +1104,9 @@ impl Filesystem for LtxFs {
             }
         }
         let ino = db_ino(id, kind);
-        match state.attr(ino) {
+        match state.attr(ino, &view) {
             Ok(attr) => reply.created(
-                &TTL,
+                &view.ttl(),
                 &attr,
                 Generation(0),
                 FileHandle(0),
@@ -703,8 +1127,9 @@ impl Filesystem for LtxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let view = View::of(self.shared.runtime.get());
         let state = self.state();
-        if let Some(content) = state.virtual_content(ino) {
+        if let Some(content) = state.virtual_content(ino, &view) {
             let start = (offset as usize).min(content.len());
             let end = (start + size as usize).min(content.len());
             return reply.data(&content[start..end]);
@@ -741,11 +1166,13 @@ impl Filesystem for LtxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let read_only = self.shared.read_only();
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.error(Errno::EACCES);
         };
-        if state.opts.replica && kind != Kind::Shm {
+        if read_only && kind != Kind::Shm {
             return reply.error(Errno::EACCES);
         }
         let db = &mut state.dbs[id];
@@ -759,9 +1186,14 @@ impl Filesystem for LtxFs {
             Kind::Pos => return reply.error(Errno::EACCES),
         };
         if let Some(op) = op {
-            if let Err(err) = db.detect(op) {
+            if let Err(err) = db.detect(op, rt) {
                 return reply.error(err);
             }
+        }
+        if kind == Kind::Wal && offset == 0 {
+            // A new WAL header: SQLite restarts the WAL only after a complete checkpoint, so
+            // every committed page is in the database file now.
+            *lock(&db.wal_index) = WalIndex::default();
         }
         let result = db
             .file(kind)
@@ -780,6 +1212,7 @@ impl Filesystem for LtxFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
         if let Some((id, kind)) = state.resolve(ino) {
             if let Some(file) = kind.lock_file() {
@@ -787,7 +1220,7 @@ impl Filesystem for LtxFs {
                 if let Err(err) = state.dbs[id].detect(Op::ReleaseOwner {
                     file,
                     owner: lock_owner.0,
-                }) {
+                }, rt) {
                     return reply.error(err);
                 }
             }
@@ -832,6 +1265,7 @@ impl Filesystem for LtxFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if ino.0 != ROOT_INO {
             return reply.error(Errno::ENOTDIR);
@@ -841,7 +1275,7 @@ impl Filesystem for LtxFs {
             (INodeNo(ROOT_INO), FileType::Directory, "..".into()),
             (INodeNo(LAG_INO), FileType::RegularFile, ".lag".into()),
         ];
-        if state.opts.replica {
+        if view.primary_hostname.is_some() {
             entries.push((
                 INodeNo(PRIMARY_INO),
                 FileType::RegularFile,
@@ -868,12 +1302,13 @@ impl Filesystem for LtxFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let view = View::of(self.shared.runtime.get());
         let state = self.state();
-        if let Err(err) = state.attr(ino) {
+        if let Err(err) = state.attr(ino, &view) {
             return reply.error(err);
         }
         let wants_write = mask.bits() & libc::W_OK != 0;
-        let read_only = state.opts.replica
+        let read_only = !view.primary
             || ino.0 == LAG_INO
             || ino.0 == PRIMARY_INO
             || matches!(state.resolve(ino), Some((_, Kind::Pos)));
@@ -962,6 +1397,7 @@ impl Filesystem for LtxFs {
         _sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
         let Some((id, file)) = state
             .resolve(ino)
@@ -987,7 +1423,7 @@ impl Filesystem for LtxFs {
             },
             None => return reply.error(Errno::EINVAL),
         };
-        match state.dbs[id].detect(op) {
+        match state.dbs[id].detect(op, rt) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(err),
         }
@@ -1015,24 +1451,28 @@ mod tests {
 
     #[test]
     fn inode_numbers_round_trip() {
-        let state = State {
-            opts: FsOptions {
-                data_dir: PathBuf::new(),
-                compress: false,
-                replica: false,
-                primary_hostname: String::new(),
-                record_ops: None,
-            },
-            dbs: Vec::new(),
-            by_name: BTreeMap::new(),
-            uid: 0,
-            gid: 0,
-        };
-        assert_eq!(
-            state.resolve(db_ino(0, Kind::Wal)),
-            None,
-            "no database registered"
-        );
         assert_eq!(db_ino(3, Kind::Pos).0, DB_INO_BASE + 3 * 8 + 4);
+        let state = state_placeholder();
+        assert_eq!(state.resolve(db_ino(0, Kind::Wal)), None, "no database registered");
+    }
+
+    #[test]
+    fn page_ranges_merge_runs() {
+        assert_eq!(page_ranges(&[5, 1, 2, 3, 7, 8]), vec![(1, 3), (5, 5), (7, 8)]);
+        assert_eq!(page_ranges(&[]), vec![]);
+    }
+
+    #[test]
+    fn wal_index_header_checksums_like_sqlite() {
+        let h = wal_index_header(7, 4096, 3, None);
+        assert_eq!(h.len(), 136);
+        assert_eq!(h[..48], h[48..96], "two identical copies");
+        let (s1, s2) = wal_checksum_native(&h[..40]);
+        assert_eq!(u32::from_ne_bytes(h[40..44].try_into().unwrap()), s1);
+        assert_eq!(u32::from_ne_bytes(h[44..48].try_into().unwrap()), s2);
+        assert_eq!(u32::from_ne_bytes(h[16..20].try_into().unwrap()), 0, "mxFrame 0");
+        assert_eq!(u32::from_ne_bytes(h[20..24].try_into().unwrap()), 3, "nPage");
+        assert_eq!(u32::from_ne_bytes(h[100..104].try_into().unwrap()), 0, "aReadMark[0] = 0");
+        assert_eq!(u32::from_ne_bytes(h[104..108].try_into().unwrap()), 0xffff_ffff);
     }
 }

@@ -1,10 +1,14 @@
-//! `ltxfs`: the production node binary. It only moves bytes between the world and `ltxfs-core`.
+//! `ltxfs`: the production node binary. It only moves bytes between the world and `ltxfs-core`:
+//! the FUSE mount (`fs`), start-up recovery (`recover`), the mount process (`mount`), the
+//! configuration file (`config`) and the HTTP clients of the node API (`cli`); the node runtime,
+//! HTTP API and lease backends live in the `node` library.
 
+mod cli;
 mod config;
-mod engine;
 mod fs;
 mod ltx_cmd;
 mod mount;
+mod recover;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +28,14 @@ struct Cli {
 enum Command {
     /// Mount the FUSE file system and run the node (the default with no arguments).
     Mount(MountArgs),
+    /// Replace a database on the primary with a local SQLite file (one transaction).
+    Import(cli::TransferArgs),
+    /// Download a database from any node into a local SQLite file.
+    Export(cli::TransferArgs),
+    /// Show a node's role, primary, lag and database positions.
+    Status(cli::StatusArgs),
+    /// Ask a node (a candidate replica) to become the primary.
+    Promote(cli::NodeArgs),
     /// Inspect, verify, build and apply LTX files.
     Ltx(ltx_cmd::LtxArgs),
 }
@@ -70,6 +82,10 @@ fn main() -> ExitCode {
     match cli.command {
         None => mount_command(MountArgs::default()),
         Some(Command::Mount(args)) => mount_command(args),
+        Some(Command::Import(args)) => cli::import(args),
+        Some(Command::Export(args)) => cli::export(args),
+        Some(Command::Status(args)) => cli::status(args),
+        Some(Command::Promote(args)) => cli::promote(args),
         Some(Command::Ltx(args)) => ltx_cmd::run(args),
     }
 }

@@ -1,12 +1,22 @@
 //! `ltxfs mount`: mount the FUSE file system, optionally run a command, unmount on exit.
 //!
-//! Decides: start-up order (config already validated → data dir → stale mount removed → file
-//! system loaded → mounted → command started), signal handling (SIGINT/SIGTERM are forwarded to
-//! the command, or end the node when there is none) and the exit code (the command's).
-//! Never does: commit detection or LTX (see `fs`, `engine`).
+//! Decides: start-up order (config validated → HTTP port bound → data dir → stale mount removed
+//! → start-up recovery → file system loaded → node runtime started → HTTP served → mounted →
+//! command started), how the YAML maps onto the runtime (node id, members, cluster id, lease
+//! backend), signal handling (SIGINT/SIGTERM are forwarded to the command, or end the node when
+//! there is none; then unmount, release the lease) and the exit code (the command's).
+//! Never does: commit detection, LTX or replication (see `fs`, `node::runtime`).
 
-use crate::config::{Config, Exec, LogFormat};
-use crate::fs::{FsOptions, LtxFs};
+use crate::config::{Config, Exec, LeaseType, LogFormat};
+use crate::fs::{FsOptions, LtxFs, Shared};
+use ltxfs_core::ids::{ClusterId, NodeId};
+use ltxfs_core::node::{Config as CoreConfig, LeaseMode};
+use node::lease::etcd::{EtcdConfig, EtcdLease};
+use node::lease::static_lease::StaticLease;
+use node::lease::LeaseHolder;
+use node::runtime::{self, node_id_from_name, ApplyHook, RuntimeConfig};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -60,22 +70,50 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
     let config = &request.config;
     let fuse_dir = &config.fuse.dir;
     let data_dir = &config.data.dir;
+    require_fuse()?;
+    let plan = NodePlan::from_config(config)?;
+    let listen = crate::config::parse_listen_addr(&config.http.addr).map_err(|e| format!("http.addr: {e}"))?;
+    // Bind before touching the data directory: a port in use is a clean error, nothing written.
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("http.addr {listen}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| format!("http.addr: {e}"))?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("data.dir {}: {e}", data_dir.display()))?;
     unmount_stale(fuse_dir);
     std::fs::create_dir_all(fuse_dir)
         .map_err(|e| format!("fuse.dir {}: {e}", fuse_dir.display()))?;
-    require_fuse()?;
 
-    let replica = !config.lease.candidate;
-    let fs = LtxFs::new(FsOptions {
+    crate::recover::recover_data_dir(data_dir).map_err(|e| format!("start-up recovery in {}: {e}", data_dir.display()))?;
+    let shared = Shared::new(FsOptions {
         data_dir: data_dir.clone(),
-        compress: config.data.compress,
-        replica,
-        primary_hostname: primary_hostname(config),
         record_ops: request.record_ops.clone(),
     })
     .map_err(|e| format!("cannot open data dir {}: {e}", data_dir.display()))?;
+
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("ltxfs-node")
+        .build()
+        .map_err(|e| format!("cannot start the node runtime: {e}"))?;
+    let handle = {
+        let _enter = tokio_rt.enter();
+        let hook: Arc<dyn ApplyHook> = shared.clone();
+        let handle = match &plan.lease {
+            LeasePlan::Static(holder) => runtime::start(plan.runtime.clone(), Arc::new(StaticLease::new(holder.clone())), hook),
+            LeasePlan::Etcd(etcd) => runtime::start(plan.runtime.clone(), EtcdLease::start(etcd.clone()), hook),
+        }
+        .map_err(|e| format!("cannot start the node: {e}"))?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| format!("http.addr: {e}"))?;
+        let server_handle = handle.clone();
+        tokio_rt.spawn(async move {
+            if let Err(err) = node::http::serve(listener, server_handle).await {
+                tracing::error!(%err, "HTTP server failed");
+            }
+        });
+        handle
+    };
+    shared.set_runtime(handle.clone());
+    tracing::info!(node = %plan.name, id = %plan.runtime.node_id, http = %listen, "node started");
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
@@ -85,9 +123,10 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
     if config.fuse.allow_other {
         options.acl = fuser::SessionACL::All;
     }
-    let session = fuser::spawn_mount(fs, fuse_dir, &options)
+    let session = fuser::spawn_mount(LtxFs::new(shared.clone()), fuse_dir, &options)
         .map_err(|e| format!("cannot mount {}: {e}", fuse_dir.display()))?;
-    let role = if replica { "replica" } else { "primary" };
+    shared.set_notifier(session.notifier());
+    let role = if plan.static_primary { "primary" } else { "replica" };
     tracing::info!(dir = %fuse_dir.display(), data = %data_dir.display(), role, "mounted");
 
     let (wake_tx, wake_rx) = mpsc::channel();
@@ -102,7 +141,7 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
         }
     });
 
-    let command = command_line(&request.command, config.exec.as_ref(), !replica)?;
+    let command = command_line(&request.command, config.exec.as_ref(), config.lease.candidate)?;
     let child_pid = match command {
         Some((program, args)) => {
             let mut child = Command::new(&program)
@@ -125,6 +164,7 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
             println!("ltxfs: {role} node mounted at {}", fuse_dir.display());
             if request.hint {
                 println!("  data:  {}", data_dir.display());
+                println!("  http:  http://{listen}  (ltxfs status --url http://{listen})");
                 println!("  try:   sqlite3 {}", fuse_dir.join("app.db").display());
                 println!("  stop:  Ctrl-C (unmounts cleanly)");
             }
@@ -161,18 +201,112 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
         lazy_unmount(fuse_dir);
     }
     tracing::info!(dir = %fuse_dir.display(), "unmounted");
+    // Release the lease and persist checksum indexes (bounded: never hang on exit).
+    let stop = handle.clone();
+    let _ = tokio_rt.block_on(async move { tokio::time::timeout(std::time::Duration::from_secs(5), stop.shutdown()).await });
+    tokio_rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    if let Err(err) = crate::recover::mark_clean(data_dir) {
+        tracing::warn!(%err, "cannot mark the data directory cleanly shut down");
+    }
     Ok(ExitCode::from(
         u8::try_from(code.clamp(0, 255)).unwrap_or(1),
     ))
 }
 
-fn primary_hostname(config: &Config) -> String {
-    config
-        .lease
-        .hostname
-        .clone()
-        .or_else(|| config.lease.advertise_url.clone())
-        .unwrap_or_default()
+/// How the lease is held.
+enum LeasePlan {
+    Static(LeaseHolder),
+    Etcd(EtcdConfig),
+}
+
+/// The runtime configuration and lease backend a YAML configuration maps onto.
+struct NodePlan {
+    name: String,
+    runtime: RuntimeConfig,
+    lease: LeasePlan,
+    /// Static lease and this node is the candidate (the permanent primary).
+    static_primary: bool,
+}
+
+impl NodePlan {
+    fn from_config(config: &Config) -> Result<NodePlan, String> {
+        let name = config.node_name();
+        let node_id = node_id_from_name(&name);
+        let own_url = || {
+            let addr = config.http.addr.replace("0.0.0.0", "127.0.0.1");
+            let addr = if addr.starts_with(':') { format!("127.0.0.1{addr}") } else { addr };
+            format!("http://{addr}")
+        };
+        let members: BTreeSet<NodeId> = config.member_names().iter().map(|n| node_id_from_name(n)).collect();
+        if members.len() != config.member_names().len() {
+            return Err("replication.members: two names hash to the same node id; rename one".into());
+        }
+        let peers: BTreeSet<NodeId> = members.into_iter().filter(|m| *m != node_id).collect();
+        let (mode, lease, advertise_url, static_primary) = match config.lease.kind {
+            Some(LeaseType::Static) => {
+                let primary_name = config.static_primary_name();
+                let primary = node_id_from_name(&primary_name);
+                let primary_url = config.lease.advertise_url.clone().unwrap_or_else(own_url);
+                let holder = LeaseHolder { node_id: primary, hostname: primary_name, advertise_url: primary_url.clone() };
+                let me_primary = config.lease.candidate;
+                if me_primary && primary != node_id {
+                    return Err("replication.node-id: on a static-lease primary it must equal lease.hostname".into());
+                }
+                if !me_primary && primary == node_id {
+                    return Err("replication.node-id: a static-lease replica must not have the primary's name (lease.hostname)".into());
+                }
+                let url = if me_primary { primary_url } else { own_url() };
+                (LeaseMode::Static { primary }, LeasePlan::Static(holder), url, me_primary)
+            }
+            Some(LeaseType::Etcd) => {
+                let url = config.lease.advertise_url.clone().unwrap_or_else(own_url);
+                let me = LeaseHolder { node_id, hostname: config.lease.hostname.clone().unwrap_or_else(|| name.clone()), advertise_url: url.clone() };
+                let etcd = EtcdConfig {
+                    endpoints: config.lease.etcd.endpoints.clone(),
+                    key: config.lease.etcd.key.clone(),
+                    ttl: config.lease.ttl,
+                    poll_interval: (config.replication.heartbeat_interval / 4).max(std::time::Duration::from_millis(20)),
+                    me,
+                };
+                // Stop writing a tenth of the TTL before the lease could expire at etcd.
+                let margin = (config.lease.ttl / 10).max(std::time::Duration::from_millis(100));
+                (LeaseMode::Dynamic { candidate: config.lease.candidate, clock_margin: margin }, LeasePlan::Etcd(etcd), url, false)
+            }
+            None => return Err("lease.type: required".into()),
+        };
+        let cluster_id = cluster_id(config.replication.cluster_id.as_deref().unwrap_or("ltxfs"));
+        let mut core = CoreConfig::new(cluster_id, peers, mode);
+        core.heartbeat_interval = config.replication.heartbeat_interval;
+        core.compress_ltx = config.data.compress;
+        core.retention.age_max = config.data.retention;
+        core.retention_interval = config.data.retention_monitor_interval.max(std::time::Duration::from_secs(1));
+        if config.replication.sync {
+            let replicas = (core.cluster_size() / 2) as u32;
+            if replicas == 0 {
+                return Err("replication.sync: needs at least 2 members".into());
+            }
+            core.sync_replicas = replicas;
+        }
+        let hostname = config.lease.hostname.clone().filter(|_| config.lease.candidate).unwrap_or_else(|| name.clone());
+        let runtime = RuntimeConfig {
+            node_id,
+            hostname,
+            advertise_url,
+            data_dir: config.data.dir.clone(),
+            core,
+            auth_token: config.http.auth_token.clone(),
+            reconnect_delay: config.lease.reconnect_delay,
+        };
+        Ok(NodePlan { name, runtime, lease, static_primary })
+    }
+}
+
+/// `replication.cluster-id`: 16 hex digits as is, any other text hashed.
+fn cluster_id(text: &str) -> ClusterId {
+    match (text.len(), u64::from_str_radix(text, 16)) {
+        (16, Ok(id)) => ClusterId(id),
+        _ => ClusterId(node_id_from_name(text).0),
+    }
 }
 
 /// `-- CMD ARGS` wins; else the last `exec` entry (earlier entries run synchronously first).

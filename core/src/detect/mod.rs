@@ -266,6 +266,14 @@ impl Detector {
         }
     }
 
+    /// The lock table of `file`, for the shell's own locks (a replica taking SQLite's locks
+    /// around an apply, a read lock around a snapshot). Changes made here are not operations of
+    /// SQLite: they never trigger commit detection, so the shell must only use an owner id no
+    /// SQLite process has.
+    pub fn shell_locks(&mut self, file: LockFile) -> &mut LockTable {
+        self.locks_mut(file)
+    }
+
     /// `F_GETLK`: the lock that would block `owner` taking `kind` on `start..=end`.
     pub fn query_lock(
         &self,

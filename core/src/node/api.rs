@@ -213,6 +213,20 @@ pub struct LocalCommit {
     pub pages: Vec<(u32, Vec<u8>)>,
     /// Wall clock at commit, stamped into the LTX header.
     pub wall: WallMs,
+    /// WAL mode: the WAL frames the transaction occupies (the LTX header's WAL fields, which a
+    /// restarted node uses to match its WAL against its last LTX). `None` in rollback modes.
+    pub wal: Option<WalFrames>,
+}
+
+/// Where a WAL-mode transaction lies in the WAL file (LTX header `WALOffset`/`WALSize`/salts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalFrames {
+    /// Byte offset of the transaction's first frame in the WAL.
+    pub offset: u64,
+    /// Bytes of the transaction's frames.
+    pub size: u64,
+    pub salt1: u32,
+    pub salt2: u32,
 }
 
 /// A database the driver found on disk at start-up.

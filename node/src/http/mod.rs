@@ -27,7 +27,8 @@
 //! `data.retention-monitor-interval`, `http.addr`, `http.auth-token`, `lease.type`,
 //! `lease.candidate`, `lease.hostname`, `lease.advertise-url`, `lease.reconnect-delay`,
 //! `lease.ttl`, `lease.etcd.endpoints`, `lease.etcd.key`, `replication.sync`,
-//! `replication.cluster-size`.
+//! `replication.cluster-size`, `replication.node-id`, `replication.members`,
+//! `replication.cluster-id`, `replication.heartbeat-interval` (see the binary's `config.rs`).
 //!
 //! This module decides only HTTP matters (status codes, auth, framing, limits). Replication
 //! decisions stay in the core; the runtime executes them.

@@ -151,7 +151,7 @@ impl DataDir {
                 .map(IoOutcome::LtxFiles),
             IoKind::ReadDatabase { db } => {
                 hook.before_read(db);
-                let result = match fs::read(self.database_path(db)) {
+                let result = match hook.read_database(db).unwrap_or_else(|| fs::read(self.database_path(db))) {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
                     other => other,
                 };

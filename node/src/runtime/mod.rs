@@ -10,21 +10,19 @@
 //! message to a peer, and how outcomes reach callers. It never blocks the node task on disk or
 //! network I/O (disk runs on tokio's blocking pool, one FIFO worker per database).
 //!
-//! # Interface for the FUSE layer
-//! The FUSE layer keeps detecting commits and writing SQLite's pages into
-//! `<data>/dbs/<db>/database` exactly as today; where it calls its interim engine's
-//! `DbLog::commit`, it calls instead (from its own thread, via [`RuntimeHandle::commit_blocking`]
-//! or `.await` on [`RuntimeHandle::commit`]):
+//! # Interface for the FUSE layer (`ltxfs` binary, `fs.rs`)
+//! The FUSE layer detects commits and writes SQLite's pages into `<data>/dbs/<db>/database`
+//! (WAL mode: into `wal`); for each commit it calls, from its own thread,
 //! ```ignore
-//! let outcome = handle.commit_blocking(db, page_size, commit, pages)?; // CommitOutcome
+//! let outcome = handle.commit_blocking(db, page_size, commit, pages, wal)?; // CommitOutcome
 //! ```
 //! and lets SQLite's commit complete only on [`CommitOutcome::Committed`] (anything else is an
-//! I/O error to SQLite). The first commit of a database must carry every page (LTX snapshot).
-//! Read-only state and `.primary`/`.lag`/`-pos` come from [`RuntimeHandle::status`] and
-//! [`RuntimeHandle::subscribe`] ([`RuntimeEvent`]). On replicas the runtime writes pages into the
-//! same `database` file; it calls the [`ApplyHook`] the FUSE layer installs around every apply
-//! (take SQLite's locks, then invalidate the kernel page cache for the pages written) and around
-//! whole-file reads (snapshots served to peers, `/export`).
+//! I/O error to SQLite). The first commit of a database carries every page (LTX snapshot).
+//! Read-only state and `.primary`/`.lag`/`-pos` come from [`RuntimeHandle::status`]. On replicas
+//! the runtime writes pages into the same `database` file; it calls the [`ApplyHook`] the FUSE
+//! layer installs around every apply (take SQLite's locks, then invalidate the kernel page
+//! cache for the pages written, rewrite the WAL index) and around whole-file reads (snapshots
+//! served to peers, `/export`; in WAL mode the hook supplies the image with committed WAL pages).
 
 pub mod disk;
 pub mod peers;
@@ -43,7 +41,7 @@ use ltxfs_core::ltx::Pos;
 use ltxfs_core::msg::Message;
 use ltxfs_core::node::{
     Config as CoreConfig, Event, Input, InputError, IoCommand, IoErrorKind, IoKind, IoOutcome, LeaseKind, LeaseResult, LocalCommit,
-    Node, Output, RejectReason, Role,
+    Node, Output, RejectReason, Role, WalFrames,
 };
 use ltxfs_core::time::{Time, WallMs};
 
@@ -119,7 +117,15 @@ pub trait ApplyHook: Send + Sync + 'static {
     /// release the locks. `pages` empty means the whole file was replaced (`/import`).
     fn after_apply(&self, _db: &DbName, _pages: &[u32], _commit: u32) {}
     /// Before the whole database file is read (snapshot for a peer, `/export`): take a read lock.
+    /// Must not wait without bound: the read runs in the database's I/O queue, ahead of a commit
+    /// the FUSE layer may be waiting for (an image that is not at the node's position is
+    /// refused by the core and read again later).
     fn before_read(&self, _db: &DbName) {}
+    /// The database image at the node's position, if the hook knows better than the file
+    /// (WAL mode: committed pages still in the WAL). `None`: read `<data>/dbs/<db>/database`.
+    fn read_database(&self, _db: &DbName) -> Option<std::io::Result<Vec<u8>>> {
+        None
+    }
     fn after_read(&self, _db: &DbName) {}
 }
 
@@ -278,16 +284,24 @@ impl RuntimeHandle {
     /// and waits for the core's verdict.
     pub async fn commit(&self, db: DbName, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>) -> Result<CommitOutcome, RuntimeError> {
         let (reply, rx) = oneshot::channel();
-        let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now() };
+        let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now(), wal: None };
         self.cmd.send(Cmd::Commit { commit, reply }).map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
     }
 
     /// [`RuntimeHandle::commit`] for a non-async caller (the FUSE thread). Must not be called
-    /// from inside the tokio runtime.
-    pub fn commit_blocking(&self, db: DbName, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>) -> Result<CommitOutcome, RuntimeError> {
+    /// from inside the tokio runtime. `wal`: in WAL mode, where the transaction's frames lie
+    /// (stamped into the LTX header).
+    pub fn commit_blocking(
+        &self,
+        db: DbName,
+        page_size: u32,
+        commit: u32,
+        pages: Vec<(u32, Vec<u8>)>,
+        wal: Option<WalFrames>,
+    ) -> Result<CommitOutcome, RuntimeError> {
         let (reply, rx) = oneshot::channel();
-        let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now() };
+        let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now(), wal };
         self.cmd.send(Cmd::Commit { commit, reply }).map_err(|_| RuntimeError::Stopped)?;
         rx.blocking_recv().map_err(|_| RuntimeError::Stopped)?
     }

@@ -50,6 +50,7 @@ const DB: &str = "lag.db";
 pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
     let dir = node::run_dir("lag")?;
     let primary_port = node::free_port()?;
+    let members: Vec<String> = vec!["primary".into(), "replica".into()];
     let primary = Node::start(
         bin,
         NodeSpec {
@@ -58,7 +59,7 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
             http_port: primary_port,
             primary_port: None,
             compress: true,
-            cluster_size: 2,
+            members: members.clone(),
         },
     )?;
     let replica = Node::start(
@@ -69,7 +70,7 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
             http_port: node::free_port()?,
             primary_port: Some(primary_port),
             compress: true,
-            cluster_size: 2,
+            members: members.clone(),
         },
     )?;
     let pmnt = primary.spec.mount_dir();

@@ -99,7 +99,8 @@ pub struct NodeSpec {
     /// `None`: this node is the static primary. `Some(port)`: a replica of the primary there.
     pub primary_port: Option<u16>,
     pub compress: bool,
-    pub cluster_size: u32,
+    /// `replication.members`: every node's name (the primary is `primary`).
+    pub members: Vec<String>,
 }
 
 impl NodeSpec {
@@ -117,18 +118,24 @@ impl NodeSpec {
             None => (true, self.http_port),
             Some(port) => (false, port),
         };
+        // A static primary is named by `lease.hostname`; a replica by `replication.node-id`.
+        let node_id = if candidate {
+            String::new()
+        } else {
+            format!("  node-id: {}\n", self.name)
+        };
         format!(
             "fuse:\n  dir: {mnt}\ndata:\n  dir: {data}\n  compress: {compress}\n\
              http:\n  addr: 127.0.0.1:{port}\n\
              lease:\n  type: static\n  candidate: {candidate}\n  hostname: primary\n  \
-             advertise-url: http://127.0.0.1:{primary_port}\n\
-             replication:\n  cluster-size: {size}\n\
+             advertise-url: http://127.0.0.1:{primary_port}\n  reconnect-delay: 100ms\n\
+             replication:\n{node_id}  members: [{members}]\n  cluster-id: bench\n\
              log:\n  format: text\n",
             mnt = self.mount_dir().display(),
             data = self.data_dir().display(),
             compress = self.compress,
             port = self.http_port,
-            size = self.cluster_size,
+            members = self.members.join(", "),
         )
     }
 }
@@ -343,9 +350,11 @@ mod tests {
             http_port: 2,
             primary_port: Some(1),
             compress: true,
-            cluster_size: 2,
+            members: vec!["primary".into(), "replica".into()],
         };
         let yaml = spec.yaml();
+        assert!(yaml.contains("node-id: replica"), "{yaml}");
+        assert!(yaml.contains("members: [primary, replica]"), "{yaml}");
         assert!(yaml.contains("candidate: false"), "{yaml}");
         assert!(yaml.contains("advertise-url: http://127.0.0.1:1"), "{yaml}");
         assert!(yaml.contains("addr: 127.0.0.1:2"), "{yaml}");

@@ -40,7 +40,7 @@ pub fn run(bin: &Path, params: &Params) -> Result<StartupResult> {
         http_port: node::free_port()?,
         primary_port: None,
         compress: true,
-        cluster_size: 1,
+        members: vec!["primary".into()],
     };
     let prepare_start = Instant::now();
     {

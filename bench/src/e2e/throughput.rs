@@ -64,7 +64,7 @@ pub fn run(bin: &Path, params: &Params) -> Result<Vec<ModeResult>> {
         http_port: node::free_port()?,
         primary_port: None,
         compress: true,
-        cluster_size: 1,
+        members: vec!["primary".into()],
     };
     let raw_dir = dir.path().join("primary").join("raw");
     std::fs::create_dir_all(&raw_dir).map_err(|e| e.to_string())?;

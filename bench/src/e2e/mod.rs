@@ -195,7 +195,8 @@ pub fn report_startup(params: &startup::Params, r: &startup::StartupResult) -> S
     let best = r.ready.iter().min().copied().unwrap_or_default();
     format!(
         "database {} MiB ({} bytes), {} LTX files ({} MiB), prepared through the mount in {:.1?}; \
-         {} cache; spawn → `-pos` readable: {} (goal ≤ 1 s: {}); spawn → \"mounted\" line: {}\n",
+         {} cache; spawn → `-pos` readable: {} (goal ≤ 1 s: {}); spawn → \"mounted\" line: {}; \
+         after a SIGKILL of the previous process: {}\n",
         r.db_bytes >> 20,
         r.db_bytes,
         r.ltx_files,
@@ -205,6 +206,7 @@ pub fn report_startup(params: &startup::Params, r: &startup::StartupResult) -> S
         list(&r.ready),
         if best <= Duration::from_secs(1) { "✔" } else { "✘" },
         list(&r.mounted),
+        r.after_crash.map_or("-".to_string(), ms),
     )
 }
 

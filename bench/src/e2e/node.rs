@@ -245,6 +245,15 @@ impl Node {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// SIGKILL (a crash: no clean shutdown), then remove the dead mount.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        unmount(&self.spec.mount_dir());
+    }
+
     /// SIGTERM, wait, SIGKILL if needed, then make sure nothing stays mounted.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

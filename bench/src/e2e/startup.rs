@@ -28,6 +28,8 @@ pub struct StartupResult {
     pub ready: Vec<Duration>,
     /// Spawn → "mounted at" line, per start.
     pub mounted: Vec<Duration>,
+    /// Spawn → `<db>-pos` readable after the previous process was killed with SIGKILL.
+    pub after_crash: Option<Duration>,
 }
 
 const DB: &str = "big.db";
@@ -68,28 +70,21 @@ pub fn run(bin: &Path, params: &Params) -> Result<StartupResult> {
     let mut ready = Vec::new();
     let mut mounted = Vec::new();
     for _ in 0..params.starts {
-        if params.cold_cache {
-            drop_caches()?;
+        let mut node = start_timed(bin, &spec, params.cold_cache)?;
+        ready.push(node.1);
+        if let Some(at) = node.0.mounted_at {
+            mounted.push(at - node.0.started);
         }
-        let mut node = Node::spawn(bin, spec.clone())?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mnt = spec.mount_dir();
-        loop {
-            if read_pos_txid(&mnt, DB).is_some() {
-                ready.push(node.started.elapsed());
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{DB}-pos not readable after 300 s\n{}", node.log_tail()));
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        node.wait_mounted(Duration::from_secs(10))?;
-        if let Some(at) = node.mounted_at {
-            mounted.push(at - node.started);
-        }
-        drop(node);
+        node.0.stop();
     }
+    // One more start after a crash: the previous process is killed with SIGKILL.
+    let after_crash = {
+        let (mut node, _) = start_timed(bin, &spec, false)?;
+        node.crash();
+        let (node, took) = start_timed(bin, &spec, params.cold_cache)?;
+        drop(node);
+        Some(took)
+    };
     Ok(StartupResult {
         db_bytes,
         ltx_files,
@@ -97,7 +92,29 @@ pub fn run(bin: &Path, params: &Params) -> Result<StartupResult> {
         prepare,
         ready,
         mounted,
+        after_crash,
     })
+}
+
+/// Spawns a node on `spec` and returns it once `<db>-pos` is readable, with the time that took.
+fn start_timed(bin: &Path, spec: &NodeSpec, cold_cache: bool) -> Result<(Node, Duration)> {
+    if cold_cache {
+        drop_caches()?;
+    }
+    let mut node = Node::spawn(bin, spec.clone())?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mnt = spec.mount_dir();
+    let took = loop {
+        if read_pos_txid(&mnt, DB).is_some() {
+            break node.started.elapsed();
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{DB}-pos not readable after 300 s\n{}", node.log_tail()));
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    node.wait_mounted(Duration::from_secs(10))?;
+    Ok((node, took))
 }
 
 /// Grows the database at `path` to at least `bytes`, ~32 MiB per transaction.

@@ -1,7 +1,8 @@
 //! Write throughput through an `ltxfs` mount vs raw SQLite on the same disk, same run.
 //!
 //! Decides: the schedule (per mode: fresh databases on both arms, a warm-up, then chunks
-//! alternating raw, mount, raw, mount ... so drift in the machine hits both arms alike), and the
+//! alternating raw, mount, raw, mount ... so drift in the machine hits both arms alike, with an
+//! untimed `sync()` before each chunk), and the
 //! separate, untimed strace window that counts FUSE requests and fsyncs per commit.
 //! Never does: change the node; the raw arm lives in `raw/` next to the node's `data/`.
 
@@ -83,7 +84,11 @@ pub fn run(bin: &Path, params: &Params) -> Result<Vec<ModeResult>> {
         let mut mount_lat = Vec::with_capacity(params.transactions);
         let chunks = params.transactions / params.chunk;
         for _ in 0..chunks {
+            // Untimed: flush what the previous chunk left dirty, so neither arm pays (through
+            // ext4's shared journal) for the other's unsynced writes.
+            nix::unistd::sync();
             raw.insert_many(params.chunk, &mut raw_lat)?;
+            nix::unistd::sync();
             mount
                 .insert_many(params.chunk, &mut mount_lat)
                 .map_err(|e| format!("{e}\n{}", node.log_tail()))?;

@@ -5,7 +5,8 @@
 //! window of transactions and reads: every `read()` on `/dev/fuse` is one FUSE request (fuser
 //! reads one request per call; bytes 4..8 of the header are the opcode), every `fsync` /
 //! `fdatasync` names the file it syncs (`-y`), so forwarded SQLite fsyncs and the node's own LTX
-//! syncs can be told apart.
+//! syncs can be told apart: a backing-file fsync is SQLite's when a FUSE `FSYNC` request asked for
+//! it, the node's own otherwise.
 //!
 //! Decides: how strace output is parsed and classified. Never does: time anything (strace slows
 //! the process down; counts are taken in a separate window from the timed runs).
@@ -96,9 +97,9 @@ pub fn classify_fsync_path(path: &str) -> String {
         return "LTX dir".into();
     }
     match file {
-        "database" => "db file (SQLite's fsync)".into(),
-        "journal" => "journal (SQLite's fsync)".into(),
-        "wal" => "WAL (SQLite's fsync)".into(),
+        "database" => "db file".into(),
+        "journal" => "journal".into(),
+        "wal" => "WAL".into(),
         "shm" => "shm".into(),
         _ if file.is_empty() => "?".into(),
         _ => format!("other ({file})"),
@@ -340,7 +341,7 @@ mod tests {
         assert_eq!(ops, vec![("FSYNC", 1), ("WRITE", 1)]);
         assert_eq!(counts.fsyncs.get("LTX file"), Some(&1));
         assert_eq!(counts.fsyncs.get("LTX dir"), Some(&1));
-        assert_eq!(counts.fsyncs.get("journal (SQLite's fsync)"), Some(&1));
+        assert_eq!(counts.fsyncs.get("journal"), Some(&1));
         assert_eq!(counts.fsync_total(), 3);
         assert_eq!(counts.fuse_total(), 2);
     }

@@ -56,7 +56,36 @@ fn arm(latencies: &mut [Duration]) -> ArmResult {
     }
 }
 
-pub fn run(bin: &Path, params: &Params) -> Result<Vec<ModeResult>> {
+/// Median latency of a 4 KiB overwrite + fdatasync in `dir` (200 rounds): how busy the disk
+/// is right now, the unit every fsync per commit costs.
+pub fn fsync_probe(dir: &Path) -> Result<Duration> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let page = [0x5au8; 4096];
+    let mut took = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let start = std::time::Instant::now();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        file.write_all(&page).map_err(|e| e.to_string())?;
+        file.sync_data().map_err(|e| e.to_string())?;
+        took.push(start.elapsed());
+    }
+    let _ = std::fs::remove_file(&path);
+    took.sort();
+    Ok(percentile(&took, 50.0).unwrap_or_default())
+}
+
+/// A whole throughput run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// [`fsync_probe`] before and after the modes.
+    pub fsync_p50_before: Duration,
+    pub fsync_p50_after: Duration,
+    pub modes: Vec<ModeResult>,
+}
+
+pub fn run(bin: &Path, params: &Params) -> Result<Run> {
     assert!(params.chunk > 0 && params.transactions >= params.chunk);
     let dir = node::run_dir("throughput")?;
     let spec = NodeSpec {
@@ -71,6 +100,7 @@ pub fn run(bin: &Path, params: &Params) -> Result<Vec<ModeResult>> {
     std::fs::create_dir_all(&raw_dir).map_err(|e| e.to_string())?;
     let node = Node::start(bin, spec)?;
     let mnt = node.spec.mount_dir();
+    let fsync_p50_before = fsync_probe(&raw_dir)?;
     let mut results = Vec::new();
     for &mode in &params.modes {
         let name = format!("{}.db", mode.tag());
@@ -114,7 +144,11 @@ pub fn run(bin: &Path, params: &Params) -> Result<Vec<ModeResult>> {
         results.push(result);
     }
     drop(node);
-    Ok(results)
+    Ok(Run {
+        fsync_p50_before,
+        fsync_p50_after: fsync_probe(&raw_dir)?,
+        modes: results,
+    })
 }
 
 /// Runs `n` mount transactions under strace and returns the counts and `n`.

@@ -36,6 +36,9 @@ pub struct ModeResult {
     pub mode: Mode,
     pub raw: ArmResult,
     pub mount: ArmResult,
+    /// mount/raw tx/s of each adjacent (raw chunk, mount chunk) pair, sorted. Their median
+    /// resists bursts of load from other processes better than the totals do.
+    pub pair_ratios: Vec<f64>,
     /// Counts over `traced` commits, or why there are none.
     pub counts: std::result::Result<(Counts, u64), String>,
 }
@@ -43,6 +46,10 @@ pub struct ModeResult {
 impl ModeResult {
     pub fn ratio(&self) -> f64 {
         self.mount.tx_per_s / self.raw.tx_per_s
+    }
+
+    pub fn median_pair_ratio(&self) -> f64 {
+        percentile(&self.pair_ratios, 50.0).unwrap_or(f64::NAN)
     }
 }
 
@@ -113,6 +120,8 @@ pub fn run(bin: &Path, params: &Params) -> Result<Run> {
         let mut raw_lat = Vec::with_capacity(params.transactions);
         let mut mount_lat = Vec::with_capacity(params.transactions);
         let chunks = params.transactions / params.chunk;
+        let mut pair_ratios = Vec::with_capacity(chunks);
+        let chunk_time = |lat: &[Duration]| -> Duration { lat[lat.len() - params.chunk..].iter().sum() };
         for _ in 0..chunks {
             // Untimed: flush what the previous chunk left dirty, so neither arm pays (through
             // ext4's shared journal) for the other's unsynced writes.
@@ -122,7 +131,10 @@ pub fn run(bin: &Path, params: &Params) -> Result<Run> {
             mount
                 .insert_many(params.chunk, &mut mount_lat)
                 .map_err(|e| format!("{e}\n{}", node.log_tail()))?;
+            // Same transaction count in both chunks: the tx/s ratio is the inverse time ratio.
+            pair_ratios.push(chunk_time(&raw_lat).as_secs_f64() / chunk_time(&mount_lat).as_secs_f64());
         }
+        pair_ratios.sort_by(f64::total_cmp);
         let counts = if params.traced == 0 {
             Err("not requested".to_string())
         } else {
@@ -132,14 +144,16 @@ pub fn run(bin: &Path, params: &Params) -> Result<Run> {
             mode,
             raw: arm(&mut raw_lat),
             mount: arm(&mut mount_lat),
+            pair_ratios,
             counts,
         };
         eprintln!(
-            "e2e: throughput {:<11} raw {:>8.0} tx/s  mount {:>8.0} tx/s  ratio {:.3}",
+            "e2e: throughput {:<11} raw {:>8.0} tx/s  mount {:>8.0} tx/s  ratio {:.3} (median of pairs {:.3})",
             mode.label(),
             result.raw.tx_per_s,
             result.mount.tx_per_s,
-            result.ratio()
+            result.ratio(),
+            result.median_pair_ratio()
         );
         results.push(result);
     }

@@ -9,7 +9,13 @@
 //!   only talks to configured members). A static primary's name is its `lease.hostname`.
 //! - `replication.cluster-id`: clusters with different ids never exchange data (16 hex digits,
 //!   or any text, hashed). Default `ltxfs`.
-//! - `replication.sync`, `replication.cluster-size`, `replication.heartbeat-interval` (1s).
+//! - `replication.sync: N`: a commit returns to SQLite only after N replicas hold its LTX durably
+//!   (0 = asynchronous, LiteFS's behaviour; `false`/`true` are accepted for compatibility and mean
+//!   0 / a majority of the other members). Needs `N < replication.cluster-size`.
+//! - `replication.cluster-size: M`: the number of members, configured so the quorum a new primary
+//!   recovers from (M − N nodes, itself included) never shrinks when nodes die. Defaults to the
+//!   number of `replication.members`; when both are given they must agree.
+//! - `replication.heartbeat-interval` (1s).
 //! - `lease.type: etcd` with `lease.ttl` (10s), `lease.etcd.endpoints`, `lease.etcd.key`.
 //! - `http.auth-token`.
 //!
@@ -146,8 +152,8 @@ pub struct LeaseConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct ReplicationConfig {
-    /// Commit returns to SQLite only after a quorum of replicas acknowledged it (ltxfs extension).
-    pub sync: bool,
+    /// Replica acks a commit waits for before it returns to SQLite (ltxfs extension; 0 = async).
+    pub sync: SyncReplicas,
     /// Number of nodes in the cluster, used for the sync quorum.
     pub cluster_size: u32,
     /// This node's name (see the module docs for the default).
@@ -158,6 +164,37 @@ pub struct ReplicationConfig {
     /// Primary → replica heartbeats.
     #[serde(with = "duration_text")]
     pub heartbeat_interval: Duration,
+}
+
+/// `replication.sync`: a number of replica acks, or the legacy boolean.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SyncReplicas {
+    /// `sync: N` (0 = asynchronous).
+    Count(u32),
+    /// `sync: true` (a majority of the other members) / `sync: false` (0). Compatibility only.
+    Legacy(bool),
+}
+
+impl ReplicationConfig {
+    /// `replication.cluster-size`, or the number of members when it is left at its default.
+    pub fn effective_cluster_size(&self) -> usize {
+        if self.cluster_size == 1 && !self.members.is_empty() {
+            self.members.len()
+        } else {
+            self.cluster_size as usize
+        }
+    }
+
+    /// The number of replica acks a commit waits for (`sync: true` = ⌊M/2⌋, a majority with the
+    /// primary).
+    pub fn sync_replicas(&self) -> u32 {
+        match self.sync {
+            SyncReplicas::Count(n) => n,
+            SyncReplicas::Legacy(false) => 0,
+            SyncReplicas::Legacy(true) => (self.effective_cluster_size() / 2) as u32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -243,7 +280,7 @@ impl Default for LeaseConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         ReplicationConfig {
-            sync: false,
+            sync: SyncReplicas::Count(0),
             cluster_size: 1,
             node_id: None,
             members: Vec::new(),
@@ -416,10 +453,25 @@ impl Config {
         if self.replication.cluster_size == 0 {
             return Err(invalid("replication.cluster-size", "must be at least 1"));
         }
-        if self.replication.sync && self.replication.cluster_size < 2 {
+        let size = self.replication.effective_cluster_size();
+        let sync = self.replication.sync_replicas();
+        let wants_sync = !matches!(self.replication.sync, SyncReplicas::Count(0) | SyncReplicas::Legacy(false));
+        if wants_sync && size < 2 {
             return Err(invalid(
                 "replication.cluster-size",
-                "replication.sync needs a cluster of at least 2 nodes",
+                "replication.sync needs a cluster of at least 2 nodes (set replication.members)",
+            ));
+        }
+        if sync as usize >= size {
+            return Err(invalid(
+                "replication.sync",
+                format!("{sync} replica acks need more than {size} members (replication.cluster-size)"),
+            ));
+        }
+        if sync > 0 && self.replication.members.len() != size {
+            return Err(invalid(
+                "replication.members",
+                "replication.sync needs every member named (the recovery quorum is counted over them)",
             ));
         }
         if let Some(token) = &self.http.auth_token {
@@ -607,6 +659,7 @@ lease:
 replication:
   sync: true
   cluster-size: 3
+  members: [n1, n2, n3]
 log:
   format: json
 exec:
@@ -632,7 +685,8 @@ exec:
         assert_eq!(config.lease.kind, Some(LeaseType::Static));
         assert!(config.lease.candidate);
         assert_eq!(config.lease.hostname.as_deref(), Some("n1"));
-        assert!(config.replication.sync);
+        assert_eq!(config.replication.sync, SyncReplicas::Legacy(true));
+        assert_eq!(config.replication.sync_replicas(), 1);
         assert_eq!(config.replication.cluster_size, 3);
         assert_eq!(config.log.format, LogFormat::Json);
         assert_eq!(
@@ -795,6 +849,23 @@ exec:
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn sync_is_a_number_of_acks_below_the_cluster_size() {
+        let members = "members: [a, b, c]";
+        let text = format!("lease: {{type: static, hostname: a}}\nreplication: {{sync: 1, cluster-size: 3, {members}}}\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.replication.sync, SyncReplicas::Count(1));
+        assert_eq!(config.replication.sync_replicas(), 1);
+        let text = format!("lease: {{type: static, hostname: a}}\nreplication: {{sync: 2, {members}}}\n");
+        assert_eq!(parse(&text).unwrap().replication.sync_replicas(), 2);
+        let text = format!("lease: {{type: static, hostname: a}}\nreplication: {{sync: 3, cluster-size: 3, {members}}}\n");
+        assert!(matches!(parse(&text), Err(ConfigError::Invalid { key: "replication.sync", .. })));
+        let text = format!("lease: {{type: static, hostname: a}}\nreplication: {{sync: false, {members}}}\n");
+        assert_eq!(parse(&text).unwrap().replication.sync_replicas(), 0);
+        let text = "lease: {type: static, hostname: a}\nreplication: {sync: 1, cluster-size: 3}\n";
+        assert!(matches!(parse(text), Err(ConfigError::Invalid { key: "replication.members", .. })));
     }
 
     #[test]

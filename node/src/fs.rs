@@ -3,8 +3,10 @@
 //! Decides: the namespace (§5.1: `<db>`, `<db>-journal`, `<db>-wal`, `<db>-shm`, virtual
 //! `<db>-pos`, `.lag`, `.primary` on replicas), how each FUSE request maps onto backing files, and
 //! the order "commit detected → the node runtime reports it committed → operation completes".
-//! A node that is not the primary (per the runtime's status) refuses writes (EACCES), so SQLite
-//! reports "attempt to write a readonly database".
+//! A node that may not write now (a replica, a primary still recovering, or one whose lease
+//! deadline has passed: [`node::runtime::Status::writable_now`]) refuses writes (EACCES), so
+//! SQLite reports "attempt to write a readonly database" (or, mid-transaction, a disk I/O error)
+//! instead of committing something the core would refuse.
 //!
 //! As the runtime's [`ApplyHook`] it makes a replica's apply atomic for SQLite readers: it takes
 //! SQLite's locks in its own lock tables (rollback modes: PENDING, then RESERVED and the SHARED
@@ -462,7 +464,7 @@ impl Shared {
 
     /// Whether local writes are refused: anything but the primary.
     fn read_only(&self) -> bool {
-        self.runtime.get().is_none_or(|rt| !rt.status().is_primary)
+        self.runtime.get().is_none_or(|rt| !rt.status().writable_now())
     }
 }
 
@@ -538,6 +540,8 @@ impl State {
 /// What the virtual files show, from the runtime's status.
 struct View {
     primary: bool,
+    /// Local writes are accepted now (primary, recovery done, lease deadline not passed).
+    writable: bool,
     /// `.primary` content (replica connected to a primary).
     primary_hostname: Option<String>,
     lag_ms: i64,
@@ -547,7 +551,7 @@ struct View {
 impl View {
     fn of(rt: Option<&RuntimeHandle>) -> View {
         let Some(rt) = rt else {
-            return View { primary: false, primary_hostname: None, lag_ms: LAG_UNKNOWN_MS, positions: BTreeMap::new() };
+            return View { primary: false, writable: false, primary_hostname: None, lag_ms: LAG_UNKNOWN_MS, positions: BTreeMap::new() };
         };
         let s = rt.status();
         let primary_hostname = match (&s.primary, s.connected_to_primary, s.is_primary) {
@@ -556,7 +560,7 @@ impl View {
         };
         let lag_ms = if s.is_primary { 0 } else { s.lag_ms.unwrap_or(LAG_UNKNOWN_MS).min(LAG_UNKNOWN_MS) };
         let positions = s.positions.iter().map(|(db, p)| (db.clone(), format!("{:016x}/{:016x}\n", p.txid, p.checksum))).collect();
-        View { primary: s.is_primary, primary_hostname, lag_ms, positions }
+        View { primary: s.is_primary, writable: s.writable_now(), primary_hostname, lag_ms, positions }
     }
 
     fn ttl(&self) -> Duration {
@@ -628,7 +632,7 @@ impl State {
         attr.blocks = meta.blocks();
         attr.mtime = meta.modified().unwrap_or(now);
         attr.ctime = attr.mtime;
-        if !view.primary && kind != Kind::Shm {
+        if !view.writable && kind != Kind::Shm {
             attr.perm = 0o444;
         }
         Ok(attr)
@@ -956,7 +960,7 @@ impl Filesystem for LtxFs {
             let Some((id, kind)) = state.resolve(ino) else {
                 return reply.error(Errno::EACCES);
             };
-            if !view.primary && kind != Kind::Shm {
+            if !view.writable && kind != Kind::Shm {
                 return reply.error(Errno::EACCES);
             }
             let db = &mut state.dbs[id];
@@ -1002,7 +1006,7 @@ impl Filesystem for LtxFs {
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.error(Errno::EPERM);
         };
-        if !view.primary && kind != Kind::Shm {
+        if !view.writable && kind != Kind::Shm {
             return reply.error(Errno::EACCES);
         }
         let db = &mut state.dbs[id];
@@ -1072,7 +1076,7 @@ impl Filesystem for LtxFs {
             return reply.error(Errno::EACCES);
         };
         // Not the primary: only SQLite's -shm (shared memory for readers) may be created.
-        if !view.primary && kind != Kind::Shm {
+        if !view.writable && kind != Kind::Shm {
             return reply.error(Errno::EACCES);
         }
         let id = match (kind, state.by_name.get(db_name)) {
@@ -1308,7 +1312,7 @@ impl Filesystem for LtxFs {
             return reply.error(err);
         }
         let wants_write = mask.bits() & libc::W_OK != 0;
-        let read_only = !view.primary
+        let read_only = !view.writable
             || ino.0 == LAG_INO
             || ino.0 == PRIMARY_INO
             || matches!(state.resolve(ino), Some((_, Kind::Pos)));

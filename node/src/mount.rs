@@ -280,13 +280,13 @@ impl NodePlan {
         core.compress_ltx = config.data.compress;
         core.retention.age_max = config.data.retention;
         core.retention_interval = config.data.retention_monitor_interval.max(std::time::Duration::from_secs(1));
-        if config.replication.sync {
-            let replicas = (core.cluster_size() / 2) as u32;
-            if replicas == 0 {
-                return Err("replication.sync: needs at least 2 members".into());
-            }
-            core.sync_replicas = replicas;
+        // `replication.sync: N` with `replication.cluster-size: M` (validated N < M, every member
+        // named): the core's cluster size is the member count, so its recovery quorum is M − N.
+        let sync = config.replication.sync_replicas();
+        if sync as usize >= core.cluster_size() {
+            return Err(format!("replication.sync: {sync} acks need more than {} members", core.cluster_size()));
         }
+        core.sync_replicas = sync;
         let hostname = config.lease.hostname.clone().filter(|_| config.lease.candidate).unwrap_or_else(|| name.clone());
         let runtime = RuntimeConfig {
             node_id,

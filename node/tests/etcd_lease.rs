@@ -59,7 +59,9 @@ async fn etcd_lease_grants_fences_and_hands_off() {
     let e3 = loop {
         match a.acquire().await {
             LeaseResult::Granted { epoch, .. } => break epoch,
-            LeaseResult::Denied { holder, .. } => assert_eq!(holder, Some(NodeId(2))),
+            // `None`: the key expired between the two compare-and-set attempts of one acquire
+            // (the first saw b's key, the second found it gone but not reserved for a).
+            LeaseResult::Denied { holder, .. } => assert!(matches!(holder, Some(NodeId(2)) | None), "{holder:?}"),
             other => panic!("{other:?}"),
         }
         assert!(tokio::time::Instant::now() < deadline, "b's lease never expired");

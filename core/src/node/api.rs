@@ -363,6 +363,12 @@ pub enum Event {
     PeerRefused { peer: NodeId, code: ErrorCode },
     /// The persisted checksum index could not be used; the database is read in full.
     ChecksumIndexRebuilt { db: DbName },
+    /// A snapshot from `from` replaced this node's history of `db` at `old` (lineage epoch
+    /// `old_epoch`) with `new`. Transactions this node had that the new history lacks (e.g. a
+    /// deposed primary's unreplicated commits) are discarded here; the driver must log and count
+    /// it. Also raised when a lagging replica is caught up by snapshot because the files it
+    /// needed were no longer retained (then nothing is lost: `new` extends `old`).
+    HistoryReplaced { db: DbName, from: NodeId, old: Pos, old_epoch: Epoch, new: Pos },
     /// An I/O command other than a commit write failed.
     IoFailed { db: DbName, error: IoErrorKind },
     HandoffFailed { to: NodeId },

@@ -78,8 +78,29 @@ async fn connect_once(handle: &RuntimeHandle, client: &reqwest::Client, peer: No
     }
     let (closer_tx, closer_rx) = oneshot::channel();
     let conn = handle.peer_up(peer, tx, closer_tx);
+    let mut guard = PeerDownGuard { handle: Some(handle.clone()), peer, conn };
     let reason = read_frames(handle, peer, conn, resp.bytes_stream(), closer_rx).await;
     tracing::info!(%peer, reason, "stream from the primary ended");
-    handle.peer_down(peer, conn);
+    if let Some(handle) = guard.handle.take() {
+        handle.peer_down(peer, conn).await;
+    }
     Ok(())
+}
+
+/// Reports the connection down even when `connect_once` is cancelled (the primary changed):
+/// without it the runtime kept a dead connection as the peer's oldest and could never send to
+/// that peer again — a deposed primary that became a replica of its former replica got nothing.
+struct PeerDownGuard {
+    handle: Option<RuntimeHandle>,
+    peer: NodeId,
+    conn: crate::runtime::peers::ConnId,
+}
+
+impl Drop for PeerDownGuard {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let (peer, conn) = (self.peer, self.conn);
+            tokio::spawn(async move { handle.peer_down(peer, conn).await });
+        }
+    }
 }

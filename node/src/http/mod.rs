@@ -129,7 +129,7 @@ async fn stream(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Re
     tokio::spawn(async move {
         let reason = read_frames(&handle, peer, conn, body.into_data_stream(), closer_rx).await;
         tracing::debug!(%peer, reason, "inbound stream ended");
-        handle.peer_down(peer, conn);
+        handle.peer_down(peer, conn).await;
     });
     let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(|m| Ok::<Bytes, std::io::Error>(frame::encode(&m)));
     let mut resp = Response::new(Body::from_stream(out));
@@ -246,6 +246,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
         ("ltxfs_commits_rejected_total", "Local commits refused.", &m.commits_rejected),
         ("ltxfs_applied_total", "LTX files applied from peers.", &m.applied),
         ("ltxfs_cluster_mismatches_total", "Peers of another cluster refused.", &m.cluster_mismatches),
+        ("ltxfs_history_resets_total", "Times a peer's snapshot replaced this node's history (a deposed primary's unreplicated commits are discarded).", &m.history_resets),
+        ("ltxfs_discarded_txids_total", "TXIDs of replaced histories beyond the new history's TXID (lower bound of what was discarded).", &m.discarded_txids),
+        ("ltxfs_diverged_peers_reset_total", "Peers reset by snapshot because they had commits not in this node's history.", &m.diverged_peers_reset),
     ];
     for (name, help, c) in counters {
         gauge(name, help, "counter", vec![(String::new(), Metrics::get(c).to_string())]);

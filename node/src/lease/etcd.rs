@@ -199,7 +199,12 @@ impl EtcdLease {
         let Some(id) = self.lease_id(epoch) else { return Ok(LeaseResult::Lost) };
         self.revoke(id).await?;
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.publish(None);
+        // Publish what etcd says now, never a guess: a release after the lease expired (a
+        // deposed primary stepping down late) must not announce "nobody holds it" while another
+        // node does — that made the deposed node drop its new upstream and campaign.
+        if let Ok(current) = self.read_holder().await {
+            self.publish(current);
+        }
         Ok(LeaseResult::Released)
     }
 

@@ -23,6 +23,17 @@
 //! layer installs around every apply (take SQLite's locks, then invalidate the kernel page
 //! cache for the pages written, rewrite the WAL index) and around whole-file reads (snapshots
 //! served to peers, `/export`; in WAL mode the hook supplies the image with committed WAL pages).
+//! Before letting a write through, the FUSE layer asks [`Status::writable_now`]: it is false on a
+//! replica, on a primary still in its recovery phase, and from the moment the lease deadline
+//! passes — even if the node task has not run since (a paused process), so SQLite gets a clear
+//! "readonly database" error instead of a commit the core would refuse.
+//!
+//! # Event log
+//! Every role change and every accepted local commit is appended as one JSON line to
+//! `<data>/events.ndjson` (no fsync: it survives a process crash, not a power cut) with the
+//! epoch, the wall time the core accepted the commit and the wall time of the lease deadline it
+//! was accepted under. Tests check from these files that at most one node accepted writes at any
+//! moment; operators can read who wrote what under which epoch.
 
 pub mod disk;
 pub mod peers;
@@ -180,6 +191,28 @@ pub struct Status {
     pub positions: BTreeMap<String, DbStatus>,
     /// Replica: wall ms since the primary's last heartbeat timestamp (None before the first).
     pub lag_ms: Option<i64>,
+    /// Recovering primary: positions known (this node included) and needed before it writes.
+    pub recovery: Option<RecoveryStatus>,
+    /// When local writes stop being accepted (the lease deadline; `None` when not writable, and
+    /// far in the future under a static lease).
+    #[serde(skip)]
+    pub writable_until: Option<Instant>,
+}
+
+/// Progress of a new primary's recovery phase (`/info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecoveryStatus {
+    pub have: usize,
+    pub need: usize,
+}
+
+impl Status {
+    /// Whether a local write may start now: writable at the last refresh and the lease deadline
+    /// not yet passed (checked against the clock, so a node task that has not run since — a
+    /// paused process — cannot let a write through after its deadline).
+    pub fn writable_now(&self) -> bool {
+        self.writable && self.writable_until.is_some_and(|t| Instant::now() < t)
+    }
 }
 
 /// What subscribers (`/events`, the FUSE layer) are told.
@@ -195,6 +228,8 @@ pub enum RuntimeEvent {
         #[serde(serialize_with = "hex16")]
         post_apply_checksum: u64,
         local: bool,
+        /// Local commit: the lease epoch it was written under; applied: the highest epoch seen.
+        epoch: u64,
     },
     /// Role or epoch changed; `writable` says whether local writes are accepted.
     Role { role: &'static str, epoch: u64, writable: bool },
@@ -225,6 +260,14 @@ pub struct Metrics {
     pub commits_rejected: AtomicU64,
     pub applied: AtomicU64,
     pub cluster_mismatches: AtomicU64,
+    /// This node's history of a database was replaced by a peer's snapshot (a deposed primary's
+    /// unreplicated commits are discarded this way; see the warning in the log for the TXIDs).
+    pub history_resets: AtomicU64,
+    /// TXIDs of this node's replaced histories beyond the new history's TXID (a lower bound of
+    /// what was discarded: the divergence may start earlier).
+    pub discarded_txids: AtomicU64,
+    /// Peers this (primary) node reset by snapshot because they had commits not in its history.
+    pub diverged_peers_reset: AtomicU64,
 }
 
 impl Metrics {
@@ -252,11 +295,12 @@ enum Cmd {
 
 type CommitReply = oneshot::Sender<Result<CommitOutcome, RuntimeError>>;
 
-/// A network message for the node task.
+/// A network message for the node task; `None`: the connection ended. The end travels on the
+/// same queue as the messages, so every frame read before it reaches the core first.
 struct NetMsg {
     peer: NodeId,
     conn: ConnId,
-    msg: Message,
+    msg: Option<Message>,
 }
 
 /// A job for one database's I/O worker, run in order.
@@ -374,12 +418,13 @@ impl RuntimeHandle {
         let _ = self.cmd.send(Cmd::PeerUp { peer, conn, tx, closer });
         conn
     }
-    pub(crate) fn peer_down(&self, peer: NodeId, conn: ConnId) {
-        let _ = self.cmd.send(Cmd::PeerDown { peer, conn });
+    /// The connection ended (after every message read from it was delivered).
+    pub(crate) async fn peer_down(&self, peer: NodeId, conn: ConnId) {
+        let _ = self.net.send(NetMsg { peer, conn, msg: None }).await;
     }
     /// Delivers one decoded message (waits when the node task is behind).
     pub(crate) async fn peer_message(&self, peer: NodeId, conn: ConnId, msg: Message) -> Result<(), RuntimeError> {
-        self.net.send(NetMsg { peer, conn, msg }).await.map_err(|_| RuntimeError::Stopped)
+        self.net.send(NetMsg { peer, conn, msg: Some(msg) }).await.map_err(|_| RuntimeError::Stopped)
     }
     /// The primary this node should stream from: `(node id, advertise url)`.
     pub(crate) fn primary_target(&self) -> watch::Receiver<Option<(NodeId, String)>> {
@@ -397,6 +442,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
     let (net_tx, net_rx) = mpsc::channel(NET_QUEUE_MAX);
     let (events, _) = broadcast::channel(EVENT_BUFFER_MAX);
     let (target_tx, target_rx) = watch::channel(None);
+    let data_dir_path = config.data_dir.clone();
     let config = Arc::new(config);
     let status = Arc::new(Mutex::new(initial_status(&config)));
     let metrics = Arc::new(Metrics::default());
@@ -444,6 +490,9 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         shutdown_reply: None,
         outstanding: 0,
         replies: Vec::new(),
+        accepted: BTreeMap::new(),
+        event_log: open_event_log(&data_dir_path),
+        recovery: None,
     };
     task.drain(); // Node::new may already have outputs (a static primary's role change)
     task.step_input(Input::WallClock(wall_now()))?;
@@ -455,6 +504,18 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
     task.flush_replies();
     tokio::spawn(task.run(cmd_rx, net_rx));
     Ok(handle)
+}
+
+/// Opens `<data>/events.ndjson` for appending (a failure is logged, never fatal).
+fn open_event_log(data_dir: &std::path::Path) -> Option<std::fs::File> {
+    let path = data_dir.join("events.ndjson");
+    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot open the event log");
+            None
+        }
+    }
 }
 
 fn initial_status(config: &RuntimeConfig) -> Status {
@@ -471,6 +532,8 @@ fn initial_status(config: &RuntimeConfig) -> Status {
         connected_to_primary: false,
         positions: BTreeMap::new(),
         lag_ms: None,
+        recovery: None,
+        writable_until: None,
     }
 }
 
@@ -515,6 +578,11 @@ struct NodeTask<L: LeaseBackend> {
     /// Commit outcomes to send after the status is refreshed, so a caller that reads the status
     /// after its commit returns sees its position.
     replies: Vec<(CommitReply, Result<CommitOutcome, RuntimeError>)>,
+    /// Per database in flight: (wall ms the core accepted it, wall ms of the lease deadline).
+    accepted: BTreeMap<DbName, (i64, Option<i64>)>,
+    /// `<data>/events.ndjson` (see the module docs); `None` if it cannot be opened.
+    event_log: Option<std::fs::File>,
+    recovery: Option<RecoveryStatus>,
 }
 
 impl<L: LeaseBackend> NodeTask<L> {
@@ -637,6 +705,13 @@ impl<L: LeaseBackend> NodeTask<L> {
             return;
         }
         self.commits.insert(db.clone(), reply);
+        let now = self.now();
+        let accepted_wall = wall_now().0;
+        let deadline_wall = self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| {
+            let left_ms = i64::try_from(d.saturating_since(now).as_nanos() / 1_000_000).unwrap_or(i64::MAX);
+            accepted_wall.saturating_add(left_ms)
+        });
+        self.accepted.insert(db.clone(), (accepted_wall, deadline_wall));
         if let Err(e) = self.step_input(Input::LocalCommit(commit)) {
             if let Some(reply) = self.commits.remove(&db) {
                 let _ = reply.send(Err(RuntimeError::Invalid(e)));
@@ -645,13 +720,20 @@ impl<L: LeaseBackend> NodeTask<L> {
     }
 
     fn on_net(&mut self, m: NetMsg) {
-        if !self.peers.is_live(m.peer, m.conn) {
+        let (peer, conn) = (m.peer, m.conn);
+        let Some(msg) = m.msg else {
+            return self.on_cmd(Cmd::PeerDown { peer, conn });
+        };
+        if !self.peers.is_live(peer, conn) {
             return; // from a connection already closed: the core was told it is gone
         }
-        if let Message::Heartbeat { wall_ms, .. } = &m.msg {
-            self.last_heartbeat_wall = Some(*wall_ms);
+        if let Message::Heartbeat { wall_ms, epoch } = &msg {
+            // Only the current primary's heartbeats measure lag (never a stale epoch's).
+            if self.node.upstream() == Some(peer) && *epoch >= self.node.highest_epoch() {
+                self.last_heartbeat_wall = Some(*wall_ms);
+            }
         }
-        if let Message::Ltx { offset: 0, bytes, .. } = &m.msg {
+        if let Message::Ltx { offset: 0, bytes, .. } = &msg {
             if bytes.len() >= ltxfs_core::ltx::HEADER_SIZE {
                 let mut h = [0u8; ltxfs_core::ltx::HEADER_SIZE];
                 h.copy_from_slice(&bytes[..ltxfs_core::ltx::HEADER_SIZE]);
@@ -660,7 +742,7 @@ impl<L: LeaseBackend> NodeTask<L> {
                 }
             }
         }
-        let _ = self.step_input(Input::Receive { from: m.peer, msg: m.msg });
+        let _ = self.step_input(Input::Receive { from: peer, msg });
     }
 
     fn on_lease_view(&mut self, view: LeaseView) {
@@ -766,8 +848,41 @@ impl<L: LeaseBackend> NodeTask<L> {
             Event::Committed { db, pos } => {
                 Metrics::add(&self.metrics.commits, 1);
                 self.resolve(db, Ok(CommitOutcome::Committed { txid: pos.txid, checksum: pos.checksum }));
+                let epoch = self.node.lease_epoch().unwrap_or(self.node.highest_epoch());
+                let (accepted, deadline) = self.accepted.remove(db).unwrap_or((wall_now().0, None));
+                self.log_event(serde_json::json!({
+                    "type": "commit", "db": db.to_string(), "txID": pos.txid, "checksum": format!("{:016x}", pos.checksum),
+                    "epoch": epoch.0, "acceptedWallMs": accepted, "deadlineWallMs": deadline,
+                }));
                 self.tx_event(db, *pos, true);
                 return;
+            }
+            Event::HistoryReplaced { db, from, old, old_epoch, new } => {
+                let beyond = old.txid.saturating_sub(new.txid);
+                tracing::warn!(
+                    %db, from = %from, old = %old, old_epoch = old_epoch.0, new = %new,
+                    "a snapshot replaced this node's history: its TXIDs up to {} (epoch {}) that the new history lacks are discarded ({} beyond the new TXID {})",
+                    old.txid, old_epoch.0, beyond, new.txid
+                );
+                Metrics::add(&self.metrics.history_resets, 1);
+                Metrics::add(&self.metrics.discarded_txids, beyond);
+                self.log_event(serde_json::json!({
+                    "type": "historyReplaced", "db": db.to_string(), "from": from.to_string(),
+                    "oldTxID": old.txid, "oldChecksum": format!("{:016x}", old.checksum), "oldEpoch": old_epoch.0,
+                    "newTxID": new.txid, "newChecksum": format!("{:016x}", new.checksum),
+                }));
+            }
+            Event::SnapshotNeeded { peer, db, reason } => {
+                Metrics::add(&self.metrics.snapshots_sent, 1);
+                use ltxfs_core::catchup::SnapshotReason;
+                if matches!(reason, SnapshotReason::PeerAhead | SnapshotReason::Diverged) {
+                    tracing::warn!(%db, peer = %peer, ?reason, "peer has commits not in this history: it is reset by snapshot");
+                    Metrics::add(&self.metrics.diverged_peers_reset, 1);
+                }
+            }
+            Event::RecoveryWaiting { have, need } => {
+                self.recovery = Some(RecoveryStatus { have: *have, need: *need });
+                tracing::info!(have, need, "primary but not writable yet: waiting for positions of enough nodes");
             }
             Event::CommitOutcomeUnknown { db, pos } => {
                 self.resolve(db, Ok(CommitOutcome::Unknown { txid: pos.txid, checksum: pos.checksum }));
@@ -777,12 +892,16 @@ impl<L: LeaseBackend> NodeTask<L> {
                 Metrics::add(&self.metrics.commits_rejected, 1);
                 self.resolve(db, Ok(CommitOutcome::Rejected { reason: *reason }));
             }
-            Event::Applied { db, pos, .. } => {
+            Event::Applied { db, pos, from } => {
                 Metrics::add(&self.metrics.applied, 1);
+                let frame_epoch = self.node.db_pos(db).map_or(0, |p| p.epoch.0);
+                self.log_event(serde_json::json!({
+                    "type": "applied", "db": db.to_string(), "txID": pos.txid, "from": from.to_string(),
+                    "frameEpoch": frame_epoch, "highestEpoch": self.node.highest_epoch().0,
+                }));
                 self.tx_event(db, *pos, false);
                 return;
             }
-            Event::SnapshotNeeded { .. } => Metrics::add(&self.metrics.snapshots_sent, 1),
             Event::StaleEpochRejected { .. } => Metrics::add(&self.metrics.stale_frames_rejected, 1),
             Event::InvalidLtx { .. } | Event::InvalidLtxPages { .. } | Event::LtxDropped { .. } | Event::ChecksumMismatch { .. } => {
                 tracing::warn!(?event, "LTX refused");
@@ -799,7 +918,21 @@ impl<L: LeaseBackend> NodeTask<L> {
     }
 
     fn tx_event(&self, db: &DbName, pos: Pos, local: bool) {
-        let _ = self.events.send(RuntimeEvent::Tx { db: db.to_string(), txid: pos.txid, post_apply_checksum: pos.checksum, local });
+        let epoch = self.node.lease_epoch().unwrap_or(self.node.highest_epoch()).0;
+        let _ = self.events.send(RuntimeEvent::Tx { db: db.to_string(), txid: pos.txid, post_apply_checksum: pos.checksum, local, epoch });
+    }
+
+    /// Appends one line to `<data>/events.ndjson` with the wall time and this node's id.
+    fn log_event(&mut self, mut record: serde_json::Value) {
+        use std::io::Write as _;
+        let Some(file) = self.event_log.as_mut() else { return };
+        record["wallMs"] = wall_now().0.into();
+        record["node"] = self.config.node_id.to_string().into();
+        let mut line = record.to_string();
+        line.push('\n');
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "cannot append to the event log");
+        }
     }
 
     /// Answers the commit waiting on `db` once the status reflects it (see `flush_replies`).
@@ -823,7 +956,16 @@ impl<L: LeaseBackend> NodeTask<L> {
         if self.last_role != Some((role, epoch)) {
             self.last_role = Some((role, epoch));
             let _ = self.events.send(RuntimeEvent::Role { role: role_name(role), epoch: epoch.0, writable });
+            self.log_event(serde_json::json!({ "type": "role", "role": role_name(role), "epoch": epoch.0, "writable": writable }));
+            tracing::info!(role = role_name(role), epoch = epoch.0, writable, "role");
         }
+        if role != Role::Recovering {
+            self.recovery = None;
+        }
+        let writable_until = match self.node.lease_deadline() {
+            Some(d) if writable => Some(self.instant_of(d)),
+            _ => None,
+        };
         let upstream = self.node.upstream();
         let primary = self.view.holder.as_ref().filter(|h| h.node_id != self.config.node_id && Some(h.node_id) == upstream).map(|h| {
             PrimaryInfo { node_id: h.node_id.to_string(), hostname: h.hostname.clone(), advertise_url: h.advertise_url.clone() }
@@ -851,6 +993,8 @@ impl<L: LeaseBackend> NodeTask<L> {
         s.connected_to_primary = connected_to_primary;
         s.positions = positions;
         s.lag_ms = lag_ms;
+        s.recovery = self.recovery;
+        s.writable_until = writable_until;
     }
 }
 

@@ -123,7 +123,7 @@ impl ProcNode {
             .arg("mount")
             .arg("--config")
             .arg(&self.config)
-            .env("LTXFS_LOG", "info,ltxfs=debug")
+            .env("LTXFS_LOG", std::env::var("LTXFS_TEST_LOG_LEVEL").unwrap_or_else(|_| "info,ltxfs=debug".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -139,6 +139,15 @@ impl ProcNode {
         // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The process id (for SIGSTOP / SIGCONT).
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
     }
 
     pub fn log(&self) -> String {

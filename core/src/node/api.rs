@@ -119,8 +119,11 @@ pub struct IoCommand {
 pub enum IoKind {
     /// Write the LTX file `min_txid-max_txid` atomically (temp file, fsync, rename, fsync dir).
     /// Completion means durable (`fsync` is always true outside planted bugs). Answer:
-    /// [`IoOutcome::Done`].
-    WriteLtx { db: DbName, min_txid: u64, max_txid: u64, bytes: Vec<u8>, fsync: bool },
+    /// [`IoOutcome::Done`]. `epoch` is the lineage epoch of the position the file ends at: the
+    /// driver must make it durable no later than the file (a restarted node reports it as
+    /// [`OpenDb::epoch`]; a crashed replica that reported epoch 0 for the acknowledged commits
+    /// it holds would lose them to an older chain in a new primary's recovery).
+    WriteLtx { db: DbName, min_txid: u64, max_txid: u64, bytes: Vec<u8>, fsync: bool, epoch: Epoch },
     /// Write `pages` into the database file, resize it to `commit` pages (0 = delete the
     /// database), fsync — under SQLite's locks so readers see all or nothing.
     /// Answer: [`IoOutcome::Done`].

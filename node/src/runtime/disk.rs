@@ -1,5 +1,13 @@
 //! The data directory: LiteFS's layout `<data>/dbs/<db>/{database, ltx/<min>-<max>.ltx}` plus
-//! ltxfs's persisted checksum index (`chkindex`) and lineage epoch (`epoch`).
+//! ltxfs's persisted checksum index (`chkindex`) and lineage epochs (`epoch`).
+//!
+//! The `epoch` file is a short journal of `<txid>/<checksum> <epoch>` lines, newest last: "the
+//! history through this position (and what descends from it) belongs to this lineage epoch". A
+//! line is made durable *before* any LTX that starts a new lineage epoch or a new history
+//! (snapshot), and with every checksum index. At start-up the newest line whose position lies on
+//! the chain of retained LTX files ending at the last one gives the database's epoch — so a node
+//! killed right after it acknowledged commits of a new epoch still reports that epoch (with epoch
+//! 0 a new primary's recovery would prefer an older chain and discard acknowledged commits).
 //!
 //! It executes the core's [`IoKind`] commands on real files (blocking calls; the runtime runs
 //! them on tokio's blocking pool, one database at a time in emission order) and scans the data
@@ -25,6 +33,8 @@ pub const DATABASE_FILE: &str = "database";
 pub const LTX_DIR: &str = "ltx";
 pub const CHECKSUM_INDEX_FILE: &str = "chkindex";
 pub const EPOCH_FILE: &str = "epoch";
+/// Most lines kept in the `epoch` journal.
+pub const EPOCH_LINES_MAX: usize = 8;
 
 /// The data directory of one node.
 #[derive(Debug, Clone)]
@@ -124,10 +134,13 @@ impl DataDir {
         let Some((header, trailer)) = last else { return Ok(None) };
         let pos = Pos { txid: header.max_txid, checksum: trailer.post_apply_checksum };
         let checksum_index = fs::read(self.db_dir(db).join(CHECKSUM_INDEX_FILE)).ok();
-        let epoch = fs::read_to_string(self.db_dir(db).join(EPOCH_FILE))
-            .ok()
-            .and_then(|s| parse_epoch_file(&s, pos))
-            .unwrap_or(Epoch::ZERO);
+        let lines = self.epoch_lines(db);
+        let epoch = lineage_epoch(&lines, &files, pos).unwrap_or_else(|| {
+            if !lines.is_empty() {
+                tracing::warn!(%db, %pos, "no lineage epoch recorded for the last LTX's history: reporting epoch 0");
+            }
+            Epoch::ZERO
+        });
         Ok(Some(OpenDb { db: db.clone(), page_size: header.page_size, pos, epoch, files, checksum_index }))
     }
 
@@ -135,9 +148,10 @@ impl DataDir {
     /// the command was emitted (persisted next to the checksum index).
     pub fn execute(&self, kind: &IoKind, epoch: Epoch, pos: Pos, hook: &dyn ApplyHook) -> Result<IoOutcome, IoErrorKind> {
         let result = match kind {
-            IoKind::WriteLtx { db, min_txid, max_txid, bytes, fsync } => {
-                self.write_ltx(db, *min_txid, *max_txid, bytes, *fsync).map(|()| IoOutcome::Done)
-            }
+            IoKind::WriteLtx { db, min_txid, max_txid, bytes, fsync, epoch: ltx_epoch } => self
+                .record_ltx_epoch(db, *min_txid, *max_txid, bytes, *ltx_epoch, epoch, *fsync)
+                .and_then(|()| self.write_ltx(db, *min_txid, *max_txid, bytes, *fsync))
+                .map(|()| IoOutcome::Done),
             IoKind::ApplyPages { db, page_size, commit, pages } => {
                 hook.before_apply(db);
                 let result = self.apply_pages(db, *page_size, *commit, pages);
@@ -171,7 +185,7 @@ impl DataDir {
             IoKind::WriteChecksumIndex { db, bytes } => {
                 let dir = self.db_dir(db);
                 atomic_write(&dir, CHECKSUM_INDEX_FILE, bytes, true)
-                    .and_then(|()| atomic_write(&dir, EPOCH_FILE, format_epoch_file(epoch, pos).as_bytes(), true))
+                    .and_then(|()| self.append_epoch_line(db, pos, epoch, true))
                     .map(|()| IoOutcome::Done)
             }
         };
@@ -193,6 +207,40 @@ impl DataDir {
         })();
         hook.after_apply(db, &[], (image.len() / 512) as u32);
         result
+    }
+
+    /// The `epoch` journal, oldest line first (unreadable lines are skipped).
+    fn epoch_lines(&self, db: &DbName) -> Vec<(Pos, Epoch)> {
+        let text = fs::read_to_string(self.db_dir(db).join(EPOCH_FILE)).unwrap_or_default();
+        text.lines().filter_map(parse_epoch_line).collect()
+    }
+
+    fn append_epoch_line(&self, db: &DbName, pos: Pos, epoch: Epoch, fsync: bool) -> io::Result<()> {
+        let mut lines = self.epoch_lines(db);
+        if lines.last() == Some(&(pos, epoch)) {
+            return Ok(());
+        }
+        lines.push((pos, epoch));
+        let skip = lines.len().saturating_sub(EPOCH_LINES_MAX);
+        let text: String = lines[skip..].iter().map(|(p, e)| format_epoch_line(*e, *p)).collect();
+        atomic_write(&self.db_dir(db), EPOCH_FILE, text.as_bytes(), fsync)
+    }
+
+    /// Before an LTX of `ltx_epoch` is written: journal its end position if it starts a new
+    /// lineage epoch (`current` is the epoch of the position it follows) or a new history.
+    #[allow(clippy::too_many_arguments)]
+    fn record_ltx_epoch(&self, db: &DbName, min: u64, max: u64, bytes: &[u8], ltx_epoch: Epoch, current: Epoch, fsync: bool) -> io::Result<()> {
+        let Some(tail) = bytes.len().checked_sub(TRAILER_SIZE).map(|at| &bytes[at..]) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "LTX shorter than its trailer"));
+        };
+        let mut t = [0u8; TRAILER_SIZE];
+        t.copy_from_slice(tail);
+        let pos = Pos { txid: max, checksum: Trailer::from_bytes(&t).post_apply_checksum };
+        let last_epoch = self.epoch_lines(db).last().map(|(_, e)| *e);
+        if min == 1 || ltx_epoch != current || last_epoch != Some(ltx_epoch) {
+            self.append_epoch_line(db, pos, ltx_epoch, fsync)?;
+        }
+        Ok(())
     }
 
     fn write_ltx(&self, db: &DbName, min: u64, max: u64, bytes: &[u8], fsync: bool) -> io::Result<()> {
@@ -223,16 +271,32 @@ impl DataDir {
     }
 }
 
-/// `<txid hex16>/<checksum hex16> <epoch>`: the epoch belongs to that position only.
-fn format_epoch_file(epoch: Epoch, pos: Pos) -> String {
+/// `<txid hex16>/<checksum hex16> <epoch>`: one line of the `epoch` journal.
+fn format_epoch_line(epoch: Epoch, pos: Pos) -> String {
     format!("{:016x}/{:016x} {}\n", pos.txid, pos.checksum, epoch.0)
 }
 
-fn parse_epoch_file(text: &str, pos: Pos) -> Option<Epoch> {
-    let (at, epoch) = text.trim().split_once(' ')?;
+fn parse_epoch_line(line: &str) -> Option<(Pos, Epoch)> {
+    let (at, epoch) = line.trim().split_once(' ')?;
     let (txid, checksum) = at.split_once('/')?;
-    let same = u64::from_str_radix(txid, 16).ok()? == pos.txid && u64::from_str_radix(checksum, 16).ok()? == pos.checksum;
-    same.then(|| epoch.parse().ok().map(Epoch)).flatten()
+    let pos = Pos { txid: u64::from_str_radix(txid, 16).ok()?, checksum: u64::from_str_radix(checksum, 16).ok()? };
+    Some((pos, Epoch(epoch.parse().ok()?)))
+}
+
+/// The epoch of the newest journal line whose position is on the chain of `files` ending at
+/// `pos` (each file's pre-apply checksum is the previous file's post-apply one, back to a gap
+/// or a snapshot).
+fn lineage_epoch(lines: &[(Pos, Epoch)], files: &[LtxFileMeta], pos: Pos) -> Option<Epoch> {
+    let mut chain = vec![pos];
+    let mut cur = files.iter().find(|f| f.max_txid == pos.txid && f.post_apply_checksum == pos.checksum);
+    for _ in 0..files.len() {
+        let Some(f) = cur.filter(|f| f.min_txid > 1) else { break };
+        cur = files.iter().find(|p| p.max_txid + 1 == f.min_txid && p.post_apply_checksum == f.pre_apply_checksum);
+        if let Some(p) = cur {
+            chain.push(Pos { txid: p.max_txid, checksum: p.post_apply_checksum });
+        }
+    }
+    lines.iter().rev().find(|(p, _)| chain.contains(p)).map(|(_, e)| *e)
 }
 
 /// Reads an LTX file's header and trailer (not its pages) and checks both.
@@ -282,12 +346,55 @@ fn io_error_kind(e: &io::Error) -> IoErrorKind {
 mod tests {
     use super::*;
 
+    fn meta(min: u64, max: u64, pre: u64, post: u64) -> LtxFileMeta {
+        LtxFileMeta { min_txid: min, max_txid: max, pre_apply_checksum: pre, post_apply_checksum: post, size_bytes: 1, written_at: Time::ZERO }
+    }
+    fn pos(txid: u64, checksum: u64) -> Pos {
+        Pos { txid, checksum }
+    }
+
     #[test]
-    fn epoch_file_only_counts_for_its_position() {
-        let pos = Pos { txid: 3, checksum: 0x8000_0000_0000_00ff };
-        let text = format_epoch_file(Epoch(7), pos);
-        assert_eq!(parse_epoch_file(&text, pos), Some(Epoch(7)));
-        assert_eq!(parse_epoch_file(&text, Pos { txid: 4, ..pos }), None);
-        assert_eq!(parse_epoch_file("garbage", pos), None);
+    fn epoch_lines_round_trip() {
+        let p = pos(3, 0x8000_0000_0000_00ff);
+        assert_eq!(parse_epoch_line(&format_epoch_line(Epoch(7), p)), Some((p, Epoch(7))));
+        assert_eq!(parse_epoch_line("garbage"), None);
+    }
+
+    #[test]
+    fn the_lineage_epoch_is_the_newest_line_on_the_chain_of_the_last_ltx() {
+        // Snapshot 1-2 (epoch 2), then 3 and 4 written under epoch 4 (journaled before 3).
+        let files = [meta(1, 2, 0, 0xa2), meta(3, 3, 0xa2, 0xa3), meta(4, 4, 0xa3, 0xa4)];
+        let lines = [(pos(2, 0xa2), Epoch(2)), (pos(3, 0xa3), Epoch(4))];
+        assert_eq!(lineage_epoch(&lines, &files, pos(4, 0xa4)), Some(Epoch(4)), "descendant of the epoch-4 line");
+        assert_eq!(lineage_epoch(&lines, &files[..1], pos(2, 0xa2)), Some(Epoch(2)), "crash before LTX 3 was written");
+        // A line journaled for an LTX that never got written (other checksum) is not on the chain.
+        let lines = [(pos(2, 0xa2), Epoch(2)), (pos(3, 0xbad), Epoch(6))];
+        assert_eq!(lineage_epoch(&lines, &files, pos(4, 0xa4)), Some(Epoch(2)));
+        // A history replaced by a snapshot at a lower TXID: old lines no longer count.
+        let files = [meta(1, 2, 0, 0xb2)];
+        let lines = [(pos(2, 0xa2), Epoch(2)), (pos(3, 0xa3), Epoch(4))];
+        assert_eq!(lineage_epoch(&lines, &files, pos(2, 0xb2)), None);
+    }
+
+    #[test]
+    fn a_new_epoch_is_journaled_before_its_ltx_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let db = DbName::new("a.db".to_string()).unwrap();
+        let ltx = |post: u64| {
+            let mut b = vec![0u8; 8];
+            let mut t = [0u8; TRAILER_SIZE];
+            t[..8].copy_from_slice(&post.to_be_bytes());
+            b.extend_from_slice(&t);
+            b
+        };
+        data.record_ltx_epoch(&db, 1, 1, &ltx(0xa1), Epoch(2), Epoch::ZERO, false).unwrap();
+        data.record_ltx_epoch(&db, 2, 2, &ltx(0xa2), Epoch(2), Epoch(2), false).unwrap();
+        data.record_ltx_epoch(&db, 3, 3, &ltx(0xa3), Epoch(5), Epoch(2), false).unwrap();
+        assert_eq!(data.epoch_lines(&db), vec![(pos(1, 0xa1), Epoch(2)), (pos(3, 0xa3), Epoch(5))]);
+        for i in 0..20 {
+            data.append_epoch_line(&db, pos(10 + i, i), Epoch(5), false).unwrap();
+        }
+        assert_eq!(data.epoch_lines(&db).len(), EPOCH_LINES_MAX);
     }
 }

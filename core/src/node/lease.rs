@@ -284,6 +284,8 @@ impl Node {
         if epoch < self.highest_epoch {
             return; // an old watch notification
         }
+        let new_term = epoch > self.observed_epoch;
+        self.observed_epoch = epoch;
         self.highest_epoch = epoch;
         if let Some(p) = self.role.primary() {
             let ours = holder == Some(self.id) && epoch == p.epoch;
@@ -295,6 +297,12 @@ impl Node {
         }
         match holder {
             Some(h) if h == self.id => {}
+            Some(h) if new_term && self.upstream == Some(h) && self.role.is_follower() && self.connected.contains(&h) => {
+                // The same holder in a new term (e.g. it lost the lease while etcd was down and
+                // won it back before anyone saw it free): it dropped its followers when its old
+                // term ended, so follow it again or this replica never hears from it.
+                self.send_stream_request(h);
+            }
             Some(h) => self.set_upstream(Some(h)),
             None => {
                 self.set_upstream(None);

@@ -95,6 +95,8 @@ pub struct Node {
     role: RoleState,
     /// The highest epoch this node has accepted from anyone (never decreases).
     highest_epoch: Epoch,
+    /// The epoch of the last lease observation (a new term of the same holder shows up here).
+    observed_epoch: Epoch,
     /// The primary this node follows, if known.
     upstream: Option<NodeId>,
     connected: BTreeSet<NodeId>,
@@ -131,6 +133,7 @@ impl Node {
             wall: WallAnchor::default(),
             role: RoleState::Replica,
             highest_epoch: Epoch::ZERO,
+            observed_epoch: Epoch::ZERO,
             upstream: None,
             connected: BTreeSet::new(),
             dbs: BTreeMap::new(),

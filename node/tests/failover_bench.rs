@@ -82,6 +82,8 @@ fn failover_and_handoff_times() {
         v += 1;
         assert!(insert(&c.nodes[r], v), "the new primary accepts a write");
     }
+    let p = c.wait_primary(None);
+    c.wait_converged(p);
     c.check_replicas_equal();
     c.check_single_writer();
 

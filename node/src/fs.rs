@@ -162,6 +162,9 @@ struct Db {
     wal_index: Arc<Mutex<WalIndex>>,
     /// Last WAL-index change counter this node wrote (replicas).
     shm_change: u32,
+    /// The WAL was written since it was last synced (by SQLite's FSYNC or by this node): a
+    /// commit then syncs it before its LTX; after SQLite's own FSYNC (synchronous=FULL) not.
+    wal_unsynced: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -323,11 +326,13 @@ impl Db {
             self.record(&oplog::format_wal_data(offset, &bytes));
         }
         let commits = self.detector.wal_data(offset, &bytes).map_err(io::Error::other)?;
-        if !commits.is_empty() {
+        if !commits.is_empty() && self.wal_unsynced {
             // The WAL frames must be durable before their LTX is (start-up recovery keeps WAL
             // frames up to the last LTX): with synchronous=NORMAL SQLite does not sync them.
+            // With synchronous=FULL SQLite's FSYNC of the same frames came just before.
             if let Some(wal) = self.files[Kind::Wal as usize].as_ref() {
                 wal.sync_data()?;
+                self.wal_unsynced = false;
             }
         }
         for commit in commits {
@@ -523,6 +528,7 @@ impl State {
             recorder,
             wal_index,
             shm_change: 0,
+            wal_unsynced: true,
         });
         self.by_name.insert(name.to_string(), id);
         tracing::info!(db = name, "database opened");
@@ -1199,6 +1205,9 @@ impl Filesystem for LtxFs {
             // every committed page is in the database file now.
             *lock(&db.wal_index) = WalIndex::default();
         }
+        if kind == Kind::Wal {
+            db.wal_unsynced = true;
+        }
         let result = db
             .file(kind)
             .and_then(|file| file.write_all_at(data, offset).map_err(io_errno));
@@ -1240,14 +1249,15 @@ impl Filesystem for LtxFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let state = self.state();
+        let mut state = self.state();
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.ok();
         };
         if kind == Kind::Pos {
             return reply.ok();
         }
-        let result = state.dbs[id].file(kind).and_then(|file| {
+        let db = &mut state.dbs[id];
+        let result = db.file(kind).and_then(|file| {
             if datasync {
                 file.sync_data()
             } else {
@@ -1255,6 +1265,10 @@ impl Filesystem for LtxFs {
             }
             .map_err(io_errno)
         });
+        if result.is_ok() && kind == Kind::Wal {
+            // Every WAL write so far went through this lock: all of it is durable now.
+            db.wal_unsynced = false;
+        }
         match result {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(err),

@@ -760,12 +760,18 @@ impl ApplyHook for Shared {
 
     fn after_apply(&self, db: &DbName, pages: &[u32], commit: u32) {
         // 1. Register a new database, note what to invalidate (under the state lock).
+        // Names that appear now: the kernel may hold negative entries for them.
+        let mut new_names: Vec<String> = Vec::new();
         let (id, page_size, shm, wal_header, change) = {
             let mut state = self.state();
             let id = match state.by_name.get(db.as_str()) {
                 Some(&id) => id,
                 None => match state.load_db(db.as_str(), false, self) {
-                    Ok(id) => id,
+                    Ok(id) => {
+                        new_names.extend(BACKED.iter().map(|k| format!("{db}{}", k.suffix())));
+                        new_names.push(format!("{db}{}", Kind::Pos.suffix()));
+                        id
+                    }
                     Err(err) => {
                         tracing::warn!(%db, %err, "applied database cannot be opened");
                         return;
@@ -780,7 +786,10 @@ impl ApplyHook for Shared {
             if wal_mode && d.files[Kind::Wal as usize].is_none() {
                 // Readers of a WAL database need a -wal file; a replica's stays empty.
                 match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(d.path(Kind::Wal)) {
-                    Ok(f) => d.files[Kind::Wal as usize] = Some(f),
+                    Ok(f) => {
+                        d.files[Kind::Wal as usize] = Some(f);
+                        new_names.push(format!("{db}{}", Kind::Wal.suffix()));
+                    }
                     Err(err) => tracing::warn!(%db, %err, "cannot create the replica's empty WAL"),
                 }
             }
@@ -797,6 +806,9 @@ impl ApplyHook for Shared {
         };
         // 2. Kernel caches, without the state lock (the kernel may wait for a FUSE request).
         if let Some(notifier) = self.notifier.get() {
+            for name in &new_names {
+                let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(name));
+            }
             let ino = db_ino(id, Kind::Database);
             let ps = i64::from(page_size);
             if pages.is_empty() {
@@ -918,6 +930,8 @@ impl Filesystem for LtxFs {
         config
             .add_capabilities(InitFlags::FUSE_POSIX_LOCKS)
             .map_err(|_| io::Error::other("the kernel does not support FUSE POSIX locks"))?;
+        // Optional: without it the kernel still sends OPENDIR (answered ENOSYS once).
+        let _ = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -929,6 +943,15 @@ impl Filesystem for LtxFs {
         }
         match state.lookup_name(name, &view).and_then(|ino| state.attr(ino, &view)) {
             Ok(attr) => reply.entry(&view.ttl(), &attr, Generation(0)),
+            Err(Errno::ENOENT) if !view.ttl().is_zero() => {
+                // A negative entry the kernel may cache (inode 0): SQLite looks for a hot
+                // journal before every read transaction. On the primary every name is created
+                // through this mount (which replaces the negative entry); the runtime's own
+                // creations invalidate it (`after_apply`).
+                let mut attr = state.attr(INodeNo(ROOT_INO), &view).unwrap_or_else(|_| unreachable!("the root always has attributes"));
+                attr.ino = INodeNo(0);
+                reply.entry_with_ttls(&Duration::ZERO, &view.ttl(), &attr, Generation(0));
+            }
             Err(err) => reply.error(err),
         }
     }
@@ -1351,6 +1374,13 @@ impl Filesystem for LtxFs {
         reply.error(Errno::ENOSYS);
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR (it opens directories
+        // itself, FUSE_NO_OPENDIR_SUPPORT); SQLite opens the directory on every DELETE-mode
+        // commit to fsync it.
+        reply.error(Errno::ENOSYS);
+    }
+
     fn fsyncdir(
         &self,
         _req: &Request,
@@ -1359,9 +1389,10 @@ impl Filesystem for LtxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        // ENOSYS: the kernel answers later FSYNCDIRs with success itself (no round trip).
         // Names are backed by files in data.dir whose creation/removal the engine makes durable
         // where it matters (LTX); SQLite's directory fsync after a journal unlink needs no more.
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn getlk(

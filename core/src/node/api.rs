@@ -118,9 +118,11 @@ pub struct IoCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoKind {
     /// Write the LTX file `min_txid-max_txid` atomically (temp file, fsync, rename, fsync dir).
-    /// Completion means durable (`fsync` is always true outside planted bugs). Answer:
-    /// [`IoOutcome::Done`].
-    WriteLtx { db: DbName, min_txid: u64, max_txid: u64, bytes: Vec<u8>, fsync: bool },
+    /// Completion means durable (`fsync` is always true outside planted bugs). `epoch` is the
+    /// lineage epoch of the file's post-apply position: the driver persists it with the file
+    /// (e.g. an extended attribute) and reports the newest file's back in [`OpenDb::epoch`] at
+    /// start-up. Answer: [`IoOutcome::Done`].
+    WriteLtx { db: DbName, min_txid: u64, max_txid: u64, bytes: Vec<u8>, fsync: bool, epoch: Epoch },
     /// Write `pages` into the database file, resize it to `commit` pages (0 = delete the
     /// database), fsync — under SQLite's locks so readers see all or nothing.
     /// Answer: [`IoOutcome::Done`].

@@ -98,7 +98,7 @@ impl Node {
             written_at: now,
         };
         let fsync = !planted!(self, NoFsyncLtx);
-        let kind = IoKind::WriteLtx { db: c.db.clone(), min_txid: txid, max_txid: txid, bytes: bytes.clone(), fsync };
+        let kind = IoKind::WriteLtx { db: c.db.clone(), min_txid: txid, max_txid: txid, bytes: bytes.clone(), fsync, epoch };
         self.io(kind, IoPurpose::Commit { db: c.db.clone() });
         let d = self.dbs.get_mut(&c.db).expect("inserted above");
         d.state = DbState::Committing(PendingCommit { epoch, pos, bytes, meta });

@@ -130,7 +130,7 @@ impl Node {
             snapshot,
             stage: ApplyStage::WritingLtx,
         });
-        let kind = IoKind::WriteLtx { db: db.clone(), min_txid: inc.header.min_txid, max_txid: inc.header.max_txid, bytes: inc.bytes, fsync: true };
+        let kind = IoKind::WriteLtx { db: db.clone(), min_txid: inc.header.min_txid, max_txid: inc.header.max_txid, bytes: inc.bytes, fsync: true, epoch: inc.epoch };
         self.io(kind, IoPurpose::ReplicaWriteLtx { db });
     }
 

@@ -295,6 +295,13 @@ impl Node {
         }
         match holder {
             Some(h) if h == self.id => {}
+            // Same upstream under a newer lease: it stepped down in between (dropping its
+            // followers) and won again, so the old stream is dead on its side: ask again.
+            Some(h) if self.upstream == Some(h) => {
+                if self.stream_epoch < epoch && self.role.is_follower() && self.connected.contains(&h) {
+                    self.send_stream_request(h);
+                }
+            }
             Some(h) => self.set_upstream(Some(h)),
             None => {
                 self.set_upstream(None);
@@ -319,6 +326,7 @@ impl Node {
     }
 
     pub(super) fn send_stream_request(&mut self, to: NodeId) {
+        self.stream_epoch = self.highest_epoch;
         let msg = Message::StreamRequest {
             epoch: self.highest_epoch,
             cluster_id: self.config.cluster_id,

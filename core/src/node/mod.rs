@@ -97,6 +97,9 @@ pub struct Node {
     highest_epoch: Epoch,
     /// The primary this node follows, if known.
     upstream: Option<NodeId>,
+    /// The epoch this node had when it last asked its upstream for a stream: a newer lease of
+    /// the same upstream means that primary stepped down in between and dropped its followers.
+    stream_epoch: Epoch,
     connected: BTreeSet<NodeId>,
     dbs: BTreeMap<DbName, Db>,
     /// LTX files being reassembled from chunks, per database.
@@ -132,6 +135,7 @@ impl Node {
             role: RoleState::Replica,
             highest_epoch: Epoch::ZERO,
             upstream: None,
+            stream_epoch: Epoch::ZERO,
             connected: BTreeSet::new(),
             dbs: BTreeMap::new(),
             partials: BTreeMap::new(),

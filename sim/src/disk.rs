@@ -54,6 +54,17 @@ impl DbFile {
         }
         sum.value()
     }
+
+    /// The file as a reader sees it: `commit` pages, missing ones as zeros.
+    pub fn image(&self) -> Vec<u8> {
+        let page_size = self.page_size as usize;
+        let mut image = vec![0u8; page_size * self.commit as usize];
+        for (pgno, page) in self.pages.range(1..=self.commit) {
+            let at = (*pgno as usize - 1) * page_size;
+            image[at..at + page_size].copy_from_slice(page);
+        }
+        image
+    }
 }
 
 /// Which fault the next command meets.
@@ -117,10 +128,11 @@ impl SimDisk {
         })
     }
 
-    /// Carries out the write phase of a command (visible, not yet durable) or a read.
+    /// Carries out the write phase of a command (visible, not yet durable). Reads happen at
+    /// completion ([`SimDisk::read`]).
     pub fn write(&mut self, kind: &IoKind) -> Result<IoValue, IoError> {
         match kind {
-            IoKind::WriteFile { path, data, .. } => {
+            IoKind::WriteFile { path, data, atomic, .. } => {
                 let durable = match self.files.get(path) {
                     Some(file) if file.undo.is_some() => None,
                     Some(file) => Some(Some(file.data.clone())),
@@ -131,43 +143,61 @@ impl SimDisk {
                     entry.undo = Some(durable);
                 }
                 entry.data = data.clone();
-                self.last_unsynced = Some((path.clone(), false));
+                // A temp file renamed into place is never torn.
+                self.last_unsynced = if *atomic { None } else { Some((path.clone(), false)) };
                 Ok(IoValue::Done)
             }
             IoKind::WritePages { db, page_size, commit, pages, .. } => {
-                let file = self.dbs.entry(db.clone()).or_default();
-                file.page_size = *page_size;
-                if file.undo_commit.is_none() {
-                    file.undo_commit = Some(file.commit);
-                }
-                for (pgno, data) in pages {
-                    let old = file.pages.insert(*pgno, data.clone());
-                    file.undo_pages.entry(*pgno).or_insert(old);
-                }
-                file.commit = *commit;
-                let past_end: Vec<u32> = file.pages.range(commit + 1..).map(|(p, _)| *p).collect();
-                for pgno in past_end {
-                    let old = file.pages.remove(&pgno);
-                    file.undo_pages.entry(pgno).or_insert(old);
-                }
-                self.last_unsynced = Some((db.clone(), true));
+                self.write_pages(db, *page_size, *commit, pages);
                 Ok(IoValue::Done)
             }
-            IoKind::DeleteFile { path } => {
-                self.files.remove(path);
+            IoKind::DeleteFiles { paths } => {
+                for path in paths {
+                    self.files.remove(path);
+                }
                 Ok(IoValue::Done)
             }
-            IoKind::ReadFile { path } => match self.files.get(path) {
-                Some(file) => Ok(IoValue::Data(file.data.clone())),
-                None => Err(IoError::NotFound),
-            },
+            IoKind::ReadFiles { .. } | IoKind::ReadDb { .. } => Ok(IoValue::Done),
         }
     }
 
-    /// Makes the command's target durable.
+    /// Writes pages into a database file without syncing (what SQLite does through the mount
+    /// before its commit point, and the first half of a replica's apply).
+    pub fn write_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) {
+        let file = self.dbs.entry(db.to_string()).or_default();
+        file.page_size = page_size;
+        if file.undo_commit.is_none() {
+            file.undo_commit = Some(file.commit);
+        }
+        for (pgno, data) in pages {
+            let old = file.pages.insert(*pgno, data.clone());
+            file.undo_pages.entry(*pgno).or_insert(old);
+        }
+        file.commit = commit;
+        let past_end: Vec<u32> = file.pages.range(commit + 1..).map(|(p, _)| *p).collect();
+        for pgno in past_end {
+            let old = file.pages.remove(&pgno);
+            file.undo_pages.entry(pgno).or_insert(old);
+        }
+        self.last_unsynced = Some((db.to_string(), true));
+    }
+
+    /// The read phase of a read command, at its completion.
+    pub fn read(&self, kind: &IoKind) -> Result<IoValue, IoError> {
+        match kind {
+            IoKind::ReadFiles { paths } => {
+                let files: Option<Vec<Vec<u8>>> = paths.iter().map(|p| self.file(p).map(<[u8]>::to_vec)).collect();
+                files.map(IoValue::Files).ok_or(IoError::NotFound)
+            }
+            IoKind::ReadDb { db } => Ok(IoValue::Data(self.db(db).map(DbFile::image).unwrap_or_default())),
+            _ => Ok(IoValue::Done),
+        }
+    }
+
+    /// Makes the command's target durable (if it asks for fsync).
     pub fn fsync(&mut self, kind: &IoKind) {
         match kind {
-            IoKind::WriteFile { path, .. } => {
+            IoKind::WriteFile { path, fsync: true, .. } => {
                 if let Some(file) = self.files.get_mut(path) {
                     file.undo = None;
                 }
@@ -175,17 +205,62 @@ impl SimDisk {
                     self.last_unsynced = None;
                 }
             }
-            IoKind::WritePages { db, .. } => {
-                if let Some(file) = self.dbs.get_mut(db) {
-                    file.undo_pages.clear();
-                    file.undo_commit = None;
-                }
-                if self.last_unsynced.as_ref() == Some(&(db.clone(), true)) {
-                    self.last_unsynced = None;
+            IoKind::WritePages { db, fsync: true, .. } => self.sync_db(db),
+            _ => {}
+        }
+    }
+
+    /// Makes every change of database `db` durable.
+    pub fn sync_db(&mut self, db: &str) {
+        if let Some(file) = self.dbs.get_mut(db) {
+            file.undo_pages.clear();
+            file.undo_commit = None;
+        }
+        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+            self.last_unsynced = None;
+        }
+    }
+
+    /// Reverts every unsynced change of database `db` (SQLite rolling back from its journal).
+    pub fn rollback_db(&mut self, db: &str) {
+        if let Some(file) = self.dbs.get_mut(db) {
+            for (pgno, old) in std::mem::take(&mut file.undo_pages) {
+                match old {
+                    Some(data) => {
+                        file.pages.insert(pgno, data);
+                    }
+                    None => {
+                        file.pages.remove(&pgno);
+                    }
                 }
             }
-            IoKind::DeleteFile { .. } | IoKind::ReadFile { .. } => {}
+            if let Some(commit) = file.undo_commit.take() {
+                file.commit = commit;
+            }
         }
+        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+            self.last_unsynced = None;
+        }
+    }
+
+    /// Puts database `db` back exactly as it was (`None`: it did not exist).
+    pub fn restore_db(&mut self, db: &str, before: Option<DbFile>) {
+        match before {
+            Some(file) => {
+                self.dbs.insert(db.to_string(), file);
+            }
+            None => {
+                self.dbs.remove(db);
+            }
+        }
+        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+            self.last_unsynced = None;
+        }
+    }
+
+    /// Whether `path` exists with content that a crash would lose.
+    pub fn is_unsynced(&self, path: &str) -> bool {
+        self.files.get(path).is_some_and(|f| f.undo.is_some())
     }
 
     /// Power loss: everything unsynced is lost; a torn-write fault keeps half of the last
@@ -242,7 +317,7 @@ mod tests {
     use super::*;
 
     fn write_file(path: &str, data: &[u8]) -> IoKind {
-        IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true }
+        IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true, atomic: false, commit_of: None }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! - `sim scenario FILE...` — run scenario files; exit 0 iff every invariant and `[expect]` holds.
 //! - `sim run --seed N [--nodes K] [--trace]` — one random run; last line `trace-hash: <16 hex>`.
 //! - `sim swarm --seeds N [--jobs J] [--planted NAME]` — many random runs in parallel.
-//! - `sim planted --list` — the planted bugs the machine under test offers.
+//! - `sim planted --list` — the core's planted bugs (build with `--features core-planted-bugs`).
+//!
+//! The node under test is always the real `ltxfs-core` node ([`sim::core_binding`]).
 //!
 //! On a failure the run is shrunk and a reproducing scenario file is written (its path printed).
 
@@ -11,18 +13,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
+use sim::core_binding::CoreNode;
 use sim::machine::Machine;
-use sim::model::ModelNode;
 use sim::{random, runner, scenario};
 
 #[derive(Parser)]
 #[command(name = "sim", about = "Deterministic simulator for ltxfs-core")]
 struct Cli {
-    /// Which node implementation to drive.
-    #[arg(long, value_enum, default_value_t = MachineKind::Model, global = true)]
-    machine: MachineKind,
     /// Where reproducers of failures are written.
     #[arg(long, default_value = "target/sim-failures", global = true)]
     out: PathBuf,
@@ -31,12 +30,6 @@ struct Cli {
     shrink_budget: usize,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum MachineKind {
-    /// The simulator's own reference node (for testing the simulator itself).
-    Model,
 }
 
 #[derive(Subcommand)]
@@ -201,7 +194,5 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.machine {
-        MachineKind::Model => main_with::<ModelNode>(&cli),
-    }
+    main_with::<CoreNode>(&cli)
 }

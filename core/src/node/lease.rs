@@ -359,8 +359,13 @@ impl Node {
                 self.step_down(StepDownReason::HandedOff);
                 self.set_upstream(Some(to));
             }
-            LeaseResult::Lost | LeaseResult::Denied { .. } => self.step_down(StepDownReason::LeaseLost),
-            LeaseResult::Granted { .. } | LeaseResult::Error => {
+            // No answer: the service may have ended our epoch and reserved the next for `to`,
+            // so writing on under the old deadline could overlap the target's epoch. Step down.
+            LeaseResult::Lost | LeaseResult::Denied { .. } | LeaseResult::Error => {
+                self.step_down(StepDownReason::LeaseLost);
+                self.event(Event::HandoffFailed { to });
+            }
+            LeaseResult::Granted { .. } => {
                 p.phase = Phase::Writable;
                 self.event(Event::HandoffFailed { to });
             }

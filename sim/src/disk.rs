@@ -58,6 +58,9 @@ impl DbFile {
     /// The file as a reader sees it: `commit` pages, missing ones as zeros.
     pub fn image(&self) -> Vec<u8> {
         let page_size = self.page_size as usize;
+        if self.commit == 0 {
+            return Vec::new();
+        }
         let mut image = vec![0u8; page_size * self.commit as usize];
         for (pgno, page) in self.pages.range(1..=self.commit) {
             let at = (*pgno as usize - 1) * page_size;

@@ -602,6 +602,12 @@ impl<M: Machine> World<M> {
             MachineOutput::Event(event) => {
                 self.trace.record(self.now, &(7u8, node, &event), || format!("n{} event {event:?}", node + 1));
                 self.checker.on_event(self.now, node, &event, &self.lease);
+                if self.scenario.other_cluster.contains(&node)
+                    && matches!(event, MachineEvent::Applied { .. } | MachineEvent::SnapshotReset { .. })
+                {
+                    let detail = format!("n{} belongs to another cluster but applied {event:?}", node + 1);
+                    self.checker.fail(Invariant::PrefixConsistency, self.now, detail);
+                }
                 if let MachineEvent::Committed { db, txid, .. } = &event {
                     // Invariant 4 at its source: an acknowledged commit's LTX is durable.
                     let path = crate::core_binding::ltx_path(db, *txid, *txid);

@@ -49,7 +49,7 @@ fn every_scenario_file_parses_and_holds() {
 /// Seeds of the random sweep: `SIM_SEEDS`, default sized for about two minutes on two cores
 /// in a debug build.
 fn sim_seeds() -> u64 {
-    std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(600)
+    std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
 }
 
 #[test]

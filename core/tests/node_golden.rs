@@ -488,6 +488,73 @@ fn sync_recovery_waits_for_enough_answers_then_fetches_the_best_chain() {
     assert!(!n.is_writable(Time::from_secs(2)));
 }
 
+/// Seed 1214 of the simulator, by hand: a recovery source that cannot serve a database it
+/// advertised (there: halted after a failed write) still says `Ready`. Ending the phase on that
+/// `Ready` let the new primary write on from a shorter chain and lose acknowledged writes. The
+/// phase must end only once the target chain is held; a miss asks again and prefers another
+/// holder of the same chain.
+#[test]
+fn sync_recovery_ready_without_the_target_chain_asks_again_elsewhere() {
+    let mut cfg = dynamic(&[2, 3]);
+    cfg.sync_replicas = 1;
+    let mut n = Node::new(cfg, N1, Time::ZERO);
+    n.handle_timeout(Time::ZERO);
+    drain(&mut n);
+    n.handle_input(ms(10), Input::LeaseReply { id: LeaseRequestId(1), result: LeaseResult::Granted { epoch: Epoch(3), ttl: Duration::from_secs(10) } }).unwrap();
+    drain(&mut n);
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (bytes, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 9)]);
+    let ahead = DbPos { epoch: Epoch(2), pos: p1 };
+    let answer = Message::PositionAnswer { epoch: Epoch(3), cluster_id: CLUSTER, positions: [(db(), ahead)].into_iter().collect() };
+    let fetch = Message::StreamRequest {
+        epoch: Epoch(3),
+        cluster_id: CLUSTER,
+        node_id: N1,
+        mode: StreamMode::Recovery,
+        positions: [(db(), DbPos::default())].into_iter().collect(),
+    };
+    // Both peers hold the chain; node 2 (first) is asked for it.
+    n.handle_input(ms(20), Input::Receive { from: N2, msg: answer.clone() }).unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N2, msg: fetch.clone() }]);
+    n.handle_input(ms(21), Input::Receive { from: N3, msg: answer.clone() }).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    // Node 2 says Ready having sent nothing: not writable; the phase starts over.
+    n.handle_input(ms(30), Input::Receive { from: N2, msg: Message::Ready { epoch: Epoch(3) } }).unwrap();
+    let query = Message::PositionQuery { epoch: Epoch(3), cluster_id: CLUSTER };
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N2, msg: query.clone() }, Output::Send { to: N3, msg: query }]);
+    assert!(!n.is_writable(ms(30)));
+    assert_eq!(n.db_pos(&db()), None);
+    // Same answers again, node 2 first: node 3 is asked this time.
+    n.handle_input(ms(40), Input::Receive { from: N2, msg: answer.clone() }).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    n.handle_input(ms(41), Input::Receive { from: N3, msg: answer }).unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N3, msg: fetch }]);
+    // Node 3 sends the chain: applied, acked, and only then the phase ends.
+    let ltx = Message::Ltx { epoch: Epoch(3), db: db(), offset: 0, total_bytes: bytes.len() as u64, bytes: bytes.clone() };
+    n.handle_input(ms(50), Input::Receive { from: N3, msg: ltx }).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::WriteLtx { min_txid: 1, max_txid: 1, .. }, .. })]), "{out:?}");
+    n.handle_input(ms(51), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::ApplyPages { .. }, .. })]), "{out:?}");
+    n.handle_input(ms(52), done(io_id(&out[0]))).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::Applied { db: db(), pos: p1, from: N3 }),
+            Output::Send { to: N3, msg: Message::Ack { epoch: Epoch(3), db: db(), pos: p1 } }
+        ]
+    );
+    assert!(!n.is_writable(ms(52)));
+    n.handle_input(ms(53), Input::Receive { from: N3, msg: Message::Ready { epoch: Epoch(3) } }).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![ev(Event::RecoveryComplete { epoch: Epoch(3) }), ev(Event::RoleChanged { role: Role::Primary, epoch: Epoch(3) })]
+    );
+    assert!(n.is_writable(ms(53)));
+    assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(p1));
+}
+
 // ----- checksum index reload -----
 
 #[test]

@@ -179,11 +179,14 @@ mod planted {
 }
 
 #[test]
-#[ignore = "open finding, not yet diagnosed: sync mode loses acknowledged writes (seed 1214)"]
+#[ignore = "scenarios/open/ holds unfixed findings, which fail until fixed; run by hand"]
 fn open_findings_hold() {
     // Goal: the reproducers in scenarios/open/ (violations found against the core and not yet
-    // fixed) pass once the core is fixed; then they move to scenarios/regressions/.
-    for path in toml_files(&scenario_dir().join("open")) {
+    // fixed) pass once the core is fixed; then they move to scenarios/regressions/. The
+    // directory may be absent when nothing is open.
+    let open = scenario_dir().join("open");
+    let files = if open.is_dir() { toml_files(&open) } else { Vec::new() };
+    for path in files {
         let s = scenario::parse(&std::fs::read_to_string(&path).expect("readable")).expect("valid");
         let report = runner::run::<UnderTest>(&s, false);
         assert!(report.violation.is_none(), "{}: {:?}", path.display(), report.violation);

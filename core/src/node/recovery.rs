@@ -25,9 +25,10 @@ pub(super) struct Recovery {
     answers: BTreeMap<NodeId, BTreeMap<DbName, DbPos>>,
     /// Sources we fetch from, each with the databases it serves; `None` while still asking.
     fetching: Option<BTreeMap<NodeId, BTreeSet<DbName>>>,
-    /// Per fetched database, the chain we must reach (lineage epoch, TXID) and its source. A
-    /// source's `Ready` only says it sent what it could: the phase ends when we hold these.
-    targets: BTreeMap<DbName, (Epoch, u64, NodeId)>,
+    /// Per fetched database, the position its source answered (which we must reach) and the
+    /// source. A source's `Ready` only says it sent what it could: the phase ends when we hold
+    /// exactly these positions.
+    targets: BTreeMap<DbName, (Pos, NodeId)>,
     /// Sources whose fetch failed earlier in this lease (kept across restarts of the phase):
     /// among equally advanced chains, another holder is preferred.
     failed: BTreeSet<NodeId>,
@@ -136,11 +137,11 @@ impl Node {
         let Some(r) = self.recovery() else { return };
         // (lineage epoch, txid, not failed before, peer): the most advanced chain first, then a
         // holder that has not failed us.
-        let mut best: BTreeMap<DbName, (Epoch, u64, bool, NodeId)> = BTreeMap::new();
+        let mut best: BTreeMap<DbName, (Epoch, u64, bool, NodeId, Pos)> = BTreeMap::new();
         for (peer, positions) in &r.answers {
             let fresh = !r.failed.contains(peer);
             for (db, p) in positions {
-                let candidate = (p.epoch, p.pos.txid, fresh, *peer);
+                let candidate = (p.epoch, p.pos.txid, fresh, *peer, p.pos);
                 let entry = best.entry(db.clone()).or_insert(candidate);
                 if (candidate.0, candidate.1, candidate.2) > (entry.0, entry.1, entry.2) {
                     *entry = candidate;
@@ -148,12 +149,13 @@ impl Node {
             }
         }
         let mut sources: BTreeMap<NodeId, BTreeSet<DbName>> = BTreeMap::new();
-        let mut targets: BTreeMap<DbName, (Epoch, u64, NodeId)> = BTreeMap::new();
-        for (db, (epoch, txid, _, peer)) in best {
-            let ours = self.dbs.get(&db).map_or((Epoch::ZERO, 0), |d| (d.pos_epoch, d.pos.txid));
-            if (epoch, txid) > ours {
+        let mut targets: BTreeMap<DbName, (Pos, NodeId)> = BTreeMap::new();
+        for (db, (epoch, txid, _, peer, pos)) in best {
+            let ours = self.dbs.get(&db).map_or((Epoch::ZERO, Pos::ZERO), |d| (d.pos_epoch, d.pos));
+            // The same position reached through a later epoch's frame is the same chain.
+            if (epoch, txid) > (ours.0, ours.1.txid) && pos != ours.1 {
                 sources.entry(peer).or_default().insert(db.clone());
-                targets.insert(db, (epoch, txid, peer));
+                targets.insert(db, (pos, peer));
             }
         }
         if sources.is_empty() {
@@ -197,7 +199,7 @@ impl Node {
     }
 
     /// Ends the phase once every source sent `Ready`, every fetched LTX is applied, and every
-    /// fetched database reached its target chain. A source's `Ready` is not proof: a source
+    /// fetched database is at its source's answered position. A source's `Ready` is not proof: a source
     /// that could not serve a database (e.g. halted after a failed write) or moved backwards
     /// since it answered still says `Ready`, and writing on from a shorter chain would lose
     /// the writes it acknowledged. A target missed counts as a failed fetch.
@@ -211,8 +213,8 @@ impl Node {
         let missed: BTreeSet<NodeId> = r
             .targets
             .iter()
-            .filter(|(db, (epoch, txid, _))| !self.dbs.get(*db).is_some_and(|d| d.pos_epoch >= *epoch && d.pos.txid >= *txid))
-            .map(|(_, (_, _, source))| *source)
+            .filter(|(db, (pos, _))| self.dbs.get(*db).is_none_or(|d| d.pos != *pos))
+            .map(|(_, (_, source))| *source)
             .collect();
         if missed.is_empty() {
             self.complete_recovery();

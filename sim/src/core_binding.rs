@@ -48,6 +48,15 @@ pub const CLUSTER_ID: u64 = 0x5eed;
 /// Bytes of the lineage-epoch prefix in front of each simulated LTX file.
 const EPOCH_PREFIX: usize = 8;
 
+/// The names of the core's planted bugs, known in every build so that `sim planted --list`
+/// can name them; the same list as `ltxfs_core::planted::PlantedBug::ALL`, which exists only
+/// with the core's `planted-bugs` feature (a test under `core-planted-bugs` checks they agree).
+pub const PLANTED_NAMES: [&str; 6] =
+    ["skip-epoch-check", "write-after-lease", "skip-preapply-check", "ack-before-replicas", "no-fsync-ltx", "skip-recovery"];
+
+/// Whether this build can switch planted bugs on (`--features core-planted-bugs`).
+pub const PLANTED_ENABLED: bool = cfg!(feature = "core-planted-bugs");
+
 /// Where the simulated shell keeps the LTX file `min..=max` of `db`.
 pub fn ltx_path(db: &str, min_txid: u64, max_txid: u64) -> String {
     format!("{db}/ltx/{}", ltx::file_name(min_txid, max_txid))
@@ -480,13 +489,6 @@ impl Machine for CoreNode {
     }
 
     fn planted_names() -> Vec<&'static str> {
-        #[cfg(feature = "core-planted-bugs")]
-        {
-            ltxfs_core::planted::PlantedBug::ALL.iter().map(|b| b.name()).collect()
-        }
-        #[cfg(not(feature = "core-planted-bugs"))]
-        {
-            Vec::new()
-        }
+        PLANTED_NAMES.to_vec()
     }
 }

@@ -57,17 +57,31 @@ fn random_sweep_finds_no_violation() {
     // Goal: random runs (faults, network, clocks, workload all derived from the seed) keep every
     // invariant with the real core. Method: SIM_SEEDS seeds on two threads; any failure names
     // its seed (reproduce with `cargo run -p sim -- run --seed N`).
-    let report = runner::swarm::<UnderTest>(0, sim_seeds(), 2, None, None, false);
+    let report = runner::swarm::<UnderTest>(0, sim_seeds(), 2, None, None, false, false);
     assert_eq!(report.seeds, sim_seeds());
     println!(
-        "sweep: {} seeds, {:.0}x real time, {:.0} seeds/min",
+        "sweep: {} seeds, {:.0}x real time, {:.0} seeds/min, {:?} seeds/CPU-min",
         report.seeds,
         report.simulated_per_wall(),
-        report.seeds_per_minute()
+        report.seeds_per_minute(),
+        report.seeds_per_cpu_minute().map(|s| s.round())
     );
     let failures: Vec<String> =
         report.failures.iter().map(|(seed, v)| format!("seed {seed}: {} {}", v.invariant.name(), v.detail)).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn planted_list_names_the_six_bugs_in_every_build() {
+    // Goal: `sim planted --list` names the planted bugs even in a build that cannot run them.
+    // Method: run the real binary.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sim")).args(["planted", "--list"]).output().expect("runs");
+    assert!(out.status.success());
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    let expected = ["skip-epoch-check", "write-after-lease", "skip-preapply-check", "ack-before-replicas", "no-fsync-ltx", "skip-recovery"];
+    assert_eq!(names, expected);
+    let note = String::from_utf8_lossy(&out.stderr).contains("core-planted-bugs");
+    assert_eq!(note, !sim::core_binding::PLANTED_ENABLED, "the build says how to enable them iff it must");
 }
 
 #[test]
@@ -123,7 +137,7 @@ mod planted {
 
     /// The first seed that fails with the planted bug and passes without it.
     fn hunt(planted: &str) -> Option<(u64, Invariant, String)> {
-        let report = runner::swarm::<UnderTest>(0, PLANTED_SEEDS, 2, None, Some(planted), true);
+        let report = runner::swarm::<UnderTest>(0, PLANTED_SEEDS, 2, None, Some(planted), true, false);
         for (seed, v) in report.failures {
             let s = random::scenario(seed, None);
             if runner::run::<UnderTest>(&s, false).violation.is_none() {
@@ -141,10 +155,9 @@ mod planted {
 
     #[test]
     fn planted_list_is_the_cores() {
-        let names = UnderTest::planted_names();
-        for name in ["skip-epoch-check", "write-after-lease", "skip-preapply-check", "ack-before-replicas", "no-fsync-ltx", "skip-recovery"] {
-            assert!(names.contains(&name), "{name}");
-        }
+        let core: Vec<&str> = ltxfs_core::planted::PlantedBug::ALL.iter().map(|b| b.name()).collect();
+        assert_eq!(UnderTest::planted_names(), core);
+        assert!(sim::core_binding::PLANTED_ENABLED);
     }
 
     #[test]

@@ -22,7 +22,7 @@ struct FileState {
 }
 
 /// A database file as pages (1-based page numbers).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DbFile {
     pub page_size: u32,
     pub commit: u32,
@@ -68,6 +68,18 @@ impl DbFile {
         }
         image
     }
+}
+
+/// What [`SimDisk::write_pages_undoable`] changed: the file's sizes before, and per touched page
+/// its old content and old durable-undo entry.
+#[derive(Debug, Clone)]
+pub struct DbUndo {
+    db: String,
+    /// (page size, commit, durable commit) before; `None`: the file did not exist.
+    file: Option<(u32, u32, Option<u32>)>,
+    #[allow(clippy::type_complexity)]
+    touched: Vec<(u32, Option<Vec<u8>>, Option<Option<Vec<u8>>>)>,
+    last_unsynced: Option<(String, bool)>,
 }
 
 /// Which fault the next command meets.
@@ -246,19 +258,48 @@ impl SimDisk {
         }
     }
 
-    /// Puts database `db` back exactly as it was (`None`: it did not exist).
-    pub fn restore_db(&mut self, db: &str, before: Option<DbFile>) {
-        match before {
-            Some(file) => {
-                self.dbs.insert(db.to_string(), file);
+    /// [`SimDisk::write_pages`], remembering just enough to undo it exactly with
+    /// [`SimDisk::undo_pages`]: the old value of each page it changes, not the whole file
+    /// (a local commit costs O(dirty pages), not O(database)).
+    pub fn write_pages_undoable(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) -> DbUndo {
+        let mut undo = DbUndo { db: db.to_string(), file: None, touched: Vec::new(), last_unsynced: self.last_unsynced.clone() };
+        if let Some(f) = self.dbs.get(db) {
+            undo.file = Some((f.page_size, f.commit, f.undo_commit));
+            let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.range(commit + 1..).map(|(pgno, _)| *pgno));
+            for pgno in changed {
+                undo.touched.push((pgno, f.pages.get(&pgno).cloned(), f.undo_pages.get(&pgno).cloned()));
             }
+        }
+        self.write_pages(db, page_size, commit, pages);
+        undo
+    }
+
+    /// Puts a database back exactly as it was before the write `undo` came from (SQLite rolling
+    /// back a commit the node refused on the spot).
+    pub fn undo_pages(&mut self, undo: DbUndo) {
+        match undo.file {
             None => {
-                self.dbs.remove(db);
+                self.dbs.remove(&undo.db);
+            }
+            Some((page_size, commit, undo_commit)) => {
+                let f = self.dbs.get_mut(&undo.db).expect("a written database exists");
+                f.page_size = page_size;
+                f.commit = commit;
+                f.undo_commit = undo_commit;
+                // Latest first, so a page captured twice ends at its first (oldest) value.
+                for (pgno, page, durable) in undo.touched.into_iter().rev() {
+                    match page {
+                        Some(data) => f.pages.insert(pgno, data),
+                        None => f.pages.remove(&pgno),
+                    };
+                    match durable {
+                        Some(value) => f.undo_pages.insert(pgno, value),
+                        None => f.undo_pages.remove(&pgno),
+                    };
+                }
             }
         }
-        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
-            self.last_unsynced = None;
-        }
+        self.last_unsynced = undo.last_unsynced;
     }
 
     /// Whether `path` exists with content that a crash would lose.
@@ -318,6 +359,30 @@ impl SimDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn undoable_page_write_undoes_exactly() {
+        let page = |fill: u8| vec![fill; 512];
+        let mut disk = SimDisk::default();
+        // Nothing there yet: undo removes the file.
+        let undo = disk.write_pages_undoable("db", 512, 2, &[(1, page(1)), (2, page(2))]);
+        disk.undo_pages(undo);
+        assert!(disk.db("db").is_none());
+        // Synced pages 1..=4, then an unsynced change of page 2: undo a write that changes
+        // pages 2 and 3 again and truncates page 4 away.
+        disk.write_pages("db", 512, 4, &[(1, page(1)), (2, page(2)), (3, page(3)), (4, page(4))]);
+        disk.sync_db("db");
+        disk.write_pages("db", 512, 4, &[(2, page(9))]);
+        let before = disk.db("db").cloned();
+        let undo = disk.write_pages_undoable("db", 512, 3, &[(2, page(7)), (3, page(8))]);
+        assert_ne!(disk.db("db").cloned(), before);
+        disk.undo_pages(undo);
+        assert_eq!(disk.db("db").cloned(), before);
+        // The durable state is intact too: a crash now goes back to the synced pages.
+        disk.crash();
+        assert_eq!(disk.db("db").map(|f| f.pages.get(&2).cloned()), Some(Some(page(2))));
+        assert_eq!(disk.db("db").map(|f| f.commit), Some(4));
+    }
 
     fn write_file(path: &str, data: &[u8]) -> IoKind {
         IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true, atomic: false, commit_of: None }

@@ -139,7 +139,7 @@ pub struct World<M: Machine> {
     probe_ok: bool,
     commits: u64,
     /// While a local commit is being handed to a node: the database file before its pages.
-    commit_undo: Option<(NodeIdx, String, Option<crate::disk::DbFile>)>,
+    commit_undo: Option<(NodeIdx, String, crate::disk::DbUndo)>,
     /// Local commits handed to nodes so far (makes every commit's pages unique).
     commit_seq: u64,
     /// Per directed node link: messages arriving before this instant wait for it (a held
@@ -508,12 +508,11 @@ impl<M: Machine> World<M> {
     fn deliver(&mut self, node: NodeIdx, mut input: MachineInput<M::Msg>) {
         let slot = &mut self.slots[usize::from(node)];
         if let MachineInput::LocalCommit { db, page_size, commit, pages, .. } = &mut input {
-            let before = slot.disk.db(db).cloned();
-            let current = before.as_ref().map(|f| f.commit).unwrap_or(0);
+            let current = slot.disk.db(db).map(|f| f.commit).unwrap_or(0);
             self.commit_seq += 1;
             (*commit, *pages) = workload::write_pages(&mut self.rng_work, self.commit_seq, current);
-            slot.disk.write_pages(db, *page_size, *commit, pages);
-            self.commit_undo = Some((node, db.clone(), before));
+            let undo = slot.disk.write_pages_undoable(db, *page_size, *commit, pages);
+            self.commit_undo = Some((node, db.clone(), undo));
         }
         let local = slot.clock.local(self.now);
         slot.machine.as_mut().expect("running node has a machine").handle_input(local, input);
@@ -632,7 +631,7 @@ impl<M: Machine> World<M> {
                 // Refused on the spot: SQLite rolls its pages back from the journal.
                 if let Some((n, name, before)) = self.commit_undo.take() {
                     if n == node && name == *db {
-                        self.slots[usize::from(node)].disk.restore_db(db, before);
+                        self.slots[usize::from(node)].disk.undo_pages(before);
                     } else {
                         self.commit_undo = Some((n, name, before));
                     }

@@ -23,7 +23,7 @@ impl Node {
         d.pos = o.pos;
         d.pos_epoch = o.epoch;
         for f in o.files {
-            d.files.insert(f.min_txid, f);
+            d.retain(f);
         }
         self.highest_epoch = self.highest_epoch.max(o.epoch);
         let loaded = o.checksum_index.as_deref().map(ChecksumIndex::decode);

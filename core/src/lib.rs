@@ -4,6 +4,7 @@
 //! an unseeded random number. Drivers (the production `node`, the deterministic `sim`, unit tests)
 //! feed it inputs with the current time as a value and carry out the commands it outputs.
 //!
+//! - [`detect`]: SQLite commit detection (all journal modes) and POSIX lock tables.
 //! - [`ltx`]: the LTX v1 file format (LiteFS / superfly/ltx v0.3.x), byte for byte.
 //! - [`time`]: the monotonic [`time::Time`] and wall-clock [`time::WallMs`] values handlers take.
 //! - [`ids`]: node, epoch, cluster and database identifiers.
@@ -15,6 +16,7 @@
 //! - [`testing`]: an in-process cluster driver (perfect network, disk, lease service).
 #![forbid(unsafe_code)]
 
+pub mod detect;
 pub mod catchup;
 pub mod chkindex;
 pub mod ids;

@@ -332,7 +332,7 @@ impl Cluster {
         let t = self.nodes.get_mut(&id).expect("known");
         t.disk.write_pages(db, page_size, commit, &pages);
         let wall = WallMs(1_700_000_000_000 + self.now.as_millis() as i64);
-        self.input(id, Input::LocalCommit(LocalCommit { db: db.clone(), page_size, commit, pages, wall }));
+        self.input(id, Input::LocalCommit(LocalCommit { db: db.clone(), page_size, commit, pages, wall, wal: None }));
         self.run();
     }
 

@@ -43,7 +43,7 @@ fn page(fill: u8) -> Vec<u8> {
 }
 fn commit_input(commit: u32, pages: &[(u32, u8)]) -> Input {
     let pages = pages.iter().map(|&(p, f)| (p, page(f))).collect();
-    Input::LocalCommit(LocalCommit { db: db(), page_size: PS, commit, pages, wall: WallMs(1000) })
+    Input::LocalCommit(LocalCommit { db: db(), page_size: PS, commit, pages, wall: WallMs(1000), wal: None })
 }
 fn io_id(o: &Output) -> IoId {
     match o {
@@ -614,7 +614,7 @@ fn invalid_local_commit_is_an_input_error_and_changes_nothing() {
     );
     assert_eq!(drain(&mut n), vec![]);
     assert_eq!(n.db_pos(&db()), None);
-    let err = n.handle_input(ms(1), Input::LocalCommit(LocalCommit { db: db(), page_size: 1000, commit: 1, pages: vec![], wall: WallMs(0) }));
+    let err = n.handle_input(ms(1), Input::LocalCommit(LocalCommit { db: db(), page_size: 1000, commit: 1, pages: vec![], wall: WallMs(0), wal: None }));
     assert_eq!(err, Err(InputError::BadPageSize(1000)));
 }
 
@@ -624,4 +624,24 @@ fn messages_from_non_members_are_dropped() {
     let msg = Message::StreamRequest { epoch: E1, cluster_id: CLUSTER, node_id: NodeId(9), mode: StreamMode::Follow, positions: BTreeMap::new() };
     n.handle_input(ms(5), Input::Receive { from: NodeId(9), msg }).unwrap();
     assert_eq!(drain(&mut n), vec![ev(Event::UnknownPeer { peer: NodeId(9) })]);
+}
+
+#[test]
+fn wal_commit_fills_the_ltx_header_wal_fields() {
+    let mut n = primary_at_epoch_1(0);
+    let pages = vec![(1, page(1)), (2, page(2))];
+    let wal = WalFrames { offset: 32, size: 2 * (24 + u64::from(PS)), salt1: 0xdead, salt2: 0xbeef };
+    let input = Input::LocalCommit(LocalCommit { db: db(), page_size: PS, commit: 2, pages, wall: WallMs(1000), wal: Some(wal) });
+    n.handle_input(ms(200), input).unwrap();
+    let out = drain(&mut n);
+    let bytes = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Io(IoCommand { kind: IoKind::WriteLtx { bytes, .. }, .. }) => Some(bytes.clone()),
+            _ => None,
+        })
+        .expect("a commit writes an LTX");
+    let (header, _, _) = ltx::decode_slice(&bytes).unwrap();
+    assert_eq!((header.wal_offset, header.wal_size), (32, 2 * (24 + i64::from(PS))));
+    assert_eq!((header.wal_salt1, header.wal_salt2), (0xdead, 0xbeef));
 }

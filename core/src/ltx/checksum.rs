@@ -40,7 +40,9 @@ impl std::fmt::Debug for Hasher {
 
 impl Hasher {
     pub fn new() -> Self {
-        Hasher { digest: Digest::new(CrcAlgorithm::Crc64GoIso) }
+        Hasher {
+            digest: Digest::new(CrcAlgorithm::Crc64GoIso),
+        }
     }
     pub fn update(&mut self, data: &[u8]) {
         self.digest.update(data);
@@ -108,7 +110,11 @@ impl DbChecksum {
 pub fn db_checksum(data: &[u8], page_size: u32) -> u64 {
     assert!(page_size.is_power_of_two());
     let page_size_bytes = page_size as usize;
-    assert_eq!(data.len() % page_size_bytes, 0, "database size is not a multiple of the page size");
+    assert_eq!(
+        data.len() % page_size_bytes,
+        0,
+        "database size is not a multiple of the page size"
+    );
     let lock = lock_pgno(page_size);
     let mut sum = DbChecksum::new();
     for (index, page) in data.chunks_exact(page_size_bytes).enumerate() {
@@ -138,9 +144,17 @@ mod tests {
 
     #[test]
     fn simd_crc_equals_table_crc_for_many_lengths() {
-        let data: Vec<u8> = (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        for len in [0usize, 1, 7, 8, 15, 16, 63, 64, 255, 256, 4095, 4096, 4100, 65_536, 70_000] {
-            assert_eq!(crc64_go_iso(&data[..len]), reference_crc(&data[..len]), "len {len}");
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in [
+            0usize, 1, 7, 8, 15, 16, 63, 64, 255, 256, 4095, 4096, 4100, 65_536, 70_000,
+        ] {
+            assert_eq!(
+                crc64_go_iso(&data[..len]),
+                reference_crc(&data[..len]),
+                "len {len}"
+            );
         }
     }
 
@@ -150,7 +164,10 @@ mod tests {
         h.update(b"1234");
         h.update(b"56789");
         assert_eq!(h.finish_raw(), crc64_go_iso(b"123456789"));
-        assert_eq!(h.finish_flagged(), CHECKSUM_FLAG | crc64_go_iso(b"123456789"));
+        assert_eq!(
+            h.finish_flagged(),
+            CHECKSUM_FLAG | crc64_go_iso(b"123456789")
+        );
     }
 
     #[test]
@@ -188,10 +205,17 @@ mod tests {
         let old = page_checksum(3, &db[1024..1536]);
         db[1024..1536].fill(0xAB);
         let new = page_checksum(3, &db[1024..1536]);
-        assert_eq!(update_db_checksum(before, old, new), db_checksum(&db, page_size));
+        assert_eq!(
+            update_db_checksum(before, old, new),
+            db_checksum(&db, page_size)
+        );
         // Growth: a new page 5 contributes with old = 0.
         let grown_page = vec![0x11u8; 512];
-        let after_growth = update_db_checksum(db_checksum(&db, page_size), 0, page_checksum(5, &grown_page));
+        let after_growth = update_db_checksum(
+            db_checksum(&db, page_size),
+            0,
+            page_checksum(5, &grown_page),
+        );
         db.extend_from_slice(&grown_page);
         assert_eq!(after_growth, db_checksum(&db, page_size));
         // Truncation: removing page 5 contributes with new = 0.

@@ -91,7 +91,10 @@ impl Header {
             return Err(LtxError::MaxTxidZero);
         }
         if self.min_txid > self.max_txid {
-            return Err(LtxError::TxidsOutOfOrder { min_txid: self.min_txid, max_txid: self.max_txid });
+            return Err(LtxError::TxidsOutOfOrder {
+                min_txid: self.min_txid,
+                max_txid: self.max_txid,
+            });
         }
         if self.wal_offset < 0 {
             return Err(LtxError::NegativeWalOffset(self.wal_offset));
@@ -172,7 +175,10 @@ impl Header {
 
     /// The position a database must be at for this file to apply: `(min_txid - 1, pre-apply)`.
     pub fn pre_apply_pos(&self) -> Pos {
-        Pos { txid: self.min_txid.saturating_sub(1), checksum: self.pre_apply_checksum }
+        Pos {
+            txid: self.min_txid.saturating_sub(1),
+            checksum: self.pre_apply_checksum,
+        }
     }
 }
 
@@ -205,7 +211,10 @@ impl Trailer {
 
     /// Parses a trailer without validating it (see [`Trailer::validate`]).
     pub fn from_bytes(b: &[u8; TRAILER_SIZE]) -> Trailer {
-        Trailer { post_apply_checksum: be_u64(b, 0), file_checksum: be_u64(b, 8) }
+        Trailer {
+            post_apply_checksum: be_u64(b, 0),
+            file_checksum: be_u64(b, 8),
+        }
     }
 
     /// The trailer's format rules: both checksums non-zero with bit 63 set.
@@ -240,7 +249,10 @@ pub struct Pos {
 }
 
 impl Pos {
-    pub const ZERO: Pos = Pos { txid: 0, checksum: 0 };
+    pub const ZERO: Pos = Pos {
+        txid: 0,
+        checksum: 0,
+    };
 
     pub fn is_zero(&self) -> bool {
         *self == Pos::ZERO
@@ -285,7 +297,10 @@ pub fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     if b.len() != 37 || b[16] != b'-' || &b[33..] != b".ltx" {
         return None;
     }
-    let lower_hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let lower_hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
     if !lower_hex(&b[..16]) || !lower_hex(&b[17..33]) {
         return None;
     }
@@ -298,27 +313,58 @@ mod tests {
 
     #[test]
     fn pos_text_round_trip() {
-        let p = Pos { txid: 3, checksum: 0x8000_0000_dead_beef };
+        let p = Pos {
+            txid: 3,
+            checksum: 0x8000_0000_dead_beef,
+        };
         assert_eq!(p.to_string(), "0000000000000003/80000000deadbeef");
         assert_eq!("0000000000000003/80000000deadbeef".parse::<Pos>(), Ok(p));
-        assert_eq!("0000000000000003-80000000deadbeef".parse::<Pos>(), Err(LtxError::InvalidPosText));
-        assert_eq!("000000000000003/80000000deadbeef".parse::<Pos>(), Err(LtxError::InvalidPosText));
-        assert_eq!("+000000000000003/80000000deadbeef".parse::<Pos>(), Err(LtxError::InvalidPosText));
+        assert_eq!(
+            "0000000000000003-80000000deadbeef".parse::<Pos>(),
+            Err(LtxError::InvalidPosText)
+        );
+        assert_eq!(
+            "000000000000003/80000000deadbeef".parse::<Pos>(),
+            Err(LtxError::InvalidPosText)
+        );
+        assert_eq!(
+            "+000000000000003/80000000deadbeef".parse::<Pos>(),
+            Err(LtxError::InvalidPosText)
+        );
         assert!(Pos::ZERO.is_zero());
     }
 
     #[test]
     fn file_name_round_trip() {
         assert_eq!(file_name(1, 0x2a), "0000000000000001-000000000000002a.ltx");
-        assert_eq!(parse_file_name("0000000000000001-000000000000002a.ltx"), Some((1, 42)));
-        assert_eq!(parse_file_name("0000000000000001-000000000000002A.ltx"), None);
-        assert_eq!(parse_file_name("0000000000000001-000000000000002a.ltx.tmp"), None);
+        assert_eq!(
+            parse_file_name("0000000000000001-000000000000002a.ltx"),
+            Some((1, 42))
+        );
+        assert_eq!(
+            parse_file_name("0000000000000001-000000000000002A.ltx"),
+            None
+        );
+        assert_eq!(
+            parse_file_name("0000000000000001-000000000000002a.ltx.tmp"),
+            None
+        );
         assert_eq!(parse_file_name("1-2.ltx"), None);
     }
 
     #[test]
     fn pre_apply_pos_is_previous_txid() {
-        let h = Header { min_txid: 5, pre_apply_checksum: CHECKSUM_FLAG | 9, ..Header::default() };
-        assert_eq!(h.pre_apply_pos(), Pos { txid: 4, checksum: CHECKSUM_FLAG | 9 });
+        let h = Header {
+            min_txid: 5,
+            pre_apply_checksum: CHECKSUM_FLAG | 9,
+            ..Header::default()
+        };
+        assert_eq!(
+            h.pre_apply_pos(),
+            Pos {
+                txid: 4,
+                checksum: CHECKSUM_FLAG | 9
+            }
+        );
     }
 }

@@ -215,6 +215,20 @@ pub struct LocalCommit {
     pub pages: Vec<(u32, Vec<u8>)>,
     /// Wall clock at commit, stamped into the LTX header.
     pub wall: WallMs,
+    /// WAL mode: the WAL frames the transaction occupies (the LTX header's WAL fields, which a
+    /// restarted node uses to match its WAL against its last LTX). `None` in rollback modes.
+    pub wal: Option<WalFrames>,
+}
+
+/// Where a WAL-mode transaction lies in the WAL file (LTX header `WALOffset`/`WALSize`/salts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalFrames {
+    /// Byte offset of the transaction's first frame in the WAL.
+    pub offset: u64,
+    /// Bytes of the transaction's frames.
+    pub size: u64,
+    pub salt1: u32,
+    pub salt2: u32,
 }
 
 /// A database the driver found on disk at start-up.
@@ -351,6 +365,12 @@ pub enum Event {
     PeerRefused { peer: NodeId, code: ErrorCode },
     /// The persisted checksum index could not be used; the database is read in full.
     ChecksumIndexRebuilt { db: DbName },
+    /// A snapshot from `from` replaced this node's history of `db` at `old` (lineage epoch
+    /// `old_epoch`) with `new`. Transactions this node had that the new history lacks (e.g. a
+    /// deposed primary's unreplicated commits) are discarded here; the driver must log and count
+    /// it. Also raised when a lagging replica is caught up by snapshot because the files it
+    /// needed were no longer retained (then nothing is lost: `new` extends `old`).
+    HistoryReplaced { db: DbName, from: NodeId, old: Pos, old_epoch: Epoch, new: Pos },
     /// An I/O command other than a commit write failed.
     IoFailed { db: DbName, error: IoErrorKind },
     HandoffFailed { to: NodeId },

@@ -78,7 +78,7 @@ impl Node {
         let refs: Vec<(u32, &[u8])> = c.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
         let post = d.index.preview(c.commit, &refs).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
         let txid = d.pos.txid + 1;
-        let header = Header {
+        let mut header = Header {
             flags: if compress { HEADER_FLAG_COMPRESS_LZ4 } else { 0 },
             page_size: c.page_size,
             commit: c.commit,
@@ -89,6 +89,17 @@ impl Node {
             node_id,
             ..Header::default()
         };
+        if let Some(wal) = c.wal {
+            // Offsets beyond i64 cannot come from a real WAL; such a commit carries no WAL fields.
+            if let (Ok(offset), Ok(size)) = (i64::try_from(wal.offset), i64::try_from(wal.size)) {
+                if offset > 0 && size > 0 {
+                    header.wal_offset = offset;
+                    header.wal_size = size;
+                    header.wal_salt1 = wal.salt1;
+                    header.wal_salt2 = wal.salt2;
+                }
+            }
+        }
         let bytes = ltx::encode_to_vec(header, refs.iter().copied(), post)?;
         let applied = d.index.apply(c.commit, &refs).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
         assert_eq!(applied, post, "preview and apply agree");

@@ -109,6 +109,12 @@ impl Node {
         let d = self.dbs.get_mut(&db).expect("open");
         let post = crate::ltx::Pos { txid: inc.header.max_txid, checksum: inc.trailer.post_apply_checksum };
         let meta = file_meta(&inc.header, &inc.trailer, inc.bytes.len(), self.now);
+        if snapshot && d.pos.txid > 0 && d.pos != post {
+            // Never silent: whatever this node had beyond the new history is gone after this.
+            let (old, old_epoch) = (d.pos, d.pos_epoch);
+            self.event(Event::HistoryReplaced { db: db.clone(), from: inc.from, old, old_epoch, new: post });
+        }
+        let d = self.dbs.get_mut(&db).expect("open");
         if snapshot {
             let old: Vec<(u64, u64)> = d.files.values().map(|f| (f.min_txid, f.max_txid)).filter(|r| *r != (1, post.txid)).collect();
             d.files.clear();

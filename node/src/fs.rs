@@ -1,0 +1,1482 @@
+//! The FUSE file system: a flat directory of SQLite databases backed by `<data>/dbs/<db>/`.
+//!
+//! Decides: the namespace (§5.1: `<db>`, `<db>-journal`, `<db>-wal`, `<db>-shm`, virtual
+//! `<db>-pos`, `.lag`, `.primary` on replicas), how each FUSE request maps onto backing files, and
+//! the order "commit detected → the node runtime reports it committed → operation completes".
+//! A node that may not write now (a replica, a primary still recovering, or one whose lease
+//! deadline has passed: [`node::runtime::Status::writable_now`]) refuses writes (EACCES), so
+//! SQLite reports "attempt to write a readonly database" (or, mid-transaction, a disk I/O error)
+//! instead of committing something the core would refuse.
+//!
+//! As the runtime's [`ApplyHook`] it makes a replica's apply atomic for SQLite readers: it takes
+//! SQLite's locks in its own lock tables (rollback modes: PENDING, then RESERVED and the SHARED
+//! range exclusively; WAL: WRITE, CKPT, RECOVER and READ0–4), only for the local write (the
+//! runtime calls it after the LTX was received and made durable), then invalidates the kernel
+//! page cache for the written pages and, in WAL mode, rewrites the WAL-index header in the
+//! kernel's copy of `-shm` (§5.5) so open connections see the new data.
+//!
+//! Never decides when a transaction commits (that is `ltxfs_core::detect`) or what the next
+//! position is, who is primary, or what to replicate (the core, through [`RuntimeHandle`]).
+
+use node::runtime::{ApplyHook, CommitOutcome, RuntimeHandle};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use ltxfs_core::detect::locks::{LockError, LockKind};
+use ltxfs_core::detect::{
+    self, oplog, Commit, DbHeader, DetectError, Detector, Event, LockFile, Op, DB_PENDING_BYTE,
+    DB_RESERVED_BYTE, DB_SHARED_FIRST, SHM_WRITE_LOCK,
+};
+use ltxfs_core::ids::DbName;
+use ltxfs_core::node::WalFrames;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+const ROOT_INO: u64 = 1;
+const PRIMARY_INO: u64 = 2;
+const LAG_INO: u64 = 3;
+const DB_INO_BASE: u64 = 16;
+/// How long the kernel may cache attributes and names on the primary, where every change goes
+/// through this mount. Elsewhere attributes are not cached (the runtime changes files).
+const TTL: Duration = Duration::from_secs(1);
+/// `.lag` before the first heartbeat from a primary (LiteFS: 2147483647).
+const LAG_UNKNOWN_MS: i64 = 2_147_483_647;
+/// Lock owner id of the node's own locks (apply, snapshot read); no kernel lock owner uses it.
+const SHELL_OWNER: u64 = u64::MAX - 0x17f5;
+/// SQLite's SHARED range on the database file is 510 bytes.
+const DB_SHARED_SIZE: u64 = 510;
+/// `-shm` bytes WRITE..=READ4 (WRITE, CKPT, RECOVER, READ0–4).
+const SHM_APPLY_LOCKS: (u64, u64) = (SHM_WRITE_LOCK, SHM_WRITE_LOCK + 7);
+/// Longest a snapshot read waits for SQLite's read lock before reading anyway (the core checks
+/// the image against its position and reads again if it was caught mid-transaction).
+const READ_LOCK_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Poll interval while waiting for SQLite's locks (SQLite itself never blocks on them).
+const LOCK_POLL: Duration = Duration::from_millis(1);
+
+/// How the file system is set up.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    pub data_dir: PathBuf,
+    /// Append every detector input of database `<db>` to `<dir>/<db>.ops` (test recordings).
+    pub record_ops: Option<PathBuf>,
+}
+
+/// Files of one database, in inode order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Database = 0,
+    Journal = 1,
+    Wal = 2,
+    Shm = 3,
+    Pos = 4,
+}
+
+const BACKED: [Kind; 4] = [Kind::Database, Kind::Journal, Kind::Wal, Kind::Shm];
+
+impl Kind {
+    fn from_index(index: u64) -> Option<Kind> {
+        Some(match index {
+            0 => Kind::Database,
+            1 => Kind::Journal,
+            2 => Kind::Wal,
+            3 => Kind::Shm,
+            4 => Kind::Pos,
+            _ => return None,
+        })
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Database => "",
+            Kind::Journal => "-journal",
+            Kind::Wal => "-wal",
+            Kind::Shm => "-shm",
+            Kind::Pos => "-pos",
+        }
+    }
+
+    fn backing_name(self) -> &'static str {
+        match self {
+            Kind::Database => "database",
+            Kind::Journal => "journal",
+            Kind::Wal => "wal",
+            Kind::Shm => "shm",
+            Kind::Pos => unreachable!("-pos is virtual"),
+        }
+    }
+
+    fn lock_file(self) -> Option<LockFile> {
+        match self {
+            Kind::Database => Some(LockFile::Database),
+            Kind::Shm => Some(LockFile::Shm),
+            _ => None,
+        }
+    }
+}
+
+/// `app.db-wal` → (`app.db`, Wal); any other name is a database.
+fn parse_name(name: &str) -> Option<(&str, Kind)> {
+    if name.is_empty() || name.starts_with('.') || name.contains('/') {
+        return None;
+    }
+    for kind in [Kind::Journal, Kind::Wal, Kind::Shm, Kind::Pos] {
+        if let Some(db) = name.strip_suffix(kind.suffix()) {
+            if !db.is_empty() {
+                return Some((db, kind));
+            }
+        }
+    }
+    Some((name, Kind::Database))
+}
+
+fn db_ino(id: usize, kind: Kind) -> INodeNo {
+    INodeNo(DB_INO_BASE + id as u64 * 8 + kind as u64)
+}
+
+/// Where the committed content of a WAL-mode database lives, for snapshot reads that must not
+/// wait for the FUSE thread: pages committed to the WAL (not yet known to be checkpointed) and
+/// the database size after the last WAL commit. Emptied when SQLite restarts the WAL (it does so
+/// only after a complete checkpoint).
+#[derive(Debug, Default)]
+struct WalIndex {
+    pages: BTreeMap<u32, u64>,
+    commit: Option<u32>,
+    page_size: u32,
+}
+
+struct Db {
+    name: String,
+    dir: PathBuf,
+    /// Open backing files (database always; the others while they exist).
+    files: [Option<File>; 4],
+    detector: Detector,
+    recorder: Option<File>,
+    wal_index: Arc<Mutex<WalIndex>>,
+    /// Last WAL-index change counter this node wrote (replicas).
+    shm_change: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Db {
+    fn path(&self, kind: Kind) -> PathBuf {
+        self.dir.join(kind.backing_name())
+    }
+
+    fn exists(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Database | Kind::Pos => true,
+            _ => self.files[kind as usize].is_some(),
+        }
+    }
+
+    fn file(&self, kind: Kind) -> Result<&File, Errno> {
+        self.files[kind as usize].as_ref().ok_or(Errno::ENOENT)
+    }
+
+    fn record(&mut self, line: &str) {
+        if let Some(recorder) = &mut self.recorder {
+            if let Err(err) = writeln!(recorder, "{line}") {
+                tracing::warn!(%err, "cannot record detector input");
+            }
+        }
+    }
+
+    /// Feeds the detector and carries out what it asks; `Err` fails the FUSE operation.
+    fn detect(&mut self, op: Op<'_>, rt: &RuntimeHandle) -> Result<(), Errno> {
+        if self.recorder.is_some() {
+            self.record(&oplog::format_op(&op));
+        }
+        match self.detector.apply(op) {
+            Ok(None) => Ok(()),
+            Ok(Some(event)) => self.handle_event(event, rt),
+            Err(DetectError::Lock(LockError::Conflict(_)))
+            | Err(DetectError::CheckpointDuringWrite { .. }) => Err(Errno::EAGAIN),
+            Err(err) => {
+                tracing::warn!(db = %self.name, %err, "refused file operation");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event, rt: &RuntimeHandle) -> Result<(), Errno> {
+        match event {
+            Event::Committed(commit) => self.commit_rollback_journal(&commit, rt).map_err(|err| {
+                tracing::error!(db = %self.name, %err, "commit failed; the transaction is rolled back");
+                Errno::EIO
+            }),
+            Event::RolledBack { pages } => {
+                tracing::debug!(db = %self.name, pages = pages.len(), "transaction rolled back");
+                Ok(())
+            }
+            Event::ReadWal { offset, len } => {
+                if let Err(err) = self.commit_wal(offset, len, rt) {
+                    // SQLite already believes the transaction committed: the WAL and the LTX log
+                    // disagree now. Like LiteFS (exit 99), stop rather than serve diverged data;
+                    // start-up recovery cuts the WAL back to the last LTX.
+                    tracing::error!(db = %self.name, %err, "WAL commit could not be recorded; exiting");
+                    std::process::exit(99);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn db_name(&self) -> io::Result<DbName> {
+        DbName::new(self.name.clone()).map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Hands one transaction to the node runtime and waits for the verdict. The first commit
+    /// of a database carries every page (the core makes it a snapshot LTX).
+    fn submit(
+        &self,
+        rt: &RuntimeHandle,
+        page_size: u32,
+        commit: u32,
+        mut pages: Vec<(u32, Vec<u8>)>,
+        wal: Option<WalFrames>,
+    ) -> io::Result<CommitOutcome> {
+        let db = self.db_name()?;
+        if !rt.status().positions.contains_key(&self.name) {
+            pages = self.full_image_pages(page_size, commit, pages)?;
+        }
+        let outcome = rt
+            .commit_blocking(db, page_size, commit, pages, wal)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match outcome {
+            CommitOutcome::Committed { .. } => Ok(outcome),
+            other => Err(io::Error::other(format!("commit not accepted by the node: {other:?}"))),
+        }
+    }
+
+    /// Every page `1..=commit`: `dirty` where given, else the committed content (WAL or file).
+    fn full_image_pages(&self, page_size: u32, commit: u32, dirty: Vec<(u32, Vec<u8>)>) -> io::Result<Vec<(u32, Vec<u8>)>> {
+        let mut dirty: BTreeMap<u32, Vec<u8>> = dirty.into_iter().collect();
+        let image = self.committed_image(page_size)?;
+        let ps = page_size as usize;
+        let mut out = Vec::with_capacity(commit as usize);
+        for pgno in 1..=commit {
+            let data = match dirty.remove(&pgno) {
+                Some(data) => data,
+                None => {
+                    let at = (pgno as usize - 1) * ps;
+                    let mut page = vec![0u8; ps];
+                    if at < image.len() {
+                        let end = (at + ps).min(image.len());
+                        page[..end - at].copy_from_slice(&image[at..end]);
+                    }
+                    page
+                }
+            };
+            out.push((pgno, data));
+        }
+        Ok(out)
+    }
+
+    /// The database as last committed: the file with committed WAL pages laid over it.
+    fn committed_image(&self, page_size: u32) -> io::Result<Vec<u8>> {
+        read_committed_image(&self.dir, &self.wal_index, page_size)
+    }
+
+    fn commit_rollback_journal(&mut self, commit: &Commit, rt: &RuntimeHandle) -> io::Result<()> {
+        let database = self.files[Kind::Database as usize]
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no database file"))?;
+        let page_size = u64::from(commit.page_size);
+        let mut pages = Vec::with_capacity(commit.pages.len());
+        for page in &commit.pages {
+            let mut buf = vec![0u8; commit.page_size as usize];
+            database.read_exact_at(&mut buf, u64::from(page.pgno - 1) * page_size)?;
+            pages.push((page.pgno, buf));
+        }
+        let n = pages.len();
+        let outcome = self.submit(rt, commit.page_size, commit.commit, pages, None)?;
+        tracing::debug!(db = %self.name, ?outcome, pages = n, "rollback-journal commit");
+        Ok(())
+    }
+
+    fn commit_wal(&mut self, offset: u64, len: u64, rt: &RuntimeHandle) -> io::Result<()> {
+        let wal = self.files[Kind::Wal as usize]
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no WAL file"))?;
+        let mut bytes = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+        let mut read = 0;
+        while read < bytes.len() {
+            let n = wal.read_at(&mut bytes[read..], offset + read as u64)?;
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
+        bytes.truncate(read);
+        if self.recorder.is_some() {
+            self.record(&oplog::format_wal_data(offset, &bytes));
+        }
+        let commits = self.detector.wal_data(offset, &bytes).map_err(io::Error::other)?;
+        if !commits.is_empty() {
+            // The WAL frames must be durable before their LTX is (start-up recovery keeps WAL
+            // frames up to the last LTX): with synchronous=NORMAL SQLite does not sync them.
+            if let Some(wal) = self.files[Kind::Wal as usize].as_ref() {
+                wal.sync_data()?;
+            }
+        }
+        for commit in commits {
+            let page_size = commit.page_size as usize;
+            let mut pages = Vec::with_capacity(commit.pages.len());
+            let mut located = Vec::with_capacity(commit.pages.len());
+            for page in &commit.pages {
+                let wal_offset = page.wal_offset.ok_or_else(|| io::Error::other("WAL commit page without a WAL offset"))?;
+                let at = usize::try_from(wal_offset - offset).map_err(io::Error::other)?;
+                let data = bytes.get(at..at + page_size).ok_or_else(|| io::Error::other("WAL frame beyond the bytes read"))?;
+                pages.push((page.pgno, data.to_vec()));
+                located.push((page.pgno, wal_offset));
+            }
+            let wal = commit.wal.map(|w| WalFrames { offset: w.offset, size: w.size, salt1: w.salt1, salt2: w.salt2 });
+            let outcome = self.submit(rt, commit.page_size, commit.commit, pages, wal)?;
+            let mut index = lock(&self.wal_index);
+            index.page_size = commit.page_size;
+            index.commit = Some(commit.commit);
+            index.pages.retain(|pgno, _| *pgno <= commit.commit);
+            index.pages.extend(located);
+            tracing::debug!(db = %self.name, ?outcome, "WAL commit");
+        }
+        Ok(())
+    }
+}
+
+/// The database image at its last commit: `database` with committed WAL pages laid over it.
+fn read_committed_image(dir: &std::path::Path, wal_index: &Mutex<WalIndex>, page_size: u32) -> io::Result<Vec<u8>> {
+    let index = lock(wal_index);
+    let mut image = match fs::read(dir.join(Kind::Database.backing_name())) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        other => other?,
+    };
+    let Some(commit) = index.commit else { return Ok(image) };
+    let ps = if index.page_size != 0 { index.page_size } else { page_size } as usize;
+    image.resize(commit as usize * ps, 0);
+    if index.pages.is_empty() {
+        return Ok(image);
+    }
+    let wal = File::open(dir.join(Kind::Wal.backing_name()))?;
+    for (pgno, offset) in &index.pages {
+        let at = (*pgno as usize - 1) * ps;
+        wal.read_exact_at(&mut image[at..at + ps], *offset)?;
+    }
+    Ok(image)
+}
+
+struct State {
+    opts: FsOptions,
+    dbs: Vec<Db>,
+    by_name: BTreeMap<String, usize>,
+    uid: u32,
+    gid: u32,
+}
+
+/// What the FUSE callbacks and the runtime's apply hook share.
+pub struct Shared {
+    state: Mutex<State>,
+    runtime: OnceLock<RuntimeHandle>,
+    notifier: OnceLock<fuser::Notifier>,
+    /// WAL indexes by database name, reachable without the state lock (snapshot reads).
+    wal_indexes: Mutex<BTreeMap<String, Arc<Mutex<WalIndex>>>>,
+    /// Databases whose SHARED lock a snapshot read holds (released in `after_read`).
+    reading: Mutex<BTreeMap<String, bool>>,
+}
+
+/// The mounted file system. All requests are served under one lock (correctness first).
+pub struct LtxFs {
+    shared: Arc<Shared>,
+}
+
+fn io_errno(err: io::Error) -> Errno {
+    Errno::from(err)
+}
+
+impl Shared {
+    /// Loads every database under `<data>/dbs/` and removes stale `-shm` files. Recovery
+    /// (hot journals, WAL cut back to the last LTX) has run before (`crate::recover`).
+    pub fn new(opts: FsOptions) -> io::Result<Arc<Shared>> {
+        let dbs_dir = opts.data_dir.join("dbs");
+        fs::create_dir_all(&dbs_dir)?;
+        if let Some(dir) = &opts.record_ops {
+            fs::create_dir_all(dir)?;
+        }
+        let mut state = State {
+            opts,
+            dbs: Vec::new(),
+            by_name: BTreeMap::new(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dbs_dir)? {
+            let entry = entry?;
+            if entry.path().join("database").exists() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        let shared = Shared {
+            state: Mutex::new(state_placeholder()),
+            runtime: OnceLock::new(),
+            notifier: OnceLock::new(),
+            wal_indexes: Mutex::new(BTreeMap::new()),
+            reading: Mutex::new(BTreeMap::new()),
+        };
+        for name in names {
+            let _ = fs::remove_file(dbs_dir.join(&name).join("shm"));
+            state.load_db(&name, false, &shared).map_err(|e| io::Error::other(format!("{name}: {e}")))?;
+        }
+        *lock(&shared.state) = state;
+        Ok(Arc::new(shared))
+    }
+
+    /// Connects the file system to the node runtime (once, before mounting).
+    pub fn set_runtime(&self, runtime: RuntimeHandle) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// The kernel notifier of the mounted session (once, right after mounting).
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn rt(&self) -> Result<&RuntimeHandle, Errno> {
+        self.runtime.get().ok_or(Errno::EIO)
+    }
+
+    /// Whether local writes are refused: anything but the primary.
+    fn read_only(&self) -> bool {
+        self.runtime.get().is_none_or(|rt| !rt.status().writable_now())
+    }
+}
+
+fn state_placeholder() -> State {
+    State {
+        opts: FsOptions { data_dir: PathBuf::new(), record_ops: None },
+        dbs: Vec::new(),
+        by_name: BTreeMap::new(),
+        uid: 0,
+        gid: 0,
+    }
+}
+
+impl LtxFs {
+    pub fn new(shared: Arc<Shared>) -> LtxFs {
+        LtxFs { shared }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state()
+    }
+}
+
+impl State {
+    /// Registers database `name`, creating its files when `create`.
+    fn load_db(&mut self, name: &str, create: bool, shared: &Shared) -> io::Result<usize> {
+        if let Some(id) = self.by_name.get(name) {
+            return Ok(*id);
+        }
+        let dir = self.opts.data_dir.join("dbs").join(name);
+        if create {
+            fs::create_dir_all(&dir)?;
+        }
+        let database = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(dir.join("database"))?;
+        let mut head = [0u8; 100];
+        let header = match database.read_exact_at(&mut head, 0) {
+            Ok(()) => DbHeader::parse(&head),
+            Err(_) => None,
+        };
+        let mut files: [Option<File>; 4] = [Some(database), None, None, None];
+        for kind in [Kind::Journal, Kind::Wal, Kind::Shm] {
+            files[kind as usize] = OpenOptions::new().read(true).write(true).open(dir.join(kind.backing_name())).ok();
+        }
+        let recorder = match &self.opts.record_ops {
+            Some(rec) => Some(OpenOptions::new().create(true).append(true).open(rec.join(format!("{name}.ops")))?),
+            None => None,
+        };
+        let wal_index = Arc::new(Mutex::new(WalIndex::default()));
+        lock(&shared.wal_indexes).insert(name.to_string(), wal_index.clone());
+        let id = self.dbs.len();
+        self.dbs.push(Db {
+            name: name.to_string(),
+            dir,
+            files,
+            detector: Detector::new(header),
+            recorder,
+            wal_index,
+            shm_change: 0,
+        });
+        self.by_name.insert(name.to_string(), id);
+        tracing::info!(db = name, "database opened");
+        Ok(id)
+    }
+
+    fn resolve(&self, ino: INodeNo) -> Option<(usize, Kind)> {
+        let raw = ino.0.checked_sub(DB_INO_BASE)?;
+        let id = usize::try_from(raw / 8).ok()?;
+        let kind = Kind::from_index(raw % 8)?;
+        (id < self.dbs.len()).then_some((id, kind))
+    }
+}
+
+/// What the virtual files show, from the runtime's status.
+struct View {
+    primary: bool,
+    /// Local writes are accepted now (primary, recovery done, lease deadline not passed).
+    writable: bool,
+    /// `.primary` content (replica connected to a primary).
+    primary_hostname: Option<String>,
+    lag_ms: i64,
+    positions: BTreeMap<String, String>,
+}
+
+impl View {
+    fn of(rt: Option<&RuntimeHandle>) -> View {
+        let Some(rt) = rt else {
+            return View { primary: false, writable: false, primary_hostname: None, lag_ms: LAG_UNKNOWN_MS, positions: BTreeMap::new() };
+        };
+        let s = rt.status();
+        let primary_hostname = match (&s.primary, s.connected_to_primary, s.is_primary) {
+            (Some(p), true, false) => Some(p.hostname.clone()),
+            _ => None,
+        };
+        let lag_ms = if s.is_primary { 0 } else { s.lag_ms.unwrap_or(LAG_UNKNOWN_MS).min(LAG_UNKNOWN_MS) };
+        let positions = s.positions.iter().map(|(db, p)| (db.clone(), format!("{:016x}/{:016x}\n", p.txid, p.checksum))).collect();
+        View { primary: s.is_primary, writable: s.writable_now(), primary_hostname, lag_ms, positions }
+    }
+
+    fn ttl(&self) -> Duration {
+        if self.primary {
+            TTL
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn lag(&self) -> Vec<u8> {
+        format!("{:+010}\n", self.lag_ms).into_bytes()
+    }
+
+    fn pos(&self, db: &str) -> Vec<u8> {
+        self.positions.get(db).cloned().unwrap_or_else(|| format!("{:016x}/{:016x}\n", 0, 0)).into_bytes()
+    }
+}
+
+impl State {
+    fn attr(&self, ino: INodeNo, view: &View) -> Result<FileAttr, Errno> {
+        let now = SystemTime::now();
+        let mut attr = FileAttr {
+            ino,
+            size: 0,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            kind: FileType::RegularFile,
+            perm: 0o644,
+            nlink: 1,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        };
+        match ino.0 {
+            ROOT_INO => {
+                attr.kind = FileType::Directory;
+                attr.perm = 0o755;
+                attr.nlink = 2;
+                return Ok(attr);
+            }
+            PRIMARY_INO => {
+                let host = view.primary_hostname.as_ref().ok_or(Errno::ENOENT)?;
+                attr.perm = 0o444;
+                attr.size = host.len() as u64 + 1;
+                return Ok(attr);
+            }
+            LAG_INO => {
+                attr.perm = 0o444;
+                attr.size = view.lag().len() as u64;
+                return Ok(attr);
+            }
+            _ => {}
+        }
+        let (id, kind) = self.resolve(ino).ok_or(Errno::ENOENT)?;
+        let db = &self.dbs[id];
+        if kind == Kind::Pos {
+            attr.perm = 0o444;
+            attr.size = view.pos(&db.name).len() as u64;
+            return Ok(attr);
+        }
+        let meta = db.file(kind)?.metadata().map_err(io_errno)?;
+        attr.size = meta.len();
+        attr.blocks = meta.blocks();
+        attr.mtime = meta.modified().unwrap_or(now);
+        attr.ctime = attr.mtime;
+        if !view.writable && kind != Kind::Shm {
+            attr.perm = 0o444;
+        }
+        Ok(attr)
+    }
+
+    fn virtual_content(&self, ino: INodeNo, view: &View) -> Option<Vec<u8>> {
+        match ino.0 {
+            PRIMARY_INO => Some(format!("{}\n", view.primary_hostname.as_deref().unwrap_or("")).into_bytes()),
+            LAG_INO => Some(view.lag()),
+            _ => match self.resolve(ino)? {
+                (id, Kind::Pos) => Some(view.pos(&self.dbs[id].name)),
+                _ => None,
+            },
+        }
+    }
+
+    fn lookup_name(&self, name: &OsStr, view: &View) -> Result<INodeNo, Errno> {
+        let name = name.to_str().ok_or(Errno::ENOENT)?;
+        match name {
+            ".primary" if view.primary_hostname.is_some() => return Ok(INodeNo(PRIMARY_INO)),
+            ".lag" => return Ok(INodeNo(LAG_INO)),
+            _ => {}
+        }
+        let (db, kind) = parse_name(name).ok_or(Errno::ENOENT)?;
+        let id = *self.by_name.get(db).ok_or(Errno::ENOENT)?;
+        if !self.dbs[id].exists(kind) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(db_ino(id, kind))
+    }
+}
+
+fn lock_kind(typ: i32) -> Option<LockKind> {
+    match typ {
+        libc::F_RDLCK => Some(LockKind::Read),
+        libc::F_WRLCK => Some(LockKind::Write),
+        _ => None,
+    }
+}
+
+/// Whether the database file's header says WAL mode (bytes 18 and 19 are 2).
+fn file_is_wal(file: &File) -> bool {
+    let mut b = [0u8; 2];
+    file.read_exact_at(&mut b, 18).is_ok() && b == [2, 2]
+}
+
+/// Two copies of SQLite's `WalIndexHdr` and a `WalCkptInfo` saying "the WAL is empty, read
+/// everything from the database file" (§5.5): version 3007000, `iChange`, `isInit`, native
+/// byte order, `szPage`, `mxFrame = 0`, `nPage`, frame checksum and salts from the WAL header,
+/// the header checksum; `nBackfill = 0`, read marks `[0, unused × 4]`.
+fn wal_index_header(change: u32, page_size: u32, n_page: u32, wal_header: Option<[u8; 32]>) -> Vec<u8> {
+    let mut hdr = [0u8; 48];
+    hdr[0..4].copy_from_slice(&3_007_000u32.to_ne_bytes());
+    hdr[8..12].copy_from_slice(&change.to_ne_bytes());
+    hdr[12] = 1; // isInit
+    hdr[13] = u8::from(cfg!(target_endian = "big")); // bigEndCksum: native order
+    let sz = if page_size == 65_536 { 1u16 } else { page_size as u16 };
+    hdr[14..16].copy_from_slice(&sz.to_ne_bytes());
+    // mxFrame (16..20) stays 0.
+    hdr[20..24].copy_from_slice(&n_page.to_ne_bytes());
+    if let Some(w) = wal_header {
+        // aFrameCksum = the WAL header's checksum, aSalt = its salts (as SQLite keeps them: the
+        // salts are copied as raw bytes, the checksums as native integers).
+        let c1 = u32::from_be_bytes([w[24], w[25], w[26], w[27]]);
+        let c2 = u32::from_be_bytes([w[28], w[29], w[30], w[31]]);
+        hdr[24..28].copy_from_slice(&c1.to_ne_bytes());
+        hdr[28..32].copy_from_slice(&c2.to_ne_bytes());
+        hdr[32..40].copy_from_slice(&w[16..24]);
+    }
+    let (s1, s2) = wal_checksum_native(&hdr[..40]);
+    hdr[40..44].copy_from_slice(&s1.to_ne_bytes());
+    hdr[44..48].copy_from_slice(&s2.to_ne_bytes());
+    let mut out = Vec::with_capacity(136);
+    out.extend_from_slice(&hdr);
+    out.extend_from_slice(&hdr);
+    let mut ckpt = [0u8; 40];
+    // nBackfill 0; aReadMark[0] = 0, aReadMark[1..5] = READMARK_NOT_USED.
+    for i in 1..5 {
+        ckpt[4 + i * 4..8 + i * 4].copy_from_slice(&0xffff_ffffu32.to_ne_bytes());
+    }
+    out.extend_from_slice(&ckpt);
+    out
+}
+
+/// SQLite's `walChecksumBytes` in native byte order, from a zero seed.
+fn wal_checksum_native(data: &[u8]) -> (u32, u32) {
+    let (mut s1, mut s2) = (0u32, 0u32);
+    for chunk in data.chunks_exact(8) {
+        let a = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let b = u32::from_ne_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        s1 = s1.wrapping_add(a).wrapping_add(s2);
+        s2 = s2.wrapping_add(b).wrapping_add(s1);
+    }
+    (s1, s2)
+}
+
+impl ApplyHook for Shared {
+    fn before_apply(&self, db: &DbName) {
+        // On a replica the FUSE thread never waits for the runtime, so waiting for the state
+        // lock is safe; on a primary (`/import`) the wait is bounded like a read's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let mut state = self.state();
+                let Some(&id) = state.by_name.get(db.as_str()) else { return };
+                let d = &mut state.dbs[id];
+                let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
+                if take_apply_locks(&mut d.detector, wal) {
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(%db, "applying without SQLite's locks: a local connection held them for 10 s");
+                return;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    fn after_apply(&self, db: &DbName, pages: &[u32], commit: u32) {
+        // 1. Register a new database, note what to invalidate (under the state lock).
+        let (id, page_size, shm, wal_header, change) = {
+            let mut state = self.state();
+            let id = match state.by_name.get(db.as_str()) {
+                Some(&id) => id,
+                None => match state.load_db(db.as_str(), false, self) {
+                    Ok(id) => id,
+                    Err(err) => {
+                        tracing::warn!(%db, %err, "applied database cannot be opened");
+                        return;
+                    }
+                },
+            };
+            let d = &mut state.dbs[id];
+            let mut head = [0u8; 100];
+            let header = d.files[0].as_ref().and_then(|f| f.read_exact_at(&mut head, 0).ok()).and_then(|()| DbHeader::parse(&head));
+            let page_size = header.map_or(4096, |h| h.page_size);
+            let wal_mode = header.is_some_and(|h| h.wal_mode);
+            if wal_mode && d.files[Kind::Wal as usize].is_none() {
+                // Readers of a WAL database need a -wal file; a replica's stays empty.
+                match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(d.path(Kind::Wal)) {
+                    Ok(f) => d.files[Kind::Wal as usize] = Some(f),
+                    Err(err) => tracing::warn!(%db, %err, "cannot create the replica's empty WAL"),
+                }
+            }
+            let shm = wal_mode && d.files[Kind::Shm as usize].is_some();
+            let mut wal_header = None;
+            if let Some(w) = d.files[Kind::Wal as usize].as_ref() {
+                let mut buf = [0u8; 32];
+                if w.read_exact_at(&mut buf, 0).is_ok() {
+                    wal_header = Some(buf);
+                }
+            }
+            d.shm_change = d.shm_change.wrapping_add(1).max(next_change_seed());
+            (id, page_size, shm, wal_header, d.shm_change)
+        };
+        // 2. Kernel caches, without the state lock (the kernel may wait for a FUSE request).
+        if let Some(notifier) = self.notifier.get() {
+            let ino = db_ino(id, Kind::Database);
+            let ps = i64::from(page_size);
+            if pages.is_empty() {
+                let _ = notifier.inval_inode(ino, 0, 0);
+            } else {
+                for range in page_ranges(pages) {
+                    let _ = notifier.inval_inode(ino, i64::from(range.0 - 1) * ps, i64::from(range.1 - range.0 + 1) * ps);
+                }
+                // The size may have changed: invalidate attributes and anything past the end.
+                let _ = notifier.inval_inode(ino, i64::from(commit) * ps, 0);
+            }
+            if shm {
+                let header = wal_index_header(change, page_size, commit, wal_header);
+                let shm_ino = db_ino(id, Kind::Shm);
+                if let Err(err) = notifier.store(shm_ino, 0, &header) {
+                    tracing::debug!(%db, %err, "WAL-index store into the kernel cache failed");
+                }
+                let state = self.state();
+                if let Some(f) = state.dbs[id].files[Kind::Shm as usize].as_ref() {
+                    let _ = f.write_all_at(&header, 0);
+                }
+            }
+        }
+        // 3. Release SQLite's locks.
+        let mut state = self.state();
+        release_apply_locks(&mut state.dbs[id].detector);
+    }
+
+    fn before_read(&self, db: &DbName) {
+        // Rollback modes: a reader's SHARED lock keeps a writer's uncommitted pages out of the
+        // image. Bounded: the FUSE thread may be waiting for a commit queued behind this read.
+        // WAL mode needs no lock (committed WAL pages are laid over the file).
+        let deadline = Instant::now() + READ_LOCK_WAIT_MAX;
+        loop {
+            if let Ok(mut state) = self.state.try_lock() {
+                let Some(&id) = state.by_name.get(db.as_str()) else { return };
+                let d = &mut state.dbs[id];
+                if d.files[0].as_ref().is_none_or(file_is_wal) {
+                    return;
+                }
+                let locks = d.detector.shell_locks(LockFile::Database);
+                let pending_free = locks.conflict(SHELL_OWNER, DB_PENDING_BYTE, DB_PENDING_BYTE, LockKind::Read).is_none();
+                if pending_free && locks.lock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1, LockKind::Read).is_ok() {
+                    lock(&self.reading).insert(db.to_string(), true);
+                    return;
+                }
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    fn read_database(&self, db: &DbName) -> Option<io::Result<Vec<u8>>> {
+        let index = lock(&self.wal_indexes).get(db.as_str()).cloned()?;
+        let state_dir = self.runtime.get()?.config().data_dir.join("dbs").join(db.as_str());
+        Some(read_committed_image(&state_dir, &index, 0))
+    }
+
+    fn after_read(&self, db: &DbName) {
+        if lock(&self.reading).remove(db.as_str()).is_none() {
+            return;
+        }
+        // Holding SHARED kept every writer of this database out of its commit, so the FUSE
+        // thread cannot be waiting on this database's I/O queue: waiting for the lock is safe.
+        let mut state = self.state();
+        if let Some(&id) = state.by_name.get(db.as_str()) {
+            state.dbs[id].detector.shell_locks(LockFile::Database).unlock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+        }
+    }
+}
+
+/// A change counter unlikely to equal one a reader cached from an earlier run.
+fn next_change_seed() -> u32 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.subsec_nanos() | 1) & 0xff
+}
+
+/// Takes SQLite's write locks for an apply; false if a reader is in the way (then only PENDING
+/// is kept in rollback modes, so new readers wait while the current ones finish).
+fn take_apply_locks(detector: &mut Detector, wal: bool) -> bool {
+    if wal {
+        let locks = detector.shell_locks(LockFile::Shm);
+        return locks.lock(SHELL_OWNER, SHM_APPLY_LOCKS.0, SHM_APPLY_LOCKS.1, LockKind::Write).is_ok();
+    }
+    let locks = detector.shell_locks(LockFile::Database);
+    if locks.lock(SHELL_OWNER, DB_PENDING_BYTE, DB_PENDING_BYTE, LockKind::Write).is_err() {
+        return false;
+    }
+    let rest = locks.lock(SHELL_OWNER, DB_RESERVED_BYTE, DB_RESERVED_BYTE, LockKind::Write).is_ok()
+        && locks.lock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1, LockKind::Write).is_ok();
+    if !rest {
+        locks.unlock(SHELL_OWNER, DB_RESERVED_BYTE, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+    }
+    rest
+}
+
+fn release_apply_locks(detector: &mut Detector) {
+    detector.shell_locks(LockFile::Database).release_owner(SHELL_OWNER);
+    detector.shell_locks(LockFile::Shm).release_owner(SHELL_OWNER);
+}
+
+/// Ascending page numbers → inclusive runs.
+fn page_ranges(pages: &[u32]) -> Vec<(u32, u32)> {
+    let mut sorted = pages.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for p in sorted {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 >= p => *end = (*end).max(p),
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
+impl Filesystem for LtxFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        config
+            .add_capabilities(InitFlags::FUSE_POSIX_LOCKS)
+            .map_err(|_| io::Error::other("the kernel does not support FUSE POSIX locks"))?;
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let view = View::of(self.shared.runtime.get());
+        let state = self.state();
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        match state.lookup_name(name, &view).and_then(|ino| state.attr(ino, &view)) {
+            Ok(attr) => reply.entry(&view.ttl(), &attr, Generation(0)),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let view = View::of(self.shared.runtime.get());
+        match self.state().attr(ino, &view) {
+            Ok(attr) => reply.attr(&view.ttl(), &attr),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let view = View::of(self.shared.runtime.get());
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
+        let mut state = self.state();
+        if let Some(size) = size {
+            let Some((id, kind)) = state.resolve(ino) else {
+                return reply.error(Errno::EACCES);
+            };
+            if !view.writable && kind != Kind::Shm {
+                return reply.error(Errno::EACCES);
+            }
+            let db = &mut state.dbs[id];
+            let op = match kind {
+                Kind::Database => Some(Op::DbTruncate { size }),
+                Kind::Journal => Some(Op::JournalTruncate { size }),
+                Kind::Wal => Some(Op::WalTruncate { size }),
+                Kind::Shm => None,
+                Kind::Pos => return reply.error(Errno::EACCES),
+            };
+            if let Some(op) = op {
+                if let Err(err) = db.detect(op, rt) {
+                    return reply.error(err);
+                }
+            }
+            if kind == Kind::Wal && size == 0 {
+                *lock(&db.wal_index) = WalIndex::default();
+            }
+            let result = db
+                .file(kind)
+                .and_then(|file| file.set_len(size).map_err(io_errno));
+            if let Err(err) = result {
+                return reply.error(err);
+            }
+        }
+        match state.attr(ino, &view) {
+            Ok(attr) => reply.attr(&view.ttl(), &attr),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let view = View::of(self.shared.runtime.get());
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
+        let mut state = self.state();
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        let ino = match state.lookup_name(name, &view) {
+            Ok(ino) => ino,
+            Err(err) => return reply.error(err),
+        };
+        let Some((id, kind)) = state.resolve(ino) else {
+            return reply.error(Errno::EPERM);
+        };
+        if !view.writable && kind != Kind::Shm {
+            return reply.error(Errno::EACCES);
+        }
+        let db = &mut state.dbs[id];
+        let op = match kind {
+            Kind::Journal => Some(Op::JournalUnlink),
+            Kind::Wal => Some(Op::WalUnlink),
+            Kind::Shm => None,
+            // Dropping a database (a deletion LTX) is not implemented yet.
+            Kind::Database | Kind::Pos => return reply.error(Errno::EPERM),
+        };
+        if let Some(op) = op {
+            if let Err(err) = db.detect(op, rt) {
+                return reply.error(err);
+            }
+        }
+        if kind == Kind::Wal {
+            *lock(&db.wal_index) = WalIndex::default();
+        }
+        db.files[kind as usize] = None;
+        match fs::remove_file(db.path(kind)) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(io_errno(err)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let read_only = self.shared.read_only();
+        let state = self.state();
+        let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        if ino.0 == PRIMARY_INO
+            || ino.0 == LAG_INO
+            || matches!(state.resolve(ino), Some((_, Kind::Pos)))
+        {
+            if writable {
+                return reply.error(Errno::EACCES);
+            }
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        let Some((id, kind)) = state.resolve(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if read_only && writable && kind != Kind::Shm {
+            return reply.error(Errno::EACCES);
+        }
+        if !state.dbs[id].exists(kind) {
+            return reply.error(Errno::ENOENT);
+        }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let view = View::of(self.shared.runtime.get());
+        let mut state = self.state();
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        let Some((db_name, kind)) = name.to_str().and_then(parse_name) else {
+            return reply.error(Errno::EACCES);
+        };
+        // Not the primary: only SQLite's -shm (shared memory for readers) may be created.
+        if !view.writable && kind != Kind::Shm {
+            return reply.error(Errno::EACCES);
+        }
+        let id = match (kind, state.by_name.get(db_name)) {
+            (Kind::Pos, _) => return reply.error(Errno::EACCES),
+            (_, Some(id)) => *id,
+            (Kind::Database, None) => match state.load_db(db_name, true, &self.shared) {
+                Ok(id) => id,
+                Err(err) => {
+                    tracing::error!(db = db_name, %err, "cannot create database");
+                    return reply.error(Errno::EIO);
+                }
+            },
+            (_, None) => return reply.error(Errno::ENOENT),
+        };
+        let db = &mut state.dbs[id];
+        if db.exists(kind) && flags & libc::O_EXCL != 0 {
+            return reply.error(Errno::EEXIST);
+        }
+        if !db.exists(kind) {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(db.path(kind))
+            {
+                Ok(file) => db.files[kind as usize] = Some(file),
+                Err(err) => return reply.error(io_errno(err)),
+            }
+        }
+        let ino = db_ino(id, kind);
+        match state.attr(ino, &view) {
+            Ok(attr) => reply.created(
+                &view.ttl(),
+                &attr,
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let view = View::of(self.shared.runtime.get());
+        let state = self.state();
+        if let Some(content) = state.virtual_content(ino, &view) {
+            let start = (offset as usize).min(content.len());
+            let end = (start + size as usize).min(content.len());
+            return reply.data(&content[start..end]);
+        }
+        let Some((id, kind)) = state.resolve(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let file = match state.dbs[id].file(kind) {
+            Ok(file) => file,
+            Err(err) => return reply.error(err),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut read = 0;
+        while read < buf.len() {
+            match file.read_at(&mut buf[read..], offset + read as u64) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return reply.error(io_errno(err)),
+            }
+        }
+        reply.data(&buf[..read]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let read_only = self.shared.read_only();
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
+        let mut state = self.state();
+        let Some((id, kind)) = state.resolve(ino) else {
+            return reply.error(Errno::EACCES);
+        };
+        if read_only && kind != Kind::Shm {
+            return reply.error(Errno::EACCES);
+        }
+        let db = &mut state.dbs[id];
+        let head = &data[..data.len().min(detect::HEAD_LEN)];
+        let len = data.len() as u64;
+        let op = match kind {
+            Kind::Database => Some(Op::DbWrite { offset, len, head }),
+            Kind::Journal => Some(Op::JournalWrite { offset, len, head }),
+            Kind::Wal => Some(Op::WalWrite { offset, len }),
+            Kind::Shm => None,
+            Kind::Pos => return reply.error(Errno::EACCES),
+        };
+        if let Some(op) = op {
+            if let Err(err) = db.detect(op, rt) {
+                return reply.error(err);
+            }
+        }
+        if kind == Kind::Wal && offset == 0 {
+            // A new WAL header: SQLite restarts the WAL only after a complete checkpoint, so
+            // every committed page is in the database file now.
+            *lock(&db.wal_index) = WalIndex::default();
+        }
+        let result = db
+            .file(kind)
+            .and_then(|file| file.write_all_at(data, offset).map_err(io_errno));
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
+        let mut state = self.state();
+        if let Some((id, kind)) = state.resolve(ino) {
+            if let Some(file) = kind.lock_file() {
+                // close() drops all of the owner's POSIX locks on the file.
+                if let Err(err) = state.dbs[id].detect(Op::ReleaseOwner {
+                    file,
+                    owner: lock_owner.0,
+                }, rt) {
+                    return reply.error(err);
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let state = self.state();
+        let Some((id, kind)) = state.resolve(ino) else {
+            return reply.ok();
+        };
+        if kind == Kind::Pos {
+            return reply.ok();
+        }
+        let result = state.dbs[id].file(kind).and_then(|file| {
+            if datasync {
+                file.sync_data()
+            } else {
+                file.sync_all()
+            }
+            .map_err(io_errno)
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(err),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let view = View::of(self.shared.runtime.get());
+        let state = self.state();
+        if ino.0 != ROOT_INO {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut entries: Vec<(INodeNo, FileType, String)> = vec![
+            (INodeNo(ROOT_INO), FileType::Directory, ".".into()),
+            (INodeNo(ROOT_INO), FileType::Directory, "..".into()),
+            (INodeNo(LAG_INO), FileType::RegularFile, ".lag".into()),
+        ];
+        if view.primary_hostname.is_some() {
+            entries.push((
+                INodeNo(PRIMARY_INO),
+                FileType::RegularFile,
+                ".primary".into(),
+            ));
+        }
+        for (id, db) in state.dbs.iter().enumerate() {
+            for kind in BACKED.iter().copied().chain([Kind::Pos]) {
+                if db.exists(kind) {
+                    entries.push((
+                        db_ino(id, kind),
+                        FileType::RegularFile,
+                        format!("{}{}", db.name, kind.suffix()),
+                    ));
+                }
+            }
+        }
+        for (index, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(ino, index as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let view = View::of(self.shared.runtime.get());
+        let state = self.state();
+        if let Err(err) = state.attr(ino, &view) {
+            return reply.error(err);
+        }
+        let wants_write = mask.bits() & libc::W_OK != 0;
+        let read_only = !view.writable
+            || ino.0 == LAG_INO
+            || ino.0 == PRIMARY_INO
+            || matches!(state.resolve(ino), Some((_, Kind::Pos)));
+        if wants_write && read_only && ino.0 != ROOT_INO {
+            return reply.error(Errno::EACCES);
+        }
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Names are backed by files in data.dir whose creation/removal the engine makes durable
+        // where it matters (LTX); SQLite's directory fsync after a journal unlink needs no more.
+        reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let state = self.state();
+        let Some((id, file)) = state
+            .resolve(ino)
+            .and_then(|(id, kind)| Some((id, kind.lock_file()?)))
+        else {
+            return reply.error(Errno::ENOLCK);
+        };
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match state.dbs[id]
+            .detector
+            .query_lock(file, lock_owner.0, start, end, kind)
+        {
+            Some(held) => {
+                let typ = if held.kind == LockKind::Write {
+                    libc::F_WRLCK
+                } else {
+                    libc::F_RDLCK
+                };
+                reply.locked(held.start, held.end, typ, 0);
+            }
+            None => reply.locked(start, end, libc::F_UNLCK, 0),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
+        let mut state = self.state();
+        let Some((id, file)) = state
+            .resolve(ino)
+            .and_then(|(id, kind)| Some((id, kind.lock_file()?)))
+        else {
+            return reply.error(Errno::ENOLCK);
+        };
+        let owner = lock_owner.0;
+        // Blocking waits (F_SETLKW) are served like F_SETLK: SQLite never blocks on locks.
+        let op = match lock_kind(typ) {
+            Some(kind) => Op::Lock {
+                file,
+                owner,
+                start,
+                end,
+                kind,
+            },
+            None if typ == libc::F_UNLCK => Op::Unlock {
+                file,
+                owner,
+                start,
+                end,
+            },
+            None => return reply.error(Errno::EINVAL),
+        };
+        match state.dbs[id].detect(op, rt) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_databases_and_their_files() {
+        assert_eq!(parse_name("app.db"), Some(("app.db", Kind::Database)));
+        assert_eq!(
+            parse_name("app.db-journal"),
+            Some(("app.db", Kind::Journal))
+        );
+        assert_eq!(parse_name("app.db-wal"), Some(("app.db", Kind::Wal)));
+        assert_eq!(parse_name("app.db-shm"), Some(("app.db", Kind::Shm)));
+        assert_eq!(parse_name("app.db-pos"), Some(("app.db", Kind::Pos)));
+        assert_eq!(parse_name("-wal"), Some(("-wal", Kind::Database)));
+        assert_eq!(parse_name(".hidden"), None);
+        assert_eq!(parse_name(""), None);
+    }
+
+    #[test]
+    fn inode_numbers_round_trip() {
+        assert_eq!(db_ino(3, Kind::Pos).0, DB_INO_BASE + 3 * 8 + 4);
+        let state = state_placeholder();
+        assert_eq!(state.resolve(db_ino(0, Kind::Wal)), None, "no database registered");
+    }
+
+    #[test]
+    fn page_ranges_merge_runs() {
+        assert_eq!(page_ranges(&[5, 1, 2, 3, 7, 8]), vec![(1, 3), (5, 5), (7, 8)]);
+        assert_eq!(page_ranges(&[]), vec![]);
+    }
+
+    #[test]
+    fn wal_index_header_checksums_like_sqlite() {
+        let h = wal_index_header(7, 4096, 3, None);
+        assert_eq!(h.len(), 136);
+        assert_eq!(h[..48], h[48..96], "two identical copies");
+        let (s1, s2) = wal_checksum_native(&h[..40]);
+        assert_eq!(u32::from_ne_bytes(h[40..44].try_into().unwrap()), s1);
+        assert_eq!(u32::from_ne_bytes(h[44..48].try_into().unwrap()), s2);
+        assert_eq!(u32::from_ne_bytes(h[16..20].try_into().unwrap()), 0, "mxFrame 0");
+        assert_eq!(u32::from_ne_bytes(h[20..24].try_into().unwrap()), 3, "nPage");
+        assert_eq!(u32::from_ne_bytes(h[100..104].try_into().unwrap()), 0, "aReadMark[0] = 0");
+        assert_eq!(u32::from_ne_bytes(h[104..108].try_into().unwrap()), 0xffff_ffff);
+    }
+}

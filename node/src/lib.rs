@@ -1,0 +1,7 @@
+//! The `node` library: the parts of the `ltxfs` binary that integration tests and the binary
+//! share — the runtime driving `ltxfs_core::node::Node`, the HTTP node API and the lease
+//! backends. The binary (`main.rs`) adds the CLI and the FUSE mount on top.
+
+pub mod http;
+pub mod lease;
+pub mod runtime;

@@ -1,0 +1,1012 @@
+//! The production driver of [`ltxfs_core::node::Node`]: one tokio task owns the node and feeds it
+//! everything that happens (peer messages, lease replies and watch, I/O completions, local
+//! commits, admin requests, timers); it executes what the node outputs on the real data
+//! directory ([`disk`]), the network ([`peers`], carried by `crate::http`) and the lease backend
+//! (`crate::lease`).
+//!
+//! It decides nothing about replication, leases or catch-up — every such decision is the core's.
+//! It decides only plumbing: the clock mapping (std `Instant` → core [`Time`] from a per-process
+//! origin, `SystemTime` → [`WallMs`]), per-database I/O ordering, which connection carries a
+//! message to a peer, and how outcomes reach callers. It never blocks the node task on disk or
+//! network I/O (disk runs on tokio's blocking pool, one FIFO worker per database).
+//!
+//! # Interface for the FUSE layer (`ltxfs` binary, `fs.rs`)
+//! The FUSE layer detects commits and writes SQLite's pages into `<data>/dbs/<db>/database`
+//! (WAL mode: into `wal`); for each commit it calls, from its own thread,
+//! ```ignore
+//! let outcome = handle.commit_blocking(db, page_size, commit, pages, wal)?; // CommitOutcome
+//! ```
+//! and lets SQLite's commit complete only on [`CommitOutcome::Committed`] (anything else is an
+//! I/O error to SQLite). The first commit of a database carries every page (LTX snapshot).
+//! Read-only state and `.primary`/`.lag`/`-pos` come from [`RuntimeHandle::status`]. On replicas
+//! the runtime writes pages into the same `database` file; it calls the [`ApplyHook`] the FUSE
+//! layer installs around every apply (take SQLite's locks, then invalidate the kernel page
+//! cache for the pages written, rewrite the WAL index) and around whole-file reads (snapshots
+//! served to peers, `/export`; in WAL mode the hook supplies the image with committed WAL pages).
+//! Before letting a write through, the FUSE layer asks [`Status::writable_now`]: it is false on a
+//! replica, on a primary still in its recovery phase, and from the moment the lease deadline
+//! passes — even if the node task has not run since (a paused process), so SQLite gets a clear
+//! "readonly database" error instead of a commit the core would refuse.
+//!
+//! # Event log
+//! Every role change and every accepted local commit is appended as one JSON line to
+//! `<data>/events.ndjson` (no fsync: it survives a process crash, not a power cut) with the
+//! epoch, the wall time the core accepted the commit and the wall time of the lease deadline it
+//! was accepted under. Tests check from these files that at most one node accepted writes at any
+//! moment; operators can read who wrote what under which epoch.
+
+pub mod disk;
+pub mod peers;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use ltxfs_core::ids::{DbName, Epoch, NodeId};
+use ltxfs_core::ltx::Pos;
+use ltxfs_core::msg::Message;
+use ltxfs_core::node::{
+    Config as CoreConfig, Event, Input, InputError, IoCommand, IoErrorKind, IoKind, IoOutcome, LeaseKind, LeaseResult, LocalCommit,
+    Node, Output, RejectReason, Role, WalFrames,
+};
+use ltxfs_core::time::{Time, WallMs};
+
+use crate::lease::{LeaseBackend, LeaseView};
+use disk::DataDir;
+use peers::{ConnId, Peers};
+
+/// Most peer messages queued from the network before readers wait (back-pressure on sockets).
+pub const NET_QUEUE_MAX: usize = 1024;
+/// Most events buffered per `/events` or FUSE subscriber; a slower subscriber misses events.
+pub const EVENT_BUFFER_MAX: usize = 1024;
+
+/// Everything the runtime needs. The node's YAML configuration maps onto it (see the module
+/// docs of `crate::http` for the keys).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub node_id: NodeId,
+    /// `lease.hostname`: this node's name in `.primary`, `/info` and the lease value.
+    pub hostname: String,
+    /// `lease.advertise-url`: where peers reach this node's HTTP API.
+    pub advertise_url: String,
+    /// `data.dir`.
+    pub data_dir: PathBuf,
+    /// Cluster id, members, lease mode, timings, `replication.sync`, retention, compression.
+    pub core: CoreConfig,
+    /// `http.auth-token`: presented to peers and required from them.
+    pub auth_token: Option<String>,
+    /// `lease.reconnect-delay`: first reconnect backoff to the primary (doubles up to 8×).
+    pub reconnect_delay: Duration,
+}
+
+/// What became of a local commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum CommitOutcome {
+    /// Durable (and, in sync mode, acknowledged by enough replicas) at `pos`.
+    Committed { txid: u64, checksum: u64 },
+    /// The lease ended or acks timed out: it may or may not survive. Never report success.
+    Unknown { txid: u64, checksum: u64 },
+    /// The LTX could not be written: not durable.
+    Failed {
+        #[serde(skip)]
+        error: IoErrorKind,
+    },
+    /// Refused before anything was written (not primary, lease deadline, commit in flight, …).
+    Rejected {
+        #[serde(skip)]
+        reason: RejectReason,
+    },
+}
+
+/// Why the runtime could not take a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the node runtime has stopped")]
+    Stopped,
+    #[error("invalid request: {0}")]
+    Invalid(#[from] InputError),
+    #[error("database {0} does not exist here")]
+    NoSuchDb(DbName),
+    #[error("I/O failed: {0}")]
+    Io(String),
+}
+
+/// Hooks the FUSE layer implements so a replica's apply is atomic for SQLite readers.
+/// Called on a blocking thread, for one database at a time, never while receiving from the
+/// network. The default does nothing (no mount: tests, `ltxfs` without FUSE).
+pub trait ApplyHook: Send + Sync + 'static {
+    /// Before pages are written into `<data>/dbs/<db>/database`: take SQLite's locks.
+    fn before_apply(&self, _db: &DbName) {}
+    /// After the write + truncate + fsync (also called if it failed): invalidate the kernel
+    /// page cache for `pages` and the size (`commit` pages), rewrite the WAL index if needed,
+    /// release the locks. `pages` empty means the whole file was replaced (`/import`).
+    fn after_apply(&self, _db: &DbName, _pages: &[u32], _commit: u32) {}
+    /// Before the whole database file is read (snapshot for a peer, `/export`): take a read lock.
+    /// Must not wait without bound: the read runs in the database's I/O queue, ahead of a commit
+    /// the FUSE layer may be waiting for (an image that is not at the node's position is
+    /// refused by the core and read again later).
+    fn before_read(&self, _db: &DbName) {}
+    /// The database image at the node's position, if the hook knows better than the file
+    /// (WAL mode: committed pages still in the WAL). `None`: read `<data>/dbs/<db>/database`.
+    fn read_database(&self, _db: &DbName) -> Option<std::io::Result<Vec<u8>>> {
+        None
+    }
+    fn after_read(&self, _db: &DbName) {}
+}
+
+/// The no-op hook.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHook;
+impl ApplyHook for NoHook {}
+
+/// One database's position as reported to callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DbStatus {
+    pub txid: u64,
+    /// Hex, as LiteFS prints checksums.
+    #[serde(serialize_with = "hex16")]
+    pub checksum: u64,
+    pub epoch: u64,
+}
+
+fn hex16<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
+}
+
+/// The primary as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrimaryInfo {
+    #[serde(rename = "nodeID")]
+    pub node_id: String,
+    pub hostname: String,
+    #[serde(rename = "advertiseURL")]
+    pub advertise_url: String,
+}
+
+/// A snapshot of the node's state, refreshed after every step of the node task.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    #[serde(rename = "nodeID")]
+    pub node_id: String,
+    pub hostname: String,
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    pub role: &'static str,
+    pub is_primary: bool,
+    pub writable: bool,
+    pub candidate: bool,
+    /// Lease epoch while primary, else the highest epoch accepted.
+    pub epoch: u64,
+    /// The primary (absent on the primary itself).
+    pub primary: Option<PrimaryInfo>,
+    /// Whether a replica has a live connection to its primary (`.primary` exists only then).
+    pub connected_to_primary: bool,
+    pub positions: BTreeMap<String, DbStatus>,
+    /// Replica: wall ms since the primary's last heartbeat timestamp (None before the first).
+    pub lag_ms: Option<i64>,
+    /// Recovering primary: positions known (this node included) and needed before it writes.
+    pub recovery: Option<RecoveryStatus>,
+    /// When local writes stop being accepted (the lease deadline; `None` when not writable, and
+    /// far in the future under a static lease).
+    #[serde(skip)]
+    pub writable_until: Option<Instant>,
+}
+
+/// Progress of a new primary's recovery phase (`/info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecoveryStatus {
+    pub have: usize,
+    pub need: usize,
+}
+
+impl Status {
+    /// Whether a local write may start now: writable at the last refresh and the lease deadline
+    /// not yet passed (checked against the clock, so a node task that has not run since — a
+    /// paused process — cannot let a write through after its deadline).
+    pub fn writable_now(&self) -> bool {
+        self.writable && self.writable_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// What subscribers (`/events`, the FUSE layer) are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum RuntimeEvent {
+    /// A transaction reached `db`'s position (local commit or replicated apply).
+    #[serde(rename_all = "camelCase")]
+    Tx {
+        db: String,
+        #[serde(rename = "txID")]
+        txid: u64,
+        #[serde(serialize_with = "hex16")]
+        post_apply_checksum: u64,
+        local: bool,
+        /// Local commit: the lease epoch it was written under; applied: the highest epoch seen.
+        epoch: u64,
+    },
+    /// Role or epoch changed; `writable` says whether local writes are accepted.
+    Role { role: &'static str, epoch: u64, writable: bool },
+    /// The primary this node follows changed (`None`: unknown or this node).
+    PrimaryChange { primary: Option<PrimaryInfo> },
+    /// Any other core event, as text (for logs and debugging).
+    Core { detail: String },
+}
+
+/// Counters behind `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    /// Snapshots this node decided to send to peers.
+    pub snapshots_sent: AtomicU64,
+    /// Snapshot LTX files received from peers.
+    pub snapshots_received: AtomicU64,
+    /// Messages refused because their epoch was older than the highest accepted.
+    pub stale_frames_rejected: AtomicU64,
+    /// Frames that did not decode or broke a size limit (the connection was closed).
+    pub frames_rejected: AtomicU64,
+    /// LTX files refused (decode error, page error, dropped, checksum mismatch).
+    pub ltx_rejected: AtomicU64,
+    pub commits: AtomicU64,
+    pub commits_rejected: AtomicU64,
+    pub applied: AtomicU64,
+    pub cluster_mismatches: AtomicU64,
+    /// This node's history of a database was replaced by a peer's snapshot (a deposed primary's
+    /// unreplicated commits are discarded this way; see the warning in the log for the TXIDs).
+    pub history_resets: AtomicU64,
+    /// TXIDs of this node's replaced histories beyond the new history's TXID (a lower bound of
+    /// what was discarded: the divergence may start earlier).
+    pub discarded_txids: AtomicU64,
+    /// Peers this (primary) node reset by snapshot because they had commits not in its history.
+    pub diverged_peers_reset: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Requests to the node task.
+enum Cmd {
+    PeerUp { peer: NodeId, conn: ConnId, tx: mpsc::Sender<Message>, closer: oneshot::Sender<()> },
+    PeerDown { peer: NodeId, conn: ConnId },
+    IoDone { id: ltxfs_core::node::IoId, result: Result<IoOutcome, IoErrorKind> },
+    LeaseReply { id: ltxfs_core::node::LeaseRequestId, result: LeaseResult },
+    LeaseView(LeaseView),
+    Commit { commit: LocalCommit, reply: CommitReply },
+    Handoff { to: NodeId, reply: oneshot::Sender<Result<(), RuntimeError>> },
+    ReadDatabase { db: DbName, reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
+    WriteDatabase { db: DbName, image: Vec<u8>, reply: oneshot::Sender<Result<(), RuntimeError>> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+type CommitReply = oneshot::Sender<Result<CommitOutcome, RuntimeError>>;
+
+/// A network message for the node task; `None`: the connection ended. The end travels on the
+/// same queue as the messages, so every frame read before it reaches the core first.
+struct NetMsg {
+    peer: NodeId,
+    conn: ConnId,
+    msg: Option<Message>,
+}
+
+/// A job for one database's I/O worker, run in order.
+enum DiskJob {
+    Io { command: IoCommand, epoch: Epoch, pos: Pos },
+    Read { reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
+    Write { image: Vec<u8>, reply: oneshot::Sender<Result<(), RuntimeError>> },
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    net: mpsc::Sender<NetMsg>,
+    status: Arc<Mutex<Status>>,
+    events: broadcast::Sender<RuntimeEvent>,
+    metrics: Arc<Metrics>,
+    config: Arc<RuntimeConfig>,
+    primary_target: watch::Receiver<Option<(NodeId, String)>>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl RuntimeHandle {
+    /// Submits a transaction SQLite committed on this node (pages already in the database file)
+    /// and waits for the core's verdict.
+    pub async fn commit(&self, db: DbName, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>) -> Result<CommitOutcome, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now(), wal: None };
+        self.cmd.send(Cmd::Commit { commit, reply }).map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// [`RuntimeHandle::commit`] for a non-async caller (the FUSE thread). Must not be called
+    /// from inside the tokio runtime. `wal`: in WAL mode, where the transaction's frames lie
+    /// (stamped into the LTX header).
+    pub fn commit_blocking(
+        &self,
+        db: DbName,
+        page_size: u32,
+        commit: u32,
+        pages: Vec<(u32, Vec<u8>)>,
+        wal: Option<WalFrames>,
+    ) -> Result<CommitOutcome, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now(), wal };
+        self.cmd.send(Cmd::Commit { commit, reply }).map_err(|_| RuntimeError::Stopped)?;
+        rx.blocking_recv().map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// The latest state snapshot.
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A stream of [`RuntimeEvent`]s from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Admin (primary only): hand the lease to `to`, a connected follower.
+    pub async fn handoff(&self, to: NodeId) -> Result<(), RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Cmd::Handoff { to, reply }).map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// The whole database file at the node's current position (in the database's I/O order).
+    pub async fn export(&self, db: DbName) -> Result<Vec<u8>, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Cmd::ReadDatabase { db, reply }).map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Replaces `db` with `image` (a whole SQLite file) as one transaction on the primary.
+    /// The caller validated the image (page size, length). Refused unless writable.
+    pub async fn import(&self, db: DbName, page_size: u32, image: Vec<u8>) -> Result<CommitOutcome, RuntimeError> {
+        if !self.status().writable {
+            return Ok(CommitOutcome::Rejected { reason: RejectReason::NotPrimary });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Cmd::WriteDatabase { db: db.clone(), image: image.clone(), reply }).map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)??;
+        let ps = page_size as usize;
+        let pages: Vec<(u32, Vec<u8>)> = image.chunks(ps).enumerate().map(|(i, p)| ((i + 1) as u32, p.to_vec())).collect();
+        let commit = pages.len() as u32;
+        self.commit(db, page_size, commit, pages).await
+    }
+
+    /// Stops the node cleanly (releases the lease, persists checksum indexes).
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Shutdown { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Resolves once the node task has stopped.
+    pub async fn stopped(&self) {
+        self.cmd.closed().await;
+    }
+
+    // ----- transport side (used by crate::http) -----
+
+    /// A new connection to `peer`: messages for it go into `tx`; `closer` fires when the
+    /// runtime closes the connection (after an error frame or a full queue).
+    pub(crate) fn peer_up(&self, peer: NodeId, tx: mpsc::Sender<Message>, closer: oneshot::Sender<()>) -> ConnId {
+        let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let _ = self.cmd.send(Cmd::PeerUp { peer, conn, tx, closer });
+        conn
+    }
+    /// The connection ended (after every message read from it was delivered).
+    pub(crate) async fn peer_down(&self, peer: NodeId, conn: ConnId) {
+        let _ = self.net.send(NetMsg { peer, conn, msg: None }).await;
+    }
+    /// Delivers one decoded message (waits when the node task is behind).
+    pub(crate) async fn peer_message(&self, peer: NodeId, conn: ConnId, msg: Message) -> Result<(), RuntimeError> {
+        self.net.send(NetMsg { peer, conn, msg: Some(msg) }).await.map_err(|_| RuntimeError::Stopped)
+    }
+    /// The primary this node should stream from: `(node id, advertise url)`.
+    pub(crate) fn primary_target(&self) -> watch::Receiver<Option<(NodeId, String)>> {
+        self.primary_target.clone()
+    }
+}
+
+/// Starts the node task on the current tokio runtime.
+pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dyn ApplyHook>) -> Result<RuntimeHandle, RuntimeError> {
+    let origin = Instant::now();
+    let data = DataDir::new(config.data_dir.clone());
+    let opened = data.scan(Time::ZERO).map_err(|e| RuntimeError::Io(e.to_string()))?;
+    let node = Node::new(config.core.clone(), config.node_id, Time::ZERO);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (net_tx, net_rx) = mpsc::channel(NET_QUEUE_MAX);
+    let (events, _) = broadcast::channel(EVENT_BUFFER_MAX);
+    let (target_tx, target_rx) = watch::channel(None);
+    let data_dir_path = config.data_dir.clone();
+    let config = Arc::new(config);
+    let status = Arc::new(Mutex::new(initial_status(&config)));
+    let metrics = Arc::new(Metrics::default());
+    let handle = RuntimeHandle {
+        cmd: cmd_tx.clone(),
+        net: net_tx,
+        status: status.clone(),
+        events: events.clone(),
+        metrics: metrics.clone(),
+        config: config.clone(),
+        primary_target: target_rx,
+        next_conn: Arc::new(AtomicU64::new(1)),
+    };
+    let mut watch_rx = lease.watch();
+    let view_tx = cmd_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let view = watch_rx.borrow_and_update().clone();
+            if view_tx.send(Cmd::LeaseView(view)).is_err() {
+                return;
+            }
+            if watch_rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut task = NodeTask {
+        node,
+        origin,
+        data,
+        hook,
+        lease,
+        cmd_tx,
+        peers: Peers::default(),
+        workers: BTreeMap::new(),
+        commits: BTreeMap::new(),
+        status,
+        events,
+        metrics,
+        config,
+        view: LeaseView::default(),
+        target_tx,
+        last_heartbeat_wall: None,
+        last_role: None,
+        shutdown_reply: None,
+        outstanding: 0,
+        replies: Vec::new(),
+        accepted: BTreeMap::new(),
+        event_log: open_event_log(&data_dir_path),
+        recovery: None,
+    };
+    task.drain(); // Node::new may already have outputs (a static primary's role change)
+    task.step_input(Input::WallClock(wall_now()))?;
+    for open in opened {
+        tracing::info!(db = %open.db, pos = %open.pos, "database found on disk");
+        task.step_input(Input::OpenDb(open))?;
+    }
+    task.refresh_status();
+    task.flush_replies();
+    tokio::spawn(task.run(cmd_rx, net_rx));
+    Ok(handle)
+}
+
+/// Opens `<data>/events.ndjson` for appending (a failure is logged, never fatal).
+fn open_event_log(data_dir: &std::path::Path) -> Option<std::fs::File> {
+    let path = data_dir.join("events.ndjson");
+    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot open the event log");
+            None
+        }
+    }
+}
+
+fn initial_status(config: &RuntimeConfig) -> Status {
+    Status {
+        node_id: config.node_id.to_string(),
+        hostname: config.hostname.clone(),
+        cluster_id: config.core.cluster_id.to_string(),
+        role: "replica",
+        is_primary: false,
+        writable: false,
+        candidate: false,
+        epoch: 0,
+        primary: None,
+        connected_to_primary: false,
+        positions: BTreeMap::new(),
+        lag_ms: None,
+        recovery: None,
+        writable_until: None,
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Replica => "replica",
+        Role::Candidate => "candidate",
+        Role::Recovering => "recovering",
+        Role::Primary => "primary",
+        Role::Stopped => "stopped",
+    }
+}
+
+/// The wall clock as the core wants it.
+pub fn wall_now() -> WallMs {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    WallMs(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+struct NodeTask<L: LeaseBackend> {
+    node: Node,
+    origin: Instant,
+    data: DataDir,
+    hook: Arc<dyn ApplyHook>,
+    lease: Arc<L>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    peers: Peers,
+    workers: BTreeMap<DbName, mpsc::UnboundedSender<DiskJob>>,
+    /// The caller waiting for each database's commit in flight (one per database).
+    commits: BTreeMap<DbName, CommitReply>,
+    status: Arc<Mutex<Status>>,
+    events: broadcast::Sender<RuntimeEvent>,
+    metrics: Arc<Metrics>,
+    config: Arc<RuntimeConfig>,
+    view: LeaseView,
+    target_tx: watch::Sender<Option<(NodeId, String)>>,
+    last_heartbeat_wall: Option<i64>,
+    last_role: Option<(Role, Epoch)>,
+    shutdown_reply: Option<oneshot::Sender<()>>,
+    /// I/O commands and lease requests sent but not answered yet.
+    outstanding: u64,
+    /// Commit outcomes to send after the status is refreshed, so a caller that reads the status
+    /// after its commit returns sees its position.
+    replies: Vec<(CommitReply, Result<CommitOutcome, RuntimeError>)>,
+    /// Per database in flight: (wall ms the core accepted it, wall ms of the lease deadline).
+    accepted: BTreeMap<DbName, (i64, Option<i64>)>,
+    /// `<data>/events.ndjson` (see the module docs); `None` if it cannot be opened.
+    event_log: Option<std::fs::File>,
+    recovery: Option<RecoveryStatus>,
+}
+
+impl<L: LeaseBackend> NodeTask<L> {
+    fn now(&self) -> Time {
+        Time::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn instant_of(&self, t: Time) -> Instant {
+        self.origin.checked_add(Duration::from_nanos(t.as_nanos())).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+    }
+
+    async fn run(mut self, mut cmd_rx: mpsc::UnboundedReceiver<Cmd>, mut net_rx: mpsc::Receiver<NetMsg>) {
+        loop {
+            let deadline = self.node.poll_timeout().map(|t| self.instant_of(t));
+            tokio::select! {
+                biased;
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd),
+                    None => break,
+                },
+                msg = net_rx.recv() => match msg {
+                    Some(m) => self.on_net(m),
+                    None => break,
+                },
+                () = sleep_until_opt(deadline) => {
+                    let now = self.now();
+                    let _ = self.node.handle_input(now, Input::WallClock(wall_now()));
+                    self.drain();
+                    self.node.handle_timeout(now);
+                    self.drain();
+                }
+            }
+            self.refresh_status();
+            self.flush_replies();
+            if self.node.role() == Role::Stopped && self.shutdown_reply.is_some() && self.workers_idle() {
+                break;
+            }
+        }
+        self.refresh_status();
+        self.flush_replies();
+        self.peers.close_all();
+        if let Some(reply) = self.shutdown_reply.take() {
+            let _ = reply.send(());
+        }
+        for (_, reply) in std::mem::take(&mut self.commits) {
+            let _ = reply.send(Err(RuntimeError::Stopped));
+        }
+    }
+
+    /// No I/O command or lease request is outstanding (a clean shutdown waits for them).
+    fn workers_idle(&self) -> bool {
+        self.outstanding == 0
+    }
+
+    fn step_input(&mut self, input: Input) -> Result<(), InputError> {
+        let now = self.now();
+        let result = self.node.handle_input(now, input);
+        self.drain();
+        result
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::PeerUp { peer, conn, tx, closer } => {
+                let first = self.peers.add(peer, conn, tx, closer);
+                if !first {
+                    // Another connection to the same peer: messages in flight on the old one
+                    // may be lost, so tell the core the link was reset.
+                    let _ = self.step_input(Input::PeerDisconnected { peer });
+                }
+                let _ = self.step_input(Input::PeerConnected { peer });
+            }
+            Cmd::PeerDown { peer, conn } => {
+                if self.peers.remove(peer, conn) {
+                    let _ = self.step_input(Input::PeerDisconnected { peer });
+                    if self.peers.is_connected(peer) {
+                        let _ = self.step_input(Input::PeerConnected { peer });
+                    }
+                }
+            }
+            Cmd::IoDone { id, result } => {
+                self.outstanding -= 1;
+                if let Err(e) = self.step_input(Input::IoDone { id, result }) {
+                    tracing::error!(error = %e, "I/O completion refused by the core");
+                }
+            }
+            Cmd::LeaseReply { id, result } => {
+                self.outstanding -= 1;
+                if let Err(e) = self.step_input(Input::LeaseReply { id, result }) {
+                    tracing::debug!(error = %e, "late lease reply ignored");
+                }
+            }
+            Cmd::LeaseView(view) => self.on_lease_view(view),
+            Cmd::Commit { commit, reply } => self.on_commit(commit, reply),
+            Cmd::Handoff { to, reply } => {
+                let _ = reply.send(self.step_input(Input::Handoff { to }).map_err(RuntimeError::from));
+            }
+            Cmd::ReadDatabase { db, reply } => {
+                if self.node.db_pos(&db).is_none() {
+                    let _ = reply.send(Err(RuntimeError::NoSuchDb(db)));
+                } else {
+                    self.worker(&db).send(DiskJob::Read { reply }).ok();
+                }
+            }
+            Cmd::WriteDatabase { db, image, reply } => {
+                self.worker(&db).send(DiskJob::Write { image, reply }).ok();
+            }
+            Cmd::Shutdown { reply } => {
+                self.shutdown_reply = Some(reply);
+                let _ = self.step_input(Input::Shutdown);
+            }
+        }
+    }
+
+    fn on_commit(&mut self, commit: LocalCommit, reply: CommitReply) {
+        let db = commit.db.clone();
+        if self.commits.contains_key(&db) {
+            Metrics::add(&self.metrics.commits_rejected, 1);
+            let _ = reply.send(Ok(CommitOutcome::Rejected { reason: RejectReason::CommitInFlight }));
+            return;
+        }
+        self.commits.insert(db.clone(), reply);
+        let now = self.now();
+        let accepted_wall = wall_now().0;
+        let deadline_wall = self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| {
+            let left_ms = i64::try_from(d.saturating_since(now).as_nanos() / 1_000_000).unwrap_or(i64::MAX);
+            accepted_wall.saturating_add(left_ms)
+        });
+        self.accepted.insert(db.clone(), (accepted_wall, deadline_wall));
+        if let Err(e) = self.step_input(Input::LocalCommit(commit)) {
+            if let Some(reply) = self.commits.remove(&db) {
+                let _ = reply.send(Err(RuntimeError::Invalid(e)));
+            }
+        }
+    }
+
+    fn on_net(&mut self, m: NetMsg) {
+        let (peer, conn) = (m.peer, m.conn);
+        let Some(msg) = m.msg else {
+            return self.on_cmd(Cmd::PeerDown { peer, conn });
+        };
+        if !self.peers.is_live(peer, conn) {
+            return; // from a connection already closed: the core was told it is gone
+        }
+        if let Message::Heartbeat { wall_ms, epoch } = &msg {
+            // Only the current primary's heartbeats measure lag (never a stale epoch's).
+            if self.node.upstream() == Some(peer) && *epoch >= self.node.highest_epoch() {
+                self.last_heartbeat_wall = Some(*wall_ms);
+            }
+        }
+        if let Message::Ltx { offset: 0, bytes, .. } = &msg {
+            if bytes.len() >= ltxfs_core::ltx::HEADER_SIZE {
+                let mut h = [0u8; ltxfs_core::ltx::HEADER_SIZE];
+                h.copy_from_slice(&bytes[..ltxfs_core::ltx::HEADER_SIZE]);
+                if ltxfs_core::ltx::Header::from_bytes(&h).is_ok_and(|h| h.is_snapshot()) {
+                    Metrics::add(&self.metrics.snapshots_received, 1);
+                }
+            }
+        }
+        let _ = self.step_input(Input::Receive { from: peer, msg });
+    }
+
+    fn on_lease_view(&mut self, view: LeaseView) {
+        self.view = view.clone();
+        let target = view.holder.as_ref().filter(|h| h.node_id != self.config.node_id).map(|h| (h.node_id, h.advertise_url.clone()));
+        self.target_tx.send_if_modified(|t| {
+            let changed = *t != target;
+            *t = target.clone();
+            changed
+        });
+        let primary = view.holder.as_ref().filter(|h| h.node_id != self.config.node_id).map(|h| PrimaryInfo {
+            node_id: h.node_id.to_string(),
+            hostname: h.hostname.clone(),
+            advertise_url: h.advertise_url.clone(),
+        });
+        let _ = self.events.send(RuntimeEvent::PrimaryChange { primary });
+        if view.dynamic {
+            let _ = self.step_input(Input::LeaseObserved { holder: view.holder.map(|h| h.node_id), epoch: view.epoch });
+        }
+    }
+
+    fn worker(&mut self, db: &DbName) -> mpsc::UnboundedSender<DiskJob> {
+        if let Some(w) = self.workers.get(db) {
+            return w.clone();
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<DiskJob>();
+        let data = self.data.clone();
+        let hook = self.hook.clone();
+        let cmd = self.cmd_tx.clone();
+        let name = db.clone();
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let (data, hook, name) = (data.clone(), hook.clone(), name.clone());
+                match job {
+                    DiskJob::Io { command, epoch, pos } => {
+                        let result = tokio::task::spawn_blocking(move || data.execute(&command.kind, epoch, pos, hook.as_ref()))
+                            .await
+                            .unwrap_or(Err(IoErrorKind::Failed));
+                        let _ = cmd.send(Cmd::IoDone { id: command.id, result });
+                    }
+                    DiskJob::Read { reply } => {
+                        let kind = IoKind::ReadDatabase { db: name };
+                        let result = tokio::task::spawn_blocking(move || data.execute(&kind, Epoch::ZERO, Pos::ZERO, hook.as_ref()))
+                            .await
+                            .unwrap_or(Err(IoErrorKind::Failed));
+                        let _ = reply.send(match result {
+                            Ok(IoOutcome::Database(image)) => Ok(image),
+                            other => Err(RuntimeError::Io(format!("{other:?}"))),
+                        });
+                    }
+                    DiskJob::Write { image, reply } => {
+                        let result = tokio::task::spawn_blocking(move || data.write_database(&name, &image, hook.as_ref()))
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                        let _ = reply.send(result.map_err(|e| RuntimeError::Io(e.to_string())));
+                    }
+                }
+            }
+        });
+        self.workers.insert(db.clone(), tx.clone());
+        tx
+    }
+
+    /// Executes every pending output of the node.
+    fn drain(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Send { to, msg } => {
+                    let bytes = msg.encode().len() as u64;
+                    if self.peers.send(to, msg) {
+                        Metrics::add(&self.metrics.bytes_sent, bytes + 4);
+                        Metrics::add(&self.metrics.messages_sent, 1);
+                    }
+                }
+                Output::Io(command) => {
+                    let db = command.kind.db().clone();
+                    let at = self.node.db_pos(&db).unwrap_or_default();
+                    self.outstanding += 1;
+                    self.worker(&db).send(DiskJob::Io { command, epoch: at.epoch, pos: at.pos }).ok();
+                }
+                Output::Lease(request) => {
+                    self.outstanding += 1;
+                    let lease = self.lease.clone();
+                    let cmd = self.cmd_tx.clone();
+                    tokio::spawn(async move {
+                        let result = match request.kind {
+                            LeaseKind::Acquire => lease.acquire().await,
+                            LeaseKind::Renew { epoch } => lease.renew(epoch).await,
+                            LeaseKind::Release { epoch } => lease.release(epoch).await,
+                            LeaseKind::Handoff { epoch, to } => lease.handoff(epoch, to).await,
+                        };
+                        let _ = cmd.send(Cmd::LeaseReply { id: request.id, result });
+                    });
+                }
+                Output::Event(event) => self.on_event(event),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        tracing::debug!(?event, "core event");
+        match &event {
+            Event::Committed { db, pos } => {
+                Metrics::add(&self.metrics.commits, 1);
+                self.resolve(db, Ok(CommitOutcome::Committed { txid: pos.txid, checksum: pos.checksum }));
+                let epoch = self.node.lease_epoch().unwrap_or(self.node.highest_epoch());
+                let (accepted, deadline) = self.accepted.remove(db).unwrap_or((wall_now().0, None));
+                self.log_event(serde_json::json!({
+                    "type": "commit", "db": db.to_string(), "txID": pos.txid, "checksum": format!("{:016x}", pos.checksum),
+                    "epoch": epoch.0, "acceptedWallMs": accepted, "deadlineWallMs": deadline,
+                }));
+                self.tx_event(db, *pos, true);
+                return;
+            }
+            Event::HistoryReplaced { db, from, old, old_epoch, new } => {
+                let beyond = old.txid.saturating_sub(new.txid);
+                tracing::warn!(
+                    %db, from = %from, old = %old, old_epoch = old_epoch.0, new = %new,
+                    "a snapshot replaced this node's history: its TXIDs up to {} (epoch {}) that the new history lacks are discarded ({} beyond the new TXID {})",
+                    old.txid, old_epoch.0, beyond, new.txid
+                );
+                Metrics::add(&self.metrics.history_resets, 1);
+                Metrics::add(&self.metrics.discarded_txids, beyond);
+                self.log_event(serde_json::json!({
+                    "type": "historyReplaced", "db": db.to_string(), "from": from.to_string(),
+                    "oldTxID": old.txid, "oldChecksum": format!("{:016x}", old.checksum), "oldEpoch": old_epoch.0,
+                    "newTxID": new.txid, "newChecksum": format!("{:016x}", new.checksum),
+                }));
+            }
+            Event::SnapshotNeeded { peer, db, reason } => {
+                Metrics::add(&self.metrics.snapshots_sent, 1);
+                use ltxfs_core::catchup::SnapshotReason;
+                if matches!(reason, SnapshotReason::PeerAhead | SnapshotReason::Diverged) {
+                    tracing::warn!(%db, peer = %peer, ?reason, "peer has commits not in this history: it is reset by snapshot");
+                    Metrics::add(&self.metrics.diverged_peers_reset, 1);
+                }
+            }
+            Event::RecoveryWaiting { have, need } => {
+                self.recovery = Some(RecoveryStatus { have: *have, need: *need });
+                tracing::info!(have, need, "primary but not writable yet: waiting for positions of enough nodes");
+            }
+            Event::CommitOutcomeUnknown { db, pos } => {
+                self.resolve(db, Ok(CommitOutcome::Unknown { txid: pos.txid, checksum: pos.checksum }));
+            }
+            Event::CommitFailed { db, error } => self.resolve(db, Ok(CommitOutcome::Failed { error: *error })),
+            Event::WriteRejected { db, reason } => {
+                Metrics::add(&self.metrics.commits_rejected, 1);
+                self.resolve(db, Ok(CommitOutcome::Rejected { reason: *reason }));
+            }
+            Event::Applied { db, pos, from } => {
+                Metrics::add(&self.metrics.applied, 1);
+                let frame_epoch = self.node.db_pos(db).map_or(0, |p| p.epoch.0);
+                self.log_event(serde_json::json!({
+                    "type": "applied", "db": db.to_string(), "txID": pos.txid, "from": from.to_string(),
+                    "frameEpoch": frame_epoch, "highestEpoch": self.node.highest_epoch().0,
+                }));
+                self.tx_event(db, *pos, false);
+                return;
+            }
+            Event::StaleEpochRejected { .. } => Metrics::add(&self.metrics.stale_frames_rejected, 1),
+            Event::InvalidLtx { .. } | Event::InvalidLtxPages { .. } | Event::LtxDropped { .. } | Event::ChecksumMismatch { .. } => {
+                tracing::warn!(?event, "LTX refused");
+                Metrics::add(&self.metrics.ltx_rejected, 1);
+            }
+            Event::ClusterMismatch { .. } => {
+                tracing::warn!(?event, "peer of another cluster refused");
+                Metrics::add(&self.metrics.cluster_mismatches, 1);
+            }
+            Event::PeerRefused { .. } | Event::SteppedDown { .. } | Event::IoFailed { .. } => tracing::warn!(?event, "core event"),
+            _ => {}
+        }
+        let _ = self.events.send(RuntimeEvent::Core { detail: format!("{event:?}") });
+    }
+
+    fn tx_event(&self, db: &DbName, pos: Pos, local: bool) {
+        let epoch = self.node.lease_epoch().unwrap_or(self.node.highest_epoch()).0;
+        let _ = self.events.send(RuntimeEvent::Tx { db: db.to_string(), txid: pos.txid, post_apply_checksum: pos.checksum, local, epoch });
+    }
+
+    /// Appends one line to `<data>/events.ndjson` with the wall time and this node's id.
+    fn log_event(&mut self, mut record: serde_json::Value) {
+        use std::io::Write as _;
+        let Some(file) = self.event_log.as_mut() else { return };
+        record["wallMs"] = wall_now().0.into();
+        record["node"] = self.config.node_id.to_string().into();
+        let mut line = record.to_string();
+        line.push('\n');
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "cannot append to the event log");
+        }
+    }
+
+    /// Answers the commit waiting on `db` once the status reflects it (see `flush_replies`).
+    fn resolve(&mut self, db: &DbName, outcome: Result<CommitOutcome, RuntimeError>) {
+        if let Some(reply) = self.commits.remove(db) {
+            self.replies.push((reply, outcome));
+        }
+    }
+
+    fn flush_replies(&mut self) {
+        for (reply, outcome) in self.replies.drain(..) {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    fn refresh_status(&mut self) {
+        let now = self.now();
+        let role = self.node.role();
+        let epoch = self.node.lease_epoch().unwrap_or(self.node.highest_epoch());
+        let writable = self.node.is_writable(now);
+        if self.last_role != Some((role, epoch)) {
+            self.last_role = Some((role, epoch));
+            let _ = self.events.send(RuntimeEvent::Role { role: role_name(role), epoch: epoch.0, writable });
+            self.log_event(serde_json::json!({ "type": "role", "role": role_name(role), "epoch": epoch.0, "writable": writable }));
+            tracing::info!(role = role_name(role), epoch = epoch.0, writable, "role");
+        }
+        if role != Role::Recovering {
+            self.recovery = None;
+        }
+        let writable_until = match self.node.lease_deadline() {
+            Some(d) if writable => Some(self.instant_of(d)),
+            _ => None,
+        };
+        let upstream = self.node.upstream();
+        let primary = self.view.holder.as_ref().filter(|h| h.node_id != self.config.node_id && Some(h.node_id) == upstream).map(|h| {
+            PrimaryInfo { node_id: h.node_id.to_string(), hostname: h.hostname.clone(), advertise_url: h.advertise_url.clone() }
+        });
+        let connected_to_primary = upstream.is_some_and(|p| self.peers.is_connected(p));
+        let positions = self
+            .node
+            .positions()
+            .into_iter()
+            .map(|(db, p)| (db.to_string(), DbStatus { txid: p.pos.txid, checksum: p.pos.checksum, epoch: p.epoch.0 }))
+            .collect();
+        let lag_ms = match role {
+            Role::Primary | Role::Recovering => None,
+            _ => self.last_heartbeat_wall.map(|w| (wall_now().0 - w).max(0)),
+        };
+        let candidate = matches!(self.config.core.lease, ltxfs_core::node::LeaseMode::Dynamic { candidate: true, .. })
+            || matches!(self.config.core.lease, ltxfs_core::node::LeaseMode::Static { primary } if primary == self.config.node_id);
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.role = role_name(role);
+        s.is_primary = matches!(role, Role::Primary | Role::Recovering);
+        s.writable = writable;
+        s.candidate = candidate;
+        s.epoch = epoch.0;
+        s.primary = primary;
+        s.connected_to_primary = connected_to_primary;
+        s.positions = positions;
+        s.lag_ms = lag_ms;
+        s.recovery = self.recovery;
+        s.writable_until = writable_until;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A stable node id from a node's name (CRC-64 of the UTF-8 bytes, never 0), for configs that
+/// name members by hostname.
+pub fn node_id_from_name(name: &str) -> NodeId {
+    NodeId(ltxfs_core::ltx::checksum::crc64_go_iso(name.as_bytes()).max(1))
+}

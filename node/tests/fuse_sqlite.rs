@@ -1,0 +1,565 @@
+//! Real FUSE, real SQLite: the `ltxfs` binary mounts a directory and unchanged SQLite programs
+//! (rusqlite and the `sqlite3` CLI) write through it in every journal mode.
+//!
+//! These tests NEED FUSE (`/dev/fuse`, `fusermount3` from the fuse3 package) and the `sqlite3`
+//! CLI. They fail loudly when those are missing rather than skip.
+
+use ltxfs_core::ltx::{self, checksum::db_checksum};
+use rusqlite::Connection;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn require_tools() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "FUSE TESTS NEED /dev/fuse (load the fuse module / run the container with --device /dev/fuse)"
+    );
+    for tool in ["fusermount3", "sqlite3"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "FUSE TESTS NEED `{tool}` on PATH (apt-get install fuse3 sqlite3)"
+        );
+    }
+}
+
+type DecodedLtx = (ltx::Header, Vec<(u32, Vec<u8>)>, ltx::Trailer);
+
+/// One `ltxfs mount` process on a private temp dir; unmounted on drop.
+struct Node {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    mnt: PathBuf,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(candidate: bool) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let node = Node {
+            mnt: root.join("mnt"),
+            data: root.join("data"),
+            root,
+            _dir: dir,
+            child: None,
+        };
+        node.launch(candidate, None)
+    }
+
+    fn launch(mut self, candidate: bool, record: Option<&Path>) -> Node {
+        require_tools();
+        let config = self.root.join("ltxfs.yml");
+        let lease = if candidate {
+            "lease:\n  type: static\n  candidate: true\n  hostname: primary-1\n".to_string()
+        } else {
+            "lease:\n  type: static\n  candidate: false\n  hostname: primary-1\n  advertise-url: http://127.0.0.1:1\nreplication:\n  node-id: replica-1\n  members: [primary-1, replica-1]\n"
+                .to_string()
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "fuse:\n  dir: {}\ndata:\n  dir: {}\n  compress: true\nhttp:\n  addr: 127.0.0.1:0\n{lease}",
+                self.mnt.display(),
+                self.data.display()
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ltxfs"));
+        command.arg("mount").arg("--config").arg(&config);
+        if let Some(dir) = record {
+            command.arg("--record-ops").arg(dir);
+        }
+        let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn ltxfs");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.next().expect("ltxfs exited before mounting").unwrap();
+        assert!(
+            ready.contains("node mounted at"),
+            "unexpected first line: {ready}"
+        );
+        self.child = Some(child);
+        self
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let status = child.wait().unwrap();
+            assert!(status.success(), "ltxfs exited with {status}");
+        }
+    }
+
+    fn restart(mut self, candidate: bool) -> Node {
+        self.stop();
+        self.launch(candidate, None)
+    }
+
+    fn db(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    fn backing(&self, name: &str) -> PathBuf {
+        self.data.join("dbs").join(name)
+    }
+
+    /// LTX files of a database, in TXID order, decoded.
+    fn ltx_files(&self, name: &str) -> Vec<DecodedLtx> {
+        let dir = self.backing(name).join("ltx");
+        if !dir.exists() {
+            return Vec::new(); // created with the first LTX
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".ltx"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| ltx::decode_slice(&std::fs::read(dir.join(n)).unwrap()).unwrap())
+            .collect()
+    }
+
+    fn ltx_count(&self, name: &str) -> usize {
+        self.ltx_files(name).len()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sqlite3 failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Checks the LTX chain of `name` against the backing database and `-pos`.
+fn assert_chain_matches_database(node: &Node, name: &str, expected_txs: usize) {
+    let files = node.ltx_files(name);
+    assert_eq!(
+        files.len(),
+        expected_txs,
+        "one LTX per committed transaction"
+    );
+    let page_size = files[0].0.page_size;
+    let mut image: Vec<u8> = Vec::new();
+    let mut prev_post = 0;
+    for (i, (header, pages, trailer)) in files.iter().enumerate() {
+        let txid = i as u64 + 1;
+        assert_eq!(
+            (header.min_txid, header.max_txid),
+            (txid, txid),
+            "contiguous TXIDs"
+        );
+        if txid == 1 {
+            assert!(header.is_snapshot());
+        } else {
+            assert_eq!(
+                header.pre_apply_checksum,
+                prev_post,
+                "pre-apply of {txid} == post-apply of {}",
+                txid - 1
+            );
+        }
+        image.resize(header.commit as usize * page_size as usize, 0);
+        for (pgno, data) in pages {
+            let at = (*pgno as usize - 1) * page_size as usize;
+            image[at..at + page_size as usize].copy_from_slice(data);
+        }
+        assert_eq!(
+            db_checksum(&image, page_size),
+            trailer.post_apply_checksum,
+            "post-apply of {txid}"
+        );
+        prev_post = trailer.post_apply_checksum;
+    }
+    let database = std::fs::read(node.backing(name).join("database")).unwrap();
+    assert_eq!(
+        db_checksum(&database, page_size),
+        prev_post,
+        "last post-apply == backing database checksum"
+    );
+    assert!(
+        database == image,
+        "replaying every LTX rebuilds the database byte for byte"
+    );
+    let pos = std::fs::read_to_string(node.db(&format!("{name}-pos"))).unwrap();
+    assert_eq!(pos, format!("{:016x}/{:016x}\n", expected_txs, prev_post));
+}
+
+fn journal_mode_round_trip(mode: &str) {
+    let node = Node::start(true);
+    let path = node.db("app.db");
+    let conn = Connection::open(&path).unwrap();
+    let got: String = conn
+        .query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(got, mode.to_lowercase());
+    // Switching an empty database to WAL writes its header (bytes 18/19 = 2) in a rollback-journal
+    // transaction: that is a commit too.
+    let mut txs = usize::from(mode == "WAL");
+    assert_eq!(node.ltx_count("app.db"), txs);
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    txs += 1;
+    for i in 0..5 {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        txs += 1;
+    }
+    assert_eq!(node.ltx_count("app.db"), txs);
+
+    // A rolled-back transaction leaves no LTX.
+    conn.execute_batch("BEGIN; INSERT INTO t(v) VALUES ('gone'); ROLLBACK;")
+        .unwrap();
+    assert_eq!(
+        node.ltx_count("app.db"),
+        txs,
+        "ROLLBACK must not produce an LTX"
+    );
+
+    // A bigger transaction (several pages) and the sqlite3 CLI in another process.
+    conn.execute_batch("BEGIN; WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<300) INSERT INTO t(v) SELECT hex(randomblob(64)) FROM c; COMMIT;").unwrap();
+    txs += 1;
+    // WAL: a checkpoint that truncates the WAL, then one that only restarts it (new salts, stale
+    // frames left behind); both must keep the chain going. No-ops in rollback-journal modes.
+    conn.execute_batch(
+        "PRAGMA wal_checkpoint(TRUNCATE); INSERT INTO t(v) VALUES ('after truncate');",
+    )
+    .unwrap();
+    conn.execute_batch(
+        "PRAGMA wal_checkpoint(RESTART); INSERT INTO t(v) VALUES ('after restart');",
+    )
+    .unwrap();
+    txs += 2;
+    assert_eq!(node.ltx_count("app.db"), txs);
+    drop(conn);
+    sqlite3(&path, &format!("PRAGMA journal_mode={mode}; INSERT INTO t(v) VALUES ('cli 1'); INSERT INTO t(v) VALUES ('cli 2');"));
+    txs += 2;
+    let out = sqlite3(&path, "SELECT count(*) FROM t; PRAGMA integrity_check;");
+    assert_eq!(out, "309\nok\n");
+    if mode == "WAL" {
+        // Every connection is closed: SQLite checkpointed and removed the WAL.
+        assert!(
+            !node.db("app.db-wal").exists(),
+            "WAL removed after the last connection closed"
+        );
+    }
+    assert_chain_matches_database(&node, "app.db", txs);
+}
+
+#[test]
+fn delete_mode_commits_become_an_ltx_chain() {
+    journal_mode_round_trip("DELETE");
+}
+
+#[test]
+fn truncate_mode_commits_become_an_ltx_chain() {
+    journal_mode_round_trip("TRUNCATE");
+}
+
+#[test]
+fn persist_mode_commits_become_an_ltx_chain() {
+    journal_mode_round_trip("PERSIST");
+}
+
+#[test]
+fn wal_mode_commits_become_an_ltx_chain() {
+    journal_mode_round_trip("WAL");
+}
+
+fn two_writer_processes(mode: &str) {
+    let node = Node::start(true);
+    let path = node.db("app.db");
+    sqlite3(
+        &path,
+        &format!("PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, w INTEGER);"),
+    );
+    let per_writer = 100;
+    let script = |w: u32| {
+        let mut s = String::from(".timeout 20000\n");
+        for _ in 0..per_writer {
+            s.push_str(&format!(
+                "INSERT INTO t(w) VALUES ({w});\nSELECT count(*) FROM t WHERE w = {w};\n"
+            ));
+        }
+        s
+    };
+    let writers: Vec<_> = (1..=2)
+        .map(|w| {
+            let mut child = Command::new("sqlite3")
+                .arg(&path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let text = script(w);
+            std::thread::spawn(move || {
+                use std::io::Write;
+                stdin.write_all(text.as_bytes()).unwrap();
+            });
+            child
+        })
+        .collect();
+    for child in writers {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("malformed"), "{stderr}");
+        assert!(!stderr.contains("locking protocol"), "{stderr}");
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "writer failed: {stderr}"
+        );
+    }
+    let out = sqlite3(
+        &path,
+        "SELECT w, count(*) FROM t GROUP BY w ORDER BY w; PRAGMA integrity_check;",
+    );
+    assert_eq!(out, format!("1|{per_writer}\n2|{per_writer}\nok\n"));
+    let setup = 1 + usize::from(mode == "WAL");
+    assert_chain_matches_database(&node, "app.db", setup + 2 * per_writer);
+}
+
+#[test]
+fn two_writer_processes_delete_mode() {
+    two_writer_processes("DELETE");
+}
+
+#[test]
+fn two_writer_processes_wal_mode() {
+    two_writer_processes("WAL");
+}
+
+#[test]
+fn replica_refuses_writes_and_serves_reads() {
+    let node = Node::start(true);
+    let path = node.db("app.db");
+    sqlite3(&path, "CREATE TABLE t(x); INSERT INTO t VALUES (1);");
+    let pos_before = std::fs::read_to_string(node.db("app.db-pos")).unwrap();
+    let node = node.restart(false);
+    // The primary (http://127.0.0.1:1) is unreachable: `.primary` exists only while connected.
+    assert!(!node.mnt.join(".primary").exists());
+    let out = Command::new("sqlite3")
+        .arg(&path)
+        .arg("INSERT INTO t VALUES (2);")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("attempt to write a readonly database"),
+        "{stderr}"
+    );
+    assert_eq!(sqlite3(&path, "SELECT count(*) FROM t;"), "1\n");
+    assert_eq!(
+        std::fs::read_to_string(node.db("app.db-pos")).unwrap(),
+        pos_before
+    );
+    assert_eq!(node.ltx_count("app.db"), 2);
+}
+
+#[test]
+fn primary_has_no_primary_file_and_zero_lag() {
+    let node = Node::start(true);
+    assert!(!node.mnt.join(".primary").exists());
+    assert_eq!(
+        std::fs::read_to_string(node.mnt.join(".lag")).unwrap(),
+        "+000000000\n"
+    );
+}
+
+#[test]
+fn bad_config_mounts_nothing() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.yml");
+    let mnt = dir.path().join("data/mnt");
+    std::fs::write(
+        &config,
+        format!(
+            "fuse:\n  dir: {}\ndata:\n  dir: {}\nlease:\n  type: static\n",
+            mnt.display(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ltxfs"))
+        .arg("mount")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fuse.dir"), "{stderr}");
+    assert!(!mnt.exists(), "nothing created or mounted");
+}
+
+#[test]
+fn mount_runs_a_command_and_exits_with_its_code() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ltxfs.yml");
+    let mnt = dir.path().join("mnt");
+    std::fs::write(
+        &config,
+        format!(
+            "fuse:\n  dir: {}\ndata:\n  dir: {}\nhttp:\n  addr: 127.0.0.1:0\nlease:\n  type: static\n",
+            mnt.display(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "sqlite3 {}/x.db 'CREATE TABLE t(x)' && test -f {}/x.db-pos && exit 7",
+        mnt.display(),
+        mnt.display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ltxfs"))
+        .arg("mount")
+        .arg("--config")
+        .arg(&config)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "unmounted after the command exited"
+    );
+}
+
+/// Regenerates `core/tests/data/<mode>.ops`: every commit-detector input of a fixed workload,
+/// recorded through the real mount. Run with `cargo test -p node --test fuse_sqlite -- --ignored`
+/// after changing what the FUSE layer feeds the detector; core's `recorded_sqlite_runs` replays them.
+#[test]
+#[ignore = "regenerates committed fixtures; run by hand"]
+fn record_detector_fixtures() {
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for mode in ["DELETE", "TRUNCATE", "PERSIST", "WAL"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let record = root.join("ops");
+        let node = Node {
+            mnt: root.join("mnt"),
+            data: root.join("data"),
+            root,
+            _dir: dir,
+            child: None,
+        }
+        .launch(true, Some(&record));
+        let conn = Connection::open(node.db("app.db")).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA page_size=512; PRAGMA journal_mode={mode};"
+        ))
+        .unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        for i in 0..3 {
+            conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        conn.execute_batch("BEGIN; INSERT INTO t VALUES ('rolled back'); ROLLBACK;")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (?1)", [99]).unwrap();
+        drop(conn);
+        let expected = 5 + usize::from(mode == "WAL");
+        assert_eq!(node.ltx_count("app.db"), expected);
+        let text = std::fs::read_to_string(record.join("app.db.ops")).unwrap();
+        let header = format!(
+            "# ltxfs detector recording: journal_mode={mode}, page_size=512; PRAGMA, CREATE TABLE, 3 INSERTs,\n\
+             # a ROLLBACK, 1 INSERT, close. Expected commits: {expected}.\n"
+        );
+        std::fs::write(
+            out_dir.join(format!("{}.ops", mode.to_lowercase())),
+            header + &text,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn two_writer_processes_truncate_mode() {
+    two_writer_processes("TRUNCATE");
+}
+
+#[test]
+fn two_writer_processes_persist_mode() {
+    two_writer_processes("PERSIST");
+}
+
+#[test]
+fn no_arguments_mounts_the_embedded_default_and_sigint_unmounts() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ltxfs"))
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = String::new();
+    for _ in 0..4 {
+        text.push_str(&lines.next().unwrap().unwrap());
+        text.push('\n');
+    }
+    assert!(
+        text.contains("primary node mounted at ./ltxfs/mnt"),
+        "{text}"
+    );
+    assert!(text.contains("sqlite3 ./ltxfs/mnt/app.db"), "{text}");
+    let mnt = dir.path().join("ltxfs/mnt");
+    assert_eq!(
+        sqlite3(&mnt.join("app.db"), "CREATE TABLE t(x); SELECT 1;"),
+        "1\n"
+    );
+    assert!(
+        dir.path()
+            .join("ltxfs/data/dbs/app.db/ltx")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "unmounted on SIGINT"
+    );
+}

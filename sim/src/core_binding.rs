@@ -417,6 +417,8 @@ impl Machine for CoreNode {
                 page_size,
                 commit,
                 pages,
+                // The simulated workload commits in rollback-journal style: no WAL frames.
+                wal: None,
                 wall: WallMs(wall_ms as i64),
             }),
             MachineInput::Handoff { to } => Input::Handoff { to: node_id(to) },

@@ -82,6 +82,10 @@ enum IoPurpose {
     CatchUpRead { peer: NodeId, db: DbName },
     SnapshotRead { peer: NodeId, db: DbName },
     LoadIndex { db: DbName },
+    /// Start-up repair of a database found behind its newest LTX: reading that file.
+    RepairRead { db: DbName },
+    /// Start-up repair: writing that file's pages again.
+    RepairApply { db: DbName },
     Housekeeping { db: DbName },
 }
 
@@ -368,6 +372,8 @@ impl Node {
             IoPurpose::CatchUpRead { peer, db } => self.on_catch_up_read(peer, db, result),
             IoPurpose::SnapshotRead { peer, db } => self.on_snapshot_read(peer, db, result),
             IoPurpose::LoadIndex { db } => self.on_index_image(db, result),
+            IoPurpose::RepairRead { db } => self.on_repair_read(db, result),
+            IoPurpose::RepairApply { db } => self.on_repair_applied(db, result),
             IoPurpose::Housekeeping { db } => {
                 if let Err(error) = result {
                     self.event(Event::IoFailed { db, error });

@@ -488,6 +488,73 @@ fn sync_recovery_waits_for_enough_answers_then_fetches_the_best_chain() {
     assert!(!n.is_writable(Time::from_secs(2)));
 }
 
+/// Seed 1214 of the simulator, by hand: a recovery source that cannot serve a database it
+/// advertised (there: halted after a failed write) still says `Ready`. Ending the phase on that
+/// `Ready` let the new primary write on from a shorter chain and lose acknowledged writes. The
+/// phase must end only once the target chain is held; a miss asks again and prefers another
+/// holder of the same chain.
+#[test]
+fn sync_recovery_ready_without_the_target_chain_asks_again_elsewhere() {
+    let mut cfg = dynamic(&[2, 3]);
+    cfg.sync_replicas = 1;
+    let mut n = Node::new(cfg, N1, Time::ZERO);
+    n.handle_timeout(Time::ZERO);
+    drain(&mut n);
+    n.handle_input(ms(10), Input::LeaseReply { id: LeaseRequestId(1), result: LeaseResult::Granted { epoch: Epoch(3), ttl: Duration::from_secs(10) } }).unwrap();
+    drain(&mut n);
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (bytes, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 9)]);
+    let ahead = DbPos { epoch: Epoch(2), pos: p1 };
+    let answer = Message::PositionAnswer { epoch: Epoch(3), cluster_id: CLUSTER, positions: [(db(), ahead)].into_iter().collect() };
+    let fetch = Message::StreamRequest {
+        epoch: Epoch(3),
+        cluster_id: CLUSTER,
+        node_id: N1,
+        mode: StreamMode::Recovery,
+        positions: [(db(), DbPos::default())].into_iter().collect(),
+    };
+    // Both peers hold the chain; node 2 (first) is asked for it.
+    n.handle_input(ms(20), Input::Receive { from: N2, msg: answer.clone() }).unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N2, msg: fetch.clone() }]);
+    n.handle_input(ms(21), Input::Receive { from: N3, msg: answer.clone() }).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    // Node 2 says Ready having sent nothing: not writable; the phase starts over.
+    n.handle_input(ms(30), Input::Receive { from: N2, msg: Message::Ready { epoch: Epoch(3) } }).unwrap();
+    let query = Message::PositionQuery { epoch: Epoch(3), cluster_id: CLUSTER };
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N2, msg: query.clone() }, Output::Send { to: N3, msg: query }]);
+    assert!(!n.is_writable(ms(30)));
+    assert_eq!(n.db_pos(&db()), None);
+    // Same answers again, node 2 first: node 3 is asked this time.
+    n.handle_input(ms(40), Input::Receive { from: N2, msg: answer.clone() }).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    n.handle_input(ms(41), Input::Receive { from: N3, msg: answer }).unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N3, msg: fetch }]);
+    // Node 3 sends the chain: applied, acked, and only then the phase ends.
+    let ltx = Message::Ltx { epoch: Epoch(3), db: db(), offset: 0, total_bytes: bytes.len() as u64, bytes: bytes.clone() };
+    n.handle_input(ms(50), Input::Receive { from: N3, msg: ltx }).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::WriteLtx { min_txid: 1, max_txid: 1, .. }, .. })]), "{out:?}");
+    n.handle_input(ms(51), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::ApplyPages { .. }, .. })]), "{out:?}");
+    n.handle_input(ms(52), done(io_id(&out[0]))).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::Applied { db: db(), pos: p1, from: N3 }),
+            Output::Send { to: N3, msg: Message::Ack { epoch: Epoch(3), db: db(), pos: p1 } }
+        ]
+    );
+    assert!(!n.is_writable(ms(52)));
+    n.handle_input(ms(53), Input::Receive { from: N3, msg: Message::Ready { epoch: Epoch(3) } }).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![ev(Event::RecoveryComplete { epoch: Epoch(3) }), ev(Event::RoleChanged { role: Role::Primary, epoch: Epoch(3) })]
+    );
+    assert!(n.is_writable(ms(53)));
+    assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(p1));
+}
+
 // ----- checksum index reload -----
 
 #[test]
@@ -577,4 +644,73 @@ fn wal_commit_fills_the_ltx_header_wal_fields() {
     let (header, _, _) = ltx::decode_slice(&bytes).unwrap();
     assert_eq!((header.wal_offset, header.wal_size), (32, 2 * (24 + i64::from(PS))));
     assert_eq!((header.wal_salt1, header.wal_salt2), (0xdead, 0xbeef));
+}
+
+// ----- start-up: a database behind its newest LTX -----
+
+fn meta(min: u64, pre: Pos, post: Pos, bytes: &[u8]) -> ltxfs_core::catchup::LtxFileMeta {
+    ltxfs_core::catchup::LtxFileMeta {
+        min_txid: min,
+        max_txid: post.txid,
+        pre_apply_checksum: if min == 1 { 0 } else { pre.checksum },
+        post_apply_checksum: post.checksum,
+        size_bytes: bytes.len() as u64,
+        written_at: Time::ZERO,
+    }
+}
+
+/// Node 1 (dynamic, peers 2 and 3) opening `db()` at `p2` with files 1-1 and 2-2 and no index:
+/// returns the node, the ReadDatabase outputs, and the file 2-2.
+fn open_two_files() -> (Node, Vec<Output>, Pos, Pos, Vec<u8>) {
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (f1, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 1)]);
+    let (f2, p2) = make_ltx(&mut index, 2, p1, 2, &[(2, 4)]);
+    let mut n = Node::new(dynamic(&[2, 3]), N1, Time::ZERO);
+    drain(&mut n);
+    let files = vec![meta(1, Pos::ZERO, p1, &f1), meta(2, p1, p2, &f2)];
+    n.handle_input(ms(1), Input::OpenDb(OpenDb { db: db(), page_size: PS, pos: p2, epoch: E1, files, checksum_index: None })).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(out[0], ev(Event::ChecksumIndexRebuilt { db: db() }));
+    assert!(matches!(&out[1], Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. })), "{out:?}");
+    (n, out, p1, p2, f2)
+}
+
+/// Seeds 881 and 1456 of `sim swarm --sync`: after a power loss a node's database file was one
+/// transaction behind its newest (durable) LTX. It used to forget its position and answer a new
+/// primary's recovery with TXID 0, so the answers no longer covered the writes it had acked. Now
+/// the newest file is re-applied, and the node answers with the position its LTX chain proves.
+#[test]
+fn database_behind_its_newest_ltx_is_repaired_by_reapplying_it() {
+    let (mut n, out, _p1, p2, f2) = open_two_files();
+    // The file is at TXID 1 (the crash came between the LTX write and the page write).
+    n.handle_input(ms(2), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(page(1))) }).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::ReadLtx { files, .. }, .. })] if files == &vec![(2, 2)]), "{out:?}");
+    n.handle_input(ms(3), Input::IoDone { id: io_id(&out[0]), result: Ok(IoOutcome::LtxFiles(vec![f2])) }).unwrap();
+    let out = drain(&mut n);
+    let expected = IoKind::ApplyPages { db: db(), page_size: PS, commit: 2, pages: vec![(2, page(4))] };
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind, .. })] if *kind == expected), "{out:?}");
+    n.handle_input(ms(4), done(io_id(&out[0]))).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()), Some(DbPos { epoch: E1, pos: p2 }));
+    assert_eq!(n.index_checksum(&db()), Some(p2.checksum));
+    // A new primary's recovery query gets the durable position, not TXID 0.
+    n.handle_input(ms(5), Input::Receive { from: N2, msg: Message::PositionQuery { epoch: Epoch(2), cluster_id: CLUSTER } }).unwrap();
+    let positions = BTreeMap::from([(db(), DbPos { epoch: E1, pos: p2 })]);
+    assert_eq!(drain(&mut n), vec![Output::Send { to: N2, msg: Message::PositionAnswer { epoch: Epoch(2), cluster_id: CLUSTER, positions } }]);
+}
+
+#[test]
+fn database_matching_no_retained_ltx_forgets_its_position() {
+    let (mut n, out, _p1, p2, f2) = open_two_files();
+    // A file that re-applying 2-2 does not bring to p2 (page 1 is not in that LTX).
+    let mut image = page(9);
+    image.extend(page(2));
+    let actual = ltxfs_core::ltx::checksum::db_checksum(&image, PS);
+    n.handle_input(ms(2), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(image)) }).unwrap();
+    let out = drain(&mut n);
+    n.handle_input(ms(3), Input::IoDone { id: io_id(&out[0]), result: Ok(IoOutcome::LtxFiles(vec![f2])) }).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::ChecksumMismatch { db: db(), expected: p2.checksum, actual })]);
+    assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(Pos::ZERO));
+    assert_eq!(n.index_checksum(&db()), Some(actual));
 }

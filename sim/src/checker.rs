@@ -87,6 +87,8 @@ pub struct Checker {
     pub writable_epochs: BTreeSet<u64>,
     pub lost_acked_writes: u64,
     pub reads_checked: u64,
+    /// `ClusterMismatch` events seen (refusals between nodes of different clusters).
+    pub cluster_mismatches: u64,
 }
 
 impl Checker {
@@ -98,6 +100,7 @@ impl Checker {
             writable_epochs: BTreeSet::new(),
             lost_acked_writes: 0,
             reads_checked: 0,
+            cluster_mismatches: 0,
         }
     }
 
@@ -120,14 +123,14 @@ impl Checker {
             }
             MachineEvent::CommitDecided { db, txid, pre, post, epoch } => {
                 self.check_lease(now, node, *epoch, &format!("{name} decided {db} txid {txid}"), lease);
-                self.check_continuity(now, node, db, *txid, *pre, *post, "decided");
+                self.check_continuity(now, node, db, *txid, *txid, *pre, *post, "decided");
                 self.produced.insert((db.clone(), *txid, *post), (*pre, *epoch));
                 let track = &mut self.nodes[usize::from(node)];
                 track.chain.entry(db.clone()).or_default().insert(*txid, *post);
             }
-            MachineEvent::Applied { db, txid, pre, post, epoch } => {
+            MachineEvent::Applied { db, min_txid, txid, pre, post, epoch } => {
                 self.check_epoch(now, node, *epoch);
-                self.check_continuity(now, node, db, *txid, *pre, *post, "applied");
+                self.check_continuity(now, node, db, *min_txid, *txid, *pre, *post, "applied");
                 self.check_prefix(now, node, db, *txid, *post, *epoch, lease);
                 let track = &mut self.nodes[usize::from(node)];
                 track.chain.entry(db.clone()).or_default().insert(*txid, *post);
@@ -139,7 +142,30 @@ impl Checker {
                 track.pos.insert(db.clone(), (*txid, *checksum));
                 track.chain.insert(db.clone(), BTreeMap::from([(*txid, *checksum)]));
             }
+            MachineEvent::ClusterMismatch { .. } => self.cluster_mismatches += 1,
             _ => {}
+        }
+    }
+
+    /// Invariant 1 (split-brain freedom), checked on the node's own belief after each of its
+    /// steps: a node that would accept a local commit now under epoch `E` holds `E` at the lease
+    /// service at this true instant (`granted(E) ≤ now < valid_until(E)`, granted to it), and the
+    /// true instant at which its local write deadline falls is not after `valid_until(E)`: its
+    /// belief never outlives what the service guarantees, whatever its clock does.
+    pub fn check_writable(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, deadline_true: Option<TrueUs>, lease: &LeaseService) {
+        let what = format!("n{} writable", node + 1);
+        self.check_lease(now, node, epoch, &what, lease);
+        if let (Some(deadline), Some(record)) = (deadline_true, lease.epochs.get(&epoch)) {
+            if deadline > record.valid_until_us {
+                self.fail(
+                    Invariant::SplitBrain,
+                    now,
+                    format!(
+                        "{what} under epoch {epoch} until {deadline}us, but the lease service guarantees it only until {}us",
+                        record.valid_until_us
+                    ),
+                );
+            }
         }
     }
 
@@ -188,15 +214,15 @@ impl Checker {
         track.max_applied_epoch = epoch;
     }
 
-    /// Invariant 2 (checksum continuity): each LTX a node applies or commits has
-    /// `txid = position.txid + 1` and `pre-apply = position.checksum`, where `position` is the
-    /// node's position before it (as its view showed after its previous step, advanced by the
-    /// events of the current step).
+    /// Invariant 2 (checksum continuity): each LTX a node applies or commits, covering
+    /// `min_txid..=txid`, has `min_txid = position.txid + 1` and `pre-apply = position.checksum`,
+    /// where `position` is the node's position before it (as its view showed after its previous
+    /// step, advanced by the events of the current step; the empty database before TXID 1).
     #[allow(clippy::too_many_arguments)]
-    fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, pre: u64, post: u64, what: &str) {
+    fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &str, min_txid: u64, txid: u64, pre: u64, post: u64, what: &str) {
         let track = &mut self.nodes[usize::from(node)];
         let (pos_txid, pos_checksum) = track.pos.get(db).copied().unwrap_or((0, CHECKSUM_EMPTY));
-        if txid != pos_txid + 1 || pre != pos_checksum {
+        if min_txid != pos_txid + 1 || pre != pos_checksum {
             self.fail(
                 Invariant::ChecksumContinuity,
                 now,

@@ -22,7 +22,7 @@ struct FileState {
 }
 
 /// A database file as pages (1-based page numbers).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DbFile {
     pub page_size: u32,
     pub commit: u32,
@@ -54,6 +54,32 @@ impl DbFile {
         }
         sum.value()
     }
+
+    /// The file as a reader sees it: `commit` pages, missing ones as zeros.
+    pub fn image(&self) -> Vec<u8> {
+        let page_size = self.page_size as usize;
+        if self.commit == 0 {
+            return Vec::new();
+        }
+        let mut image = vec![0u8; page_size * self.commit as usize];
+        for (pgno, page) in self.pages.range(1..=self.commit) {
+            let at = (*pgno as usize - 1) * page_size;
+            image[at..at + page_size].copy_from_slice(page);
+        }
+        image
+    }
+}
+
+/// What [`SimDisk::write_pages_undoable`] changed: the file's sizes before, and per touched page
+/// its old content and old durable-undo entry.
+#[derive(Debug, Clone)]
+pub struct DbUndo {
+    db: String,
+    /// (page size, commit, durable commit) before; `None`: the file did not exist.
+    file: Option<(u32, u32, Option<u32>)>,
+    #[allow(clippy::type_complexity)]
+    touched: Vec<(u32, Option<Vec<u8>>, Option<Option<Vec<u8>>>)>,
+    last_unsynced: Option<(String, bool)>,
 }
 
 /// Which fault the next command meets.
@@ -117,10 +143,11 @@ impl SimDisk {
         })
     }
 
-    /// Carries out the write phase of a command (visible, not yet durable) or a read.
+    /// Carries out the write phase of a command (visible, not yet durable). Reads happen at
+    /// completion ([`SimDisk::read`]).
     pub fn write(&mut self, kind: &IoKind) -> Result<IoValue, IoError> {
         match kind {
-            IoKind::WriteFile { path, data, .. } => {
+            IoKind::WriteFile { path, data, atomic, .. } => {
                 let durable = match self.files.get(path) {
                     Some(file) if file.undo.is_some() => None,
                     Some(file) => Some(Some(file.data.clone())),
@@ -131,43 +158,61 @@ impl SimDisk {
                     entry.undo = Some(durable);
                 }
                 entry.data = data.clone();
-                self.last_unsynced = Some((path.clone(), false));
+                // A temp file renamed into place is never torn.
+                self.last_unsynced = if *atomic { None } else { Some((path.clone(), false)) };
                 Ok(IoValue::Done)
             }
             IoKind::WritePages { db, page_size, commit, pages, .. } => {
-                let file = self.dbs.entry(db.clone()).or_default();
-                file.page_size = *page_size;
-                if file.undo_commit.is_none() {
-                    file.undo_commit = Some(file.commit);
-                }
-                for (pgno, data) in pages {
-                    let old = file.pages.insert(*pgno, data.clone());
-                    file.undo_pages.entry(*pgno).or_insert(old);
-                }
-                file.commit = *commit;
-                let past_end: Vec<u32> = file.pages.range(commit + 1..).map(|(p, _)| *p).collect();
-                for pgno in past_end {
-                    let old = file.pages.remove(&pgno);
-                    file.undo_pages.entry(pgno).or_insert(old);
-                }
-                self.last_unsynced = Some((db.clone(), true));
+                self.write_pages(db, *page_size, *commit, pages);
                 Ok(IoValue::Done)
             }
-            IoKind::DeleteFile { path } => {
-                self.files.remove(path);
+            IoKind::DeleteFiles { paths } => {
+                for path in paths {
+                    self.files.remove(path);
+                }
                 Ok(IoValue::Done)
             }
-            IoKind::ReadFile { path } => match self.files.get(path) {
-                Some(file) => Ok(IoValue::Data(file.data.clone())),
-                None => Err(IoError::NotFound),
-            },
+            IoKind::ReadFiles { .. } | IoKind::ReadDb { .. } => Ok(IoValue::Done),
         }
     }
 
-    /// Makes the command's target durable.
+    /// Writes pages into a database file without syncing (what SQLite does through the mount
+    /// before its commit point, and the first half of a replica's apply).
+    pub fn write_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) {
+        let file = self.dbs.entry(db.to_string()).or_default();
+        file.page_size = page_size;
+        if file.undo_commit.is_none() {
+            file.undo_commit = Some(file.commit);
+        }
+        for (pgno, data) in pages {
+            let old = file.pages.insert(*pgno, data.clone());
+            file.undo_pages.entry(*pgno).or_insert(old);
+        }
+        file.commit = commit;
+        let past_end: Vec<u32> = file.pages.range(commit + 1..).map(|(p, _)| *p).collect();
+        for pgno in past_end {
+            let old = file.pages.remove(&pgno);
+            file.undo_pages.entry(pgno).or_insert(old);
+        }
+        self.last_unsynced = Some((db.to_string(), true));
+    }
+
+    /// The read phase of a read command, at its completion.
+    pub fn read(&self, kind: &IoKind) -> Result<IoValue, IoError> {
+        match kind {
+            IoKind::ReadFiles { paths } => {
+                let files: Option<Vec<Vec<u8>>> = paths.iter().map(|p| self.file(p).map(<[u8]>::to_vec)).collect();
+                files.map(IoValue::Files).ok_or(IoError::NotFound)
+            }
+            IoKind::ReadDb { db } => Ok(IoValue::Data(self.db(db).map(DbFile::image).unwrap_or_default())),
+            _ => Ok(IoValue::Done),
+        }
+    }
+
+    /// Makes the command's target durable (if it asks for fsync).
     pub fn fsync(&mut self, kind: &IoKind) {
         match kind {
-            IoKind::WriteFile { path, .. } => {
+            IoKind::WriteFile { path, fsync: true, .. } => {
                 if let Some(file) = self.files.get_mut(path) {
                     file.undo = None;
                 }
@@ -175,17 +220,91 @@ impl SimDisk {
                     self.last_unsynced = None;
                 }
             }
-            IoKind::WritePages { db, .. } => {
-                if let Some(file) = self.dbs.get_mut(db) {
-                    file.undo_pages.clear();
-                    file.undo_commit = None;
-                }
-                if self.last_unsynced.as_ref() == Some(&(db.clone(), true)) {
-                    self.last_unsynced = None;
+            IoKind::WritePages { db, fsync: true, .. } => self.sync_db(db),
+            _ => {}
+        }
+    }
+
+    /// Makes every change of database `db` durable.
+    pub fn sync_db(&mut self, db: &str) {
+        if let Some(file) = self.dbs.get_mut(db) {
+            file.undo_pages.clear();
+            file.undo_commit = None;
+        }
+        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+            self.last_unsynced = None;
+        }
+    }
+
+    /// Reverts every unsynced change of database `db` (SQLite rolling back from its journal).
+    pub fn rollback_db(&mut self, db: &str) {
+        if let Some(file) = self.dbs.get_mut(db) {
+            for (pgno, old) in std::mem::take(&mut file.undo_pages) {
+                match old {
+                    Some(data) => {
+                        file.pages.insert(pgno, data);
+                    }
+                    None => {
+                        file.pages.remove(&pgno);
+                    }
                 }
             }
-            IoKind::DeleteFile { .. } | IoKind::ReadFile { .. } => {}
+            if let Some(commit) = file.undo_commit.take() {
+                file.commit = commit;
+            }
         }
+        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+            self.last_unsynced = None;
+        }
+    }
+
+    /// [`SimDisk::write_pages`], remembering just enough to undo it exactly with
+    /// [`SimDisk::undo_pages`]: the old value of each page it changes, not the whole file
+    /// (a local commit costs O(dirty pages), not O(database)).
+    pub fn write_pages_undoable(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) -> DbUndo {
+        let mut undo = DbUndo { db: db.to_string(), file: None, touched: Vec::new(), last_unsynced: self.last_unsynced.clone() };
+        if let Some(f) = self.dbs.get(db) {
+            undo.file = Some((f.page_size, f.commit, f.undo_commit));
+            let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.range(commit + 1..).map(|(pgno, _)| *pgno));
+            for pgno in changed {
+                undo.touched.push((pgno, f.pages.get(&pgno).cloned(), f.undo_pages.get(&pgno).cloned()));
+            }
+        }
+        self.write_pages(db, page_size, commit, pages);
+        undo
+    }
+
+    /// Puts a database back exactly as it was before the write `undo` came from (SQLite rolling
+    /// back a commit the node refused on the spot).
+    pub fn undo_pages(&mut self, undo: DbUndo) {
+        match undo.file {
+            None => {
+                self.dbs.remove(&undo.db);
+            }
+            Some((page_size, commit, undo_commit)) => {
+                let f = self.dbs.get_mut(&undo.db).expect("a written database exists");
+                f.page_size = page_size;
+                f.commit = commit;
+                f.undo_commit = undo_commit;
+                // Latest first, so a page captured twice ends at its first (oldest) value.
+                for (pgno, page, durable) in undo.touched.into_iter().rev() {
+                    match page {
+                        Some(data) => f.pages.insert(pgno, data),
+                        None => f.pages.remove(&pgno),
+                    };
+                    match durable {
+                        Some(value) => f.undo_pages.insert(pgno, value),
+                        None => f.undo_pages.remove(&pgno),
+                    };
+                }
+            }
+        }
+        self.last_unsynced = undo.last_unsynced;
+    }
+
+    /// Whether `path` exists with content that a crash would lose.
+    pub fn is_unsynced(&self, path: &str) -> bool {
+        self.files.get(path).is_some_and(|f| f.undo.is_some())
     }
 
     /// Power loss: everything unsynced is lost; a torn-write fault keeps half of the last
@@ -241,8 +360,32 @@ impl SimDisk {
 mod tests {
     use super::*;
 
+    #[test]
+    fn undoable_page_write_undoes_exactly() {
+        let page = |fill: u8| vec![fill; 512];
+        let mut disk = SimDisk::default();
+        // Nothing there yet: undo removes the file.
+        let undo = disk.write_pages_undoable("db", 512, 2, &[(1, page(1)), (2, page(2))]);
+        disk.undo_pages(undo);
+        assert!(disk.db("db").is_none());
+        // Synced pages 1..=4, then an unsynced change of page 2: undo a write that changes
+        // pages 2 and 3 again and truncates page 4 away.
+        disk.write_pages("db", 512, 4, &[(1, page(1)), (2, page(2)), (3, page(3)), (4, page(4))]);
+        disk.sync_db("db");
+        disk.write_pages("db", 512, 4, &[(2, page(9))]);
+        let before = disk.db("db").cloned();
+        let undo = disk.write_pages_undoable("db", 512, 3, &[(2, page(7)), (3, page(8))]);
+        assert_ne!(disk.db("db").cloned(), before);
+        disk.undo_pages(undo);
+        assert_eq!(disk.db("db").cloned(), before);
+        // The durable state is intact too: a crash now goes back to the synced pages.
+        disk.crash();
+        assert_eq!(disk.db("db").map(|f| f.pages.get(&2).cloned()), Some(Some(page(2))));
+        assert_eq!(disk.db("db").map(|f| f.commit), Some(4));
+    }
+
     fn write_file(path: &str, data: &[u8]) -> IoKind {
-        IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true }
+        IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true, atomic: false, commit_of: None }
     }
 
     #[test]

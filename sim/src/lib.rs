@@ -3,17 +3,17 @@
 //!
 //! A run is a pure function of (seed, scenario): one [`rng::Rng`] seed split per subsystem, one
 //! event queue ordered by (true time, sequence number), no threads and no wall clock inside a
-//! run. The world drives any [`machine::Machine`]; checkers watch every event.
+//! run. The world drives the real core node through [`core_binding`]; checkers watch every event.
 //!
 //! What this crate never does: change the core's behaviour (it only feeds inputs and carries out
 //! outputs), or read anything from the host besides scenario files.
 
 pub mod checker;
 pub mod clock;
+pub mod core_binding;
 pub mod disk;
 pub mod lease;
 pub mod machine;
-pub mod model;
 pub mod net;
 pub mod random;
 pub mod rng;

@@ -1,7 +1,7 @@
 //! The boundary between the world and a node state machine.
 //!
-//! The world drives anything that implements [`Machine`]: the real `ltxfs-core` node through a
-//! thin binding, or the small reference model in [`crate::model`]. The types here are the
+//! The world drives anything that implements [`Machine`]: the real `ltxfs-core` node through
+//! [`crate::core_binding`]. The types here are the
 //! simulator's own, neutral view of inputs, outputs and observations, so the checkers never
 //! depend on the exact shape of the core's API: a binding translates.
 //!
@@ -41,6 +41,9 @@ pub struct MachineConfig {
     pub seed: u64,
     /// Name of the planted bug to enable, if the machine supports planted bugs.
     pub planted: Option<String>,
+    /// Nodes configured with another cluster id than the rest (scenario key `other_cluster`).
+    /// They are not lease candidates: a misconfigured replica trying to join.
+    pub other_cluster: Vec<NodeIdx>,
 }
 
 /// A lease-service operation, as carried over the simulated network.
@@ -71,12 +74,20 @@ pub enum LeaseResult {
 /// durable, then completed; a crash in between loses what was not fsynced.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IoKind {
-    /// Writes a whole file (e.g. an LTX file).
-    WriteFile { path: String, data: Vec<u8>, fsync: bool },
+    /// Writes a whole file. `atomic`: written to a temporary name and renamed, so a crash never
+    /// leaves part of it (no torn write); without `fsync` it is still lost by a crash.
+    /// `commit_of`: this is the LTX of a local commit of that database — its completion is the
+    /// commit point (SQLite deletes its journal), so the database pages the client wrote become
+    /// durable then, or are rolled back (hot journal) if the write failed.
+    WriteFile { path: String, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<String> },
     /// Writes pages into a database file and sets its size to `commit` pages.
     WritePages { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, fsync: bool },
-    DeleteFile { path: String },
-    ReadFile { path: String },
+    /// Deletes files (a journaled unlink: durable at once; a missing file is not an error).
+    DeleteFiles { paths: Vec<String> },
+    /// Reads whole files, in order; answers [`IoValue::Files`].
+    ReadFiles { paths: Vec<String> },
+    /// Reads a database file as an image of `commit` pages; answers [`IoValue::Data`].
+    ReadDb { db: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +101,7 @@ pub enum IoError {
 pub enum IoValue {
     Done,
     Data(Vec<u8>),
+    Files(Vec<Vec<u8>>),
 }
 
 /// Inputs from the world to a node.
@@ -121,12 +133,15 @@ pub enum MachineEvent {
     CommitUnknown { db: String },
     /// The local commit was refused and nothing was made durable.
     WriteRejected { db: String, reason: String },
-    /// A replica applied an LTX received in a frame of `epoch`.
-    Applied { db: String, txid: u64, pre: u64, post: u64, epoch: u64 },
+    /// A node applied an LTX covering `min_txid..=txid` (pre-apply checksum `pre`, the empty
+    /// checksum when `min_txid` is 1) received in a frame of `epoch`.
+    Applied { db: String, min_txid: u64, txid: u64, pre: u64, post: u64, epoch: u64 },
     /// A replica replaced its database with a snapshot at (`txid`, `checksum`).
     SnapshotReset { db: String, txid: u64, checksum: u64, epoch: u64 },
     StaleEpochRejected { epoch: u64, highest: u64 },
     ChecksumMismatch { db: String },
+    /// A peer of another cluster tried to stream with this node, or refused it for that reason.
+    ClusterMismatch { peer: NodeIdx },
     Note(String),
 }
 
@@ -143,10 +158,15 @@ pub enum MachineOutput<M> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MachineView {
     pub primary: bool,
+    /// The node would accept a local commit now (role, phase and lease deadline).
     pub writable: bool,
     pub epoch: u64,
-    /// (txid, checksum) per database.
+    /// While primary: the local clock time (µs) until which it believes its lease lets it write.
+    pub deadline_local_us: Option<u64>,
+    /// (txid, checksum) per database with a known position (txid > 0), halted ones excluded.
     pub positions: Vec<(String, u64, u64)>,
+    /// Databases that stopped (checksum mismatch, I/O failure) until the node restarts.
+    pub halted: Vec<String>,
 }
 
 /// A sans-IO node the world can drive. Times are the node's local clock in microseconds.
@@ -165,6 +185,10 @@ pub trait Machine: Sized {
     fn view(&self) -> MachineView;
     /// A short digest of a message for the trace hash.
     fn msg_digest(msg: &Self::Msg) -> u64;
+    /// A message as text, for traces.
+    fn msg_text(msg: &Self::Msg) -> String {
+        format!("{msg:?}")
+    }
     /// Names of planted bugs this machine can enable.
     fn planted_names() -> Vec<&'static str>;
 }

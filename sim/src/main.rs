@@ -2,8 +2,12 @@
 //!
 //! - `sim scenario FILE...` — run scenario files; exit 0 iff every invariant and `[expect]` holds.
 //! - `sim run --seed N [--nodes K] [--trace]` — one random run; last line `trace-hash: <16 hex>`.
-//! - `sim swarm --seeds N [--jobs J] [--planted NAME]` — many random runs in parallel.
-//! - `sim planted --list` — the planted bugs the machine under test offers.
+//! - `sim swarm --seeds N [--jobs J] [--sync] [--planted NAME]` — many random runs in parallel;
+//!   prints simulated seconds per wall second and per CPU second, and seeds per CPU-minute.
+//! - `sim planted --list` — the names of the core's planted bugs (listed in every build; running
+//!   one needs `--features core-planted-bugs`).
+//!
+//! The node under test is always the real `ltxfs-core` node ([`sim::core_binding`]).
 //!
 //! On a failure the run is shrunk and a reproducing scenario file is written (its path printed).
 
@@ -11,18 +15,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
+use sim::core_binding::{CoreNode, PLANTED_ENABLED};
 use sim::machine::Machine;
-use sim::model::ModelNode;
 use sim::{random, runner, scenario};
 
 #[derive(Parser)]
 #[command(name = "sim", about = "Deterministic simulator for ltxfs-core")]
 struct Cli {
-    /// Which node implementation to drive.
-    #[arg(long, value_enum, default_value_t = MachineKind::Model, global = true)]
-    machine: MachineKind,
     /// Where reproducers of failures are written.
     #[arg(long, default_value = "target/sim-failures", global = true)]
     out: PathBuf,
@@ -31,12 +32,6 @@ struct Cli {
     shrink_budget: usize,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum MachineKind {
-    /// The simulator's own reference node (for testing the simulator itself).
-    Model,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +54,9 @@ enum Command {
         trace: bool,
         #[arg(long)]
         planted: Option<String>,
+        /// Synchronous replication wherever the cluster has a replica (as `swarm --sync`).
+        #[arg(long)]
+        sync: bool,
     },
     /// Many random runs in parallel.
     Swarm {
@@ -72,6 +70,9 @@ enum Command {
         nodes: Option<u8>,
         #[arg(long)]
         planted: Option<String>,
+        /// Bias every run to synchronous replication (sync_replicas >= 1 wherever possible).
+        #[arg(long)]
+        sync: bool,
     },
     /// Lists planted bugs.
     Planted {
@@ -143,8 +144,8 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Run { seed, nodes, trace, planted } => {
-            let mut s = random::scenario(*seed, *nodes);
+        Command::Run { seed, nodes, trace, planted, sync } => {
+            let mut s = random::scenario_with(*seed, *nodes, *sync);
             s.planted = planted.clone();
             let started = Instant::now();
             let report = runner::run::<M>(&s, *trace);
@@ -164,23 +165,28 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::Swarm { seeds, first, jobs, nodes, planted } => {
+        Command::Swarm { seeds, first, jobs, nodes, planted, sync } => {
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let report = runner::swarm::<M>(*first, *seeds, jobs, *nodes, planted.as_deref(), planted.is_some());
+            let report = runner::swarm::<M>(*first, *seeds, jobs, *nodes, planted.as_deref(), planted.is_some(), *sync);
             for (seed, v) in &report.failures {
                 println!("FAIL seed {seed}: {} at {:.3} ms: {}", v.invariant.name(), v.at_us as f64 / 1000.0, v.detail);
             }
+            let cpu = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
             println!(
-                "swarm: {} seeds, {} failed, {:.1} simulated s in {:.1} wall s on {jobs} jobs: {:.0}x real time, {:.0} seeds/min",
+                "swarm: {} seeds, {} failed, {:.1} simulated s in {:.1} wall s on {jobs} jobs ({} CPU s): \
+                 {:.0} simulated s per wall s, {} per CPU s; {:.0} seeds/min, {} seeds per CPU-minute",
                 report.seeds,
                 report.failures.len(),
                 report.simulated_us as f64 / 1e6,
                 report.wall_ms as f64 / 1e3,
+                report.cpu_ms.map_or("n/a".to_string(), |ms| format!("{:.1}", ms as f64 / 1e3)),
                 report.simulated_per_wall(),
-                report.seeds_per_minute()
+                cpu(report.simulated_per_cpu()),
+                report.seeds_per_minute(),
+                cpu(report.seeds_per_cpu_minute()),
             );
             if let Some((seed, _)) = report.failures.first() {
-                let mut s = random::scenario(*seed, *nodes);
+                let mut s = random::scenario_with(*seed, *nodes, *sync);
                 s.planted = planted.clone();
                 let again = runner::run::<M>(&s, false);
                 report_failure::<M>(cli, &s, &again);
@@ -193,15 +199,32 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                 for name in M::planted_names() {
                     println!("{name}");
                 }
+                if !PLANTED_ENABLED {
+                    eprintln!("{NEEDS_PLANTED_FEATURE}");
+                }
             }
             ExitCode::SUCCESS
         }
     }
 }
 
+const NEEDS_PLANTED_FEATURE: &str = "(this build cannot switch them on: run with `cargo run -p sim --features core-planted-bugs -- ...`)";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.machine {
-        MachineKind::Model => main_with::<ModelNode>(&cli),
+    let planted = match &cli.command {
+        Command::Run { planted, .. } | Command::Swarm { planted, .. } => planted.as_deref(),
+        _ => None,
+    };
+    if let Some(name) = planted {
+        if !CoreNode::planted_names().contains(&name) {
+            eprintln!("unknown planted bug `{name}` (see `sim planted --list`)");
+            return ExitCode::from(2);
+        }
+        if !PLANTED_ENABLED {
+            eprintln!("planted bug `{name}`: {NEEDS_PLANTED_FEATURE}");
+            return ExitCode::from(2);
+        }
     }
+    main_with::<CoreNode>(&cli)
 }

@@ -93,10 +93,17 @@ impl Network {
 
     /// Arrival times for one send (empty if dropped; two if duplicated).
     pub fn schedule(&mut self, rng: &mut Rng, now: TrueUs, from: Peer, to: Peer) -> Vec<TrueUs> {
+        self.schedule_on(rng, now, from, to, false)
+    }
+
+    /// Arrival times for one send; `stream`: on an ordered stream (TCP), which never duplicates
+    /// or reorders, whatever the link does to datagrams (a loss breaks the stream instead).
+    pub fn schedule_on(&mut self, rng: &mut Rng, now: TrueUs, from: Peer, to: Peer, stream: bool) -> Vec<TrueUs> {
         if !self.connected(from, to) || rng.chance(self.config.loss) {
             return Vec::new();
         }
-        let copies = if rng.chance(self.config.duplicate) { 2 } else { 1 };
+        let duplicated = rng.chance(self.config.duplicate);
+        let copies = if duplicated && !stream { 2 } else { 1 };
         let mut arrivals = Vec::with_capacity(copies);
         for _ in 0..copies {
             let mut delay = self.config.latency_us_min + rng.exponential(self.config.latency_us_mean_extra as f64);
@@ -104,7 +111,7 @@ impl Network {
                 delay += rng.range(10_000, 200_000); // latency spike
             }
             let mut at = now + delay.max(1);
-            if !self.config.reorder {
+            if !self.config.reorder || stream {
                 let last = self.last_arrival.entry((from, to)).or_insert(0);
                 at = at.max(*last + 1);
                 *last = at;

@@ -130,6 +130,22 @@ pub fn faults(seed: u64, nodes: u8, lease_ttl_ms: u64, duration_ms: u64) -> Vec<
 /// A whole random run for `seed`: cluster shape, lease TTL, replication mode, network quality,
 /// workload and faults. `nodes` forces the node count.
 pub fn scenario(seed: u64, nodes: Option<u8>) -> Scenario {
+    scenario_with(seed, nodes, false)
+}
+
+/// [`scenario`], with `sync` forcing synchronous replication wherever the cluster has a replica:
+/// `sync_replicas` 1, or 2 in a third of the clusters of four or more nodes (drawn from a stream
+/// of its own, so everything else about the run is the same as without `sync`).
+pub fn scenario_with(seed: u64, nodes: Option<u8>, sync: bool) -> Scenario {
+    let mut s = scenario_unbiased(seed, nodes);
+    if sync && s.nodes >= 2 {
+        let mut rng = Rng::new(seed, "sync");
+        s.sync_replicas = if s.nodes >= 4 && rng.chance(1.0 / 3.0) { 2 } else { 1 };
+    }
+    s
+}
+
+fn scenario_unbiased(seed: u64, nodes: Option<u8>) -> Scenario {
     let mut rng = Rng::new(seed, "swarm");
     let nodes = nodes.unwrap_or_else(|| *rng.pick(&[1, 2, 3, 3, 3, 4, 5]).expect("non-empty"));
     let mut s = Scenario::new(&format!("random seed {seed}"), seed, nodes);
@@ -153,6 +169,18 @@ pub fn scenario(seed: u64, nodes: Option<u8>) -> Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_bias_changes_only_the_replication_mode() {
+        for seed in 0..50 {
+            let plain = scenario(seed, None);
+            let mut sync = scenario_with(seed, None, true);
+            assert_eq!(sync.sync_replicas >= 1, plain.nodes >= 2, "seed {seed}");
+            assert!(u32::from(sync.sync_replicas) < u32::from(sync.nodes.max(1)));
+            sync.sync_replicas = plain.sync_replicas;
+            assert_eq!(sync, plain);
+        }
+    }
 
     #[test]
     fn random_scenarios_are_a_function_of_the_seed() {

@@ -18,7 +18,8 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-fn splitmix64(state: &mut u64) -> u64 {
+/// One step of splitmix64 (also a cheap deterministic byte stream for page contents).
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -204,19 +204,47 @@ pub struct SwarmReport {
     pub failures: Vec<(u64, Violation)>,
     pub simulated_us: u64,
     pub wall_ms: u128,
+    /// CPU time (user + system) the process spent during the swarm, where the platform tells
+    /// ([`process_cpu_ms`]).
+    pub cpu_ms: Option<u128>,
 }
 
 impl SwarmReport {
+    /// Simulated seconds per wall-clock second, all jobs together.
     pub fn simulated_per_wall(&self) -> f64 {
         (self.simulated_us as f64 / 1e6) / (self.wall_ms.max(1) as f64 / 1e3)
+    }
+    /// Simulated seconds per CPU second: the speed of one run on one core.
+    pub fn simulated_per_cpu(&self) -> Option<f64> {
+        self.cpu_ms.map(|cpu| (self.simulated_us as f64 / 1e6) / (cpu.max(1) as f64 / 1e3))
     }
     pub fn seeds_per_minute(&self) -> f64 {
         self.seeds as f64 * 60_000.0 / self.wall_ms.max(1) as f64
     }
+    /// Seeds per CPU-minute (independent of how many cores the swarm had, or shared).
+    pub fn seeds_per_cpu_minute(&self) -> Option<f64> {
+        self.cpu_ms.map(|cpu| self.seeds as f64 * 60_000.0 / cpu.max(1) as f64)
+    }
+}
+
+/// CPU time (user + system) this process has used so far, in milliseconds: Linux's
+/// `/proc/self/stat` (fields 14 and 15, in clock ticks of the fixed user-space `USER_HZ` = 100).
+/// `None` elsewhere.
+pub fn process_cpu_ms() -> Option<u128> {
+    const USER_HZ: u128 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; fields after its closing parenthesis start at 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u128 = fields.get(11)?.parse().ok()?;
+    let stime: u128 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1000 / USER_HZ)
 }
 
 /// Runs seeds `first..first + count` on `jobs` threads. `stop_at_first`: stop handing out seeds
-/// once one fails (planted-bug hunts).
+/// once one fails (planted-bug hunts). `sync`: bias every run to synchronous replication
+/// ([`random::scenario_with`]).
+#[allow(clippy::too_many_arguments)]
 pub fn swarm<M: Machine>(
     first: u64,
     count: u64,
@@ -224,7 +252,9 @@ pub fn swarm<M: Machine>(
     nodes: Option<u8>,
     planted: Option<&str>,
     stop_at_first: bool,
+    sync: bool,
 ) -> SwarmReport {
+    let cpu_before = process_cpu_ms();
     let next = AtomicU64::new(first);
     let failures = Mutex::new(Vec::new());
     let simulated = AtomicU64::new(0);
@@ -240,7 +270,7 @@ pub fn swarm<M: Machine>(
                 if seed >= first + count {
                     return;
                 }
-                let mut s = random::scenario(seed, nodes);
+                let mut s = random::scenario_with(seed, nodes, sync);
                 s.planted = planted.map(str::to_string);
                 let report = run_once::<M>(&s, false, false);
                 simulated.fetch_add(report.simulated_us, Ordering::Relaxed);
@@ -258,5 +288,6 @@ pub fn swarm<M: Machine>(
         failures,
         simulated_us: simulated.load(Ordering::Relaxed),
         wall_ms: started.elapsed().as_millis(),
+        cpu_ms: process_cpu_ms().zip(cpu_before).map(|(after, before)| after.saturating_sub(before)),
     }
 }

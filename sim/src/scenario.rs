@@ -6,6 +6,10 @@
 //! a `[network]` table (`latency_us_min`, `latency_us_mean_extra`, `loss`, `duplicate`,
 //! `reorder`), a top-level `planted = "NAME"`, a top-level `liveness_ms`, and the actions
 //! `clog`/`unclog` (`node`) and `block` (`from`, `to`: one direction cut until `heal`).
+//! Cluster membership: a top-level `other_cluster = ["n3"]` configures the listed nodes with
+//! another cluster id than the rest (they try to follow, never lead; they are not members, so
+//! liveness does not wait for them), and `[expect] min_cluster_mismatches = N` requires that many
+//! `ClusterMismatch` refusals to have happened.
 //!
 //! This module decides nothing about running a scenario.
 
@@ -71,6 +75,7 @@ pub struct Step {
 pub struct Expect {
     pub lost_acked_writes: Option<u64>,
     pub min_failovers: Option<u64>,
+    pub min_cluster_mismatches: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +95,8 @@ pub struct Scenario {
     pub planted: Option<String>,
     /// How long after healing the cluster has to converge.
     pub liveness_ms: u64,
+    /// Nodes configured with another cluster id.
+    pub other_cluster: Vec<NodeIdx>,
 }
 
 impl Scenario {
@@ -108,6 +115,7 @@ impl Scenario {
             network: NetConfig::default(),
             planted: None,
             liveness_ms: 30_000,
+            other_cluster: Vec::new(),
         }
     }
 }
@@ -124,6 +132,7 @@ struct RawScenario {
     random_faults: Option<bool>,
     planted: Option<String>,
     liveness_ms: Option<u64>,
+    other_cluster: Option<Spanned<Vec<Spanned<String>>>>,
     workload: Option<RawWorkload>,
     network: Option<RawNetwork>,
     #[serde(default)]
@@ -153,6 +162,7 @@ struct RawNetwork {
 struct RawExpect {
     lost_acked_writes: Option<u64>,
     min_failovers: Option<u64>,
+    min_cluster_mismatches: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -379,7 +389,25 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         };
     }
     if let Some(e) = raw.expect {
-        scenario.expect = Expect { lost_acked_writes: e.lost_acked_writes, min_failovers: e.min_failovers };
+        scenario.expect = Expect {
+            lost_acked_writes: e.lost_acked_writes,
+            min_failovers: e.min_failovers,
+            min_cluster_mismatches: e.min_cluster_mismatches,
+        };
+    }
+    if let Some(list) = &raw.other_cluster {
+        for name in list.get_ref() {
+            let index = parse_node(text, name, nodes)?;
+            if !scenario.other_cluster.contains(&index) {
+                scenario.other_cluster.push(index);
+            }
+        }
+        if scenario.other_cluster.len() >= usize::from(nodes) {
+            return Err(ScenarioError {
+                line: line_of(text, list.span().start),
+                message: "other_cluster must leave at least one node in the cluster".into(),
+            });
+        }
     }
     for raw_step in &raw.step {
         scenario.steps.push(parse_step(text, raw_step, nodes)?);
@@ -408,6 +436,10 @@ pub fn write(scenario: &Scenario) -> String {
     if let Some(planted) = &s.planted {
         let _ = writeln!(out, "planted = {planted:?}");
     }
+    if !s.other_cluster.is_empty() {
+        let names: Vec<String> = s.other_cluster.iter().map(|i| peer_str(Peer::Node(*i))).collect();
+        let _ = writeln!(out, "other_cluster = [{}]", names.join(", "));
+    }
     let _ = writeln!(out, "\n[workload]\nwrites_per_s = {}\nreads_per_s = {}", s.workload.writes_per_s, s.workload.reads_per_s);
     let n = &s.network;
     let _ = writeln!(
@@ -422,6 +454,9 @@ pub fn write(scenario: &Scenario) -> String {
         }
         if let Some(v) = s.expect.min_failovers {
             let _ = writeln!(out, "min_failovers = {v}");
+        }
+        if let Some(v) = s.expect.min_cluster_mismatches {
+            let _ = writeln!(out, "min_cluster_mismatches = {v}");
         }
     }
     for step in &s.steps {
@@ -526,7 +561,7 @@ min_failovers = 1
         let times: Vec<u64> = s.steps.iter().map(|st| st.at_ms).collect();
         assert_eq!(times, vec![3000, 4000, 5000, 6000, 7000, 8000]);
         assert_eq!(s.steps[2].action, Action::Pause { node: 0 });
-        assert_eq!(s.expect, Expect { lost_acked_writes: Some(0), min_failovers: Some(1) });
+        assert_eq!(s.expect, Expect { lost_acked_writes: Some(0), min_failovers: Some(1), min_cluster_mismatches: None });
     }
 
     #[test]

@@ -5,8 +5,13 @@
 //! session has at most one request outstanding, like a Jepsen process. Every request and its
 //! outcome (ok / failed / unknown) is recorded; the checkers read the history.
 //!
-//! Page contents are unique per request (they embed the request id), so every commit yields a
-//! distinct database checksum and a lost write is visible as a missing (txid, checksum).
+//! Page contents are unique per request and per page (they embed the request id and the page
+//! number, and the rest of the page is a pseudo-random stream seeded by both), so every commit
+//! yields a distinct database checksum and a lost write is visible as a missing (txid, checksum).
+//! The per-page stream matters: the database checksum is the XOR of per-page CRC64s, and CRC is
+//! affine over GF(2), so pages that differ only in their page number (one fill byte per commit)
+//! would make `crc(p1) ^ crc(p2)` independent of the content — two different commits rewriting
+//! the same two pages would then end at the same checksum (seed 2002 of `swarm --sync`).
 //!
 //! This module decides what to write; the world decides when and delivers it.
 
@@ -89,16 +94,37 @@ pub fn write_pages(rng: &mut Rng, request_id: u64, current_commit: u32) -> (u32,
     let mut pgnos: Vec<u32> = (0..count).map(|_| rng.range(1, u64::from(limit)) as u32).collect();
     pgnos.sort_unstable();
     pgnos.dedup();
-    let fill = (rng.next_u64() & 0xff) as u8;
-    let pages = pgnos
-        .iter()
-        .map(|pgno| {
-            let mut page = vec![fill; PAGE_SIZE as usize];
-            page[..8].copy_from_slice(&request_id.to_be_bytes());
-            page[8..12].copy_from_slice(&pgno.to_be_bytes());
-            (*pgno, page)
-        })
-        .collect();
+    let salt = rng.next_u64();
+    let pages = pgnos.iter().map(|pgno| (*pgno, page_content(request_id, *pgno, salt))).collect();
     let commit = current_commit.max(*pgnos.last().expect("at least one page"));
     (commit, pages)
+}
+
+/// One page of a request: the request id, the page number, then a pseudo-random stream seeded by
+/// (request, page, salt) — independent per page, so checksums of different commits never agree by
+/// the linearity of CRC.
+fn page_content(request_id: u64, pgno: u32, salt: u64) -> Vec<u8> {
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    page[..8].copy_from_slice(&request_id.to_be_bytes());
+    page[8..12].copy_from_slice(&pgno.to_be_bytes());
+    let mut state = salt ^ request_id.rotate_left(32) ^ u64::from(pgno).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for word in page[16..].chunks_exact_mut(8) {
+        word.copy_from_slice(&crate::rng::splitmix64(&mut state).to_le_bytes());
+    }
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ltxfs_core::ltx::checksum::page_checksum;
+
+    /// Seed 2002: two commits of different requests rewriting the same two pages must not leave
+    /// the same XOR of page checksums (they did when a page was one fill byte per request).
+    #[test]
+    fn two_page_commits_of_different_requests_differ_in_checksum() {
+        let xor = |request: u64, salt: u64| page_checksum(1, &page_content(request, 1, salt)) ^ page_checksum(2, &page_content(request, 2, salt));
+        assert_ne!(xor(17, 205), xor(34, 190));
+        assert_ne!(xor(17, 5), xor(17, 6));
+    }
 }

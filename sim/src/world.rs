@@ -17,7 +17,7 @@ use crate::clock::{NodeClock, TrueUs};
 use crate::disk::SimDisk;
 use crate::lease::LeaseService;
 use crate::machine::{
-    IoKind, IoValue, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
+    IoKind, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
     MachineView, NodeIdx, Peer,
 };
 use crate::net::Network;
@@ -51,7 +51,7 @@ enum Ev<Msg> {
     LeaseRequest { from: NodeIdx, inc: u32, id: u64, op: LeaseOp },
     LeaseReply { to: NodeIdx, inc: u32, id: u64, result: LeaseResult },
     Timer { node: NodeIdx, token: u64 },
-    IoWritten { node: NodeIdx, inc: u32, id: u64 },
+    IoWritten { node: NodeIdx, inc: u32, id: u64, done_at: TrueUs },
     IoDone { node: NodeIdx, inc: u32, id: u64, failed: Option<crate::machine::IoError> },
     Step(usize),
     ClientWrite,
@@ -138,6 +138,13 @@ pub struct World<M: Machine> {
     last_observed: Option<(Option<NodeIdx>, u64)>,
     probe_ok: bool,
     commits: u64,
+    /// While a local commit is being handed to a node: the database file before its pages.
+    commit_undo: Option<(NodeIdx, String, crate::disk::DbUndo)>,
+    /// Local commits handed to nodes so far (makes every commit's pages unique).
+    commit_seq: u64,
+    /// Per directed node link: messages arriving before this instant wait for it (a held
+    /// message of an ordered stream holds back the ones behind it).
+    stream_hold: BTreeMap<(NodeIdx, NodeIdx), TrueUs>,
 }
 
 fn ms(value: u64) -> u64 {
@@ -155,6 +162,7 @@ impl<M: Machine> World<M> {
             sync_replicas: scenario.sync_replicas,
             seed: Rng::new(seed, "node").next_u64(),
             planted: scenario.planted.clone(),
+            other_cluster: scenario.other_cluster.clone(),
         };
         let slots = (0..nodes)
             .map(|_| Slot {
@@ -198,6 +206,9 @@ impl<M: Machine> World<M> {
             last_observed: None,
             probe_ok: false,
             commits: 0,
+            commit_undo: None,
+            commit_seq: 0,
+            stream_hold: BTreeMap::new(),
             scenario,
         };
         // Faults happen before `duration_ms` only; a step at or after it is ignored (the world
@@ -316,14 +327,18 @@ impl<M: Machine> World<M> {
                 if !alive || !connected {
                     return;
                 }
-                if self.net.is_clogged(Peer::Node(from), Peer::Node(to)) {
-                    let at = self.now + 10_000;
+                // A held message holds back every later one of its stream (FIFO): same instant,
+                // later sequence number.
+                let hold = self.stream_hold.get(&(from, to)).copied().unwrap_or(0);
+                if self.net.is_clogged(Peer::Node(from), Peer::Node(to)) || (M::STREAMS && self.now < hold) {
+                    let at = if self.now < hold { hold } else { self.now + 10_000 };
+                    self.stream_hold.insert((from, to), at);
                     self.push(at, Ev::Deliver { from, from_inc, to, to_inc, gen, msg });
                     return;
                 }
                 let d = M::msg_digest(&msg);
                 self.trace.record(self.now, &(1u8, from, to, d), || {
-                    let mut text = format!("n{} -> n{} {:?}", from + 1, to + 1, msg);
+                    let mut text = format!("n{} -> n{} {}", from + 1, to + 1, M::msg_text(&msg));
                     if text.len() > 200 {
                         let mut cut = 200;
                         while !text.is_char_boundary(cut) {
@@ -387,6 +402,7 @@ impl<M: Machine> World<M> {
             }
             Ev::LeaseObserved { to, inc, holder, epoch } => {
                 if self.slots[usize::from(to)].incarnation == inc && self.net.connected(Peer::Lease, Peer::Node(to)) {
+                    self.trace.record(self.now, &(14u8, to, holder, epoch), || format!("n{} <- watch {holder:?} epoch {epoch}", to + 1));
                     self.input(to, MachineInput::LeaseObserved { holder, epoch });
                 }
             }
@@ -403,17 +419,14 @@ impl<M: Machine> World<M> {
                 }
                 self.after_call(node, false);
             }
-            Ev::IoWritten { node, inc, id } => {
+            Ev::IoWritten { node, inc, id, done_at } => {
                 let slot = &mut self.slots[usize::from(node)];
                 if slot.incarnation != inc {
                     return;
                 }
-                let Some(kind) = slot.io.get(&id).cloned() else { return };
-                let result = slot.disk.write(&kind);
-                let fsync = matches!(kind, IoKind::WriteFile { fsync: true, .. } | IoKind::WritePages { fsync: true, .. });
-                let latency = if fsync { self.rng_disk.range(500, 4_000) } else { 10 };
-                let at = self.now + latency;
-                self.push(at, Ev::IoDone { node, inc, id, failed: result.err() });
+                let Some(kind) = slot.io.get(&id) else { return };
+                let result = slot.disk.write(kind);
+                self.push(done_at, Ev::IoDone { node, inc, id, failed: result.err() });
             }
             Ev::IoDone { node, inc, id, failed } => {
                 let slot = &mut self.slots[usize::from(node)];
@@ -421,16 +434,25 @@ impl<M: Machine> World<M> {
                     return;
                 }
                 let Some(kind) = slot.io.remove(&id) else { return };
+                let commit_of = match &kind {
+                    IoKind::WriteFile { commit_of: Some(db), .. } => Some(db.as_str()),
+                    _ => None,
+                };
                 let result = match failed {
-                    Some(error) => Err(error),
+                    Some(error) => {
+                        // The commit's LTX is not durable: SQLite rolls back from its journal.
+                        if let Some(db) = commit_of {
+                            slot.disk.rollback_db(db);
+                        }
+                        Err(error)
+                    }
                     None => {
                         slot.disk.fsync(&kind);
-                        match &kind {
-                            IoKind::ReadFile { path } => {
-                                slot.disk.file(path).map(|d| IoValue::Data(d.to_vec())).ok_or(crate::machine::IoError::NotFound)
-                            }
-                            _ => Ok(IoValue::Done),
+                        // The commit point: the journal goes, the client's pages are durable.
+                        if let Some(db) = commit_of {
+                            slot.disk.sync_db(db);
                         }
+                        slot.disk.read(&kind)
                     }
                 };
                 self.trace.record(self.now, &(5u8, node, id, result.is_ok()), || format!("n{} io {id} done {:?}", node + 1, result.as_ref().err()));
@@ -475,12 +497,27 @@ impl<M: Machine> World<M> {
         match slot.status {
             Status::Crashed => {}
             Status::Paused => slot.inbox.push(input),
-            Status::Running => {
-                let local = slot.clock.local(self.now);
-                slot.machine.as_mut().expect("running node has a machine").handle_input(local, input);
-                self.after_call(node, false);
-            }
+            Status::Running => self.deliver(node, input),
         }
+    }
+
+    /// Hands an input to a running node and drains it. A local commit is preceded by what
+    /// SQLite does through the mount: it writes the transaction's pages into the database file
+    /// (visible, not durable before the commit point); if the node refuses the commit on the spot
+    /// the pages are rolled back.
+    fn deliver(&mut self, node: NodeIdx, mut input: MachineInput<M::Msg>) {
+        let slot = &mut self.slots[usize::from(node)];
+        if let MachineInput::LocalCommit { db, page_size, commit, pages, .. } = &mut input {
+            let current = slot.disk.db(db).map(|f| f.commit).unwrap_or(0);
+            self.commit_seq += 1;
+            (*commit, *pages) = workload::write_pages(&mut self.rng_work, self.commit_seq, current);
+            let undo = slot.disk.write_pages_undoable(db, *page_size, *commit, pages);
+            self.commit_undo = Some((node, db.clone(), undo));
+        }
+        let local = slot.clock.local(self.now);
+        slot.machine.as_mut().expect("running node has a machine").handle_input(local, input);
+        self.after_call(node, false);
+        self.commit_undo = None;
     }
 
     /// Drains a node's outputs and re-arms its timer.
@@ -498,6 +535,10 @@ impl<M: Machine> World<M> {
         let machine = slot.machine.as_ref().expect("machine present");
         let view = machine.view();
         self.checker.after_step(node, &view, restarted);
+        if view.writable {
+            let deadline = view.deadline_local_us.map(|local| slot.clock.true_at(self.now, local));
+            self.checker.check_writable(self.now, node, view.epoch, deadline, &self.lease);
+        }
         let want = machine.poll_timeout().map(|local| slot.clock.true_at(self.now, local));
         if want != slot.timer.map(|(at, _)| at) {
             match want {
@@ -526,7 +567,7 @@ impl<M: Machine> World<M> {
                     _ if !M::STREAMS => 0,
                     _ => return,
                 };
-                let arrivals = self.net.schedule(&mut self.rng_net, self.now, Peer::Node(node), Peer::Node(to));
+                let arrivals = self.net.schedule_on(&mut self.rng_net, self.now, Peer::Node(node), Peer::Node(to), M::STREAMS);
                 if arrivals.is_empty() && M::STREAMS {
                     // Lost on a stream: the connection breaks (not re-entrantly).
                     self.push(self.now, Ev::StreamBreak { a: node, b: to });
@@ -543,20 +584,37 @@ impl<M: Machine> World<M> {
                 }
             }
             MachineOutput::Io { id, kind } => {
+                // One disk per node, one command at a time: commands complete in the order issued.
                 let slot = &mut self.slots[usize::from(node)];
                 let failure = slot.disk.take_failure();
                 let start = self.now.max(slot.disk_free_at);
                 let write_at = start + self.rng_disk.range(20, 300);
-                slot.disk_free_at = write_at;
+                let fsync = matches!(kind, IoKind::WriteFile { fsync: true, .. } | IoKind::WritePages { fsync: true, .. });
+                let done_at = write_at + if fsync { self.rng_disk.range(500, 4_000) } else { 10 };
+                slot.disk_free_at = done_at;
                 slot.io.insert(id, kind);
                 match failure {
                     Some(error) => self.push(write_at, Ev::IoDone { node, inc, id, failed: Some(error) }),
-                    None => self.push(write_at, Ev::IoWritten { node, inc, id }),
+                    None => self.push(write_at, Ev::IoWritten { node, inc, id, done_at }),
                 }
             }
             MachineOutput::Event(event) => {
                 self.trace.record(self.now, &(7u8, node, &event), || format!("n{} event {event:?}", node + 1));
                 self.checker.on_event(self.now, node, &event, &self.lease);
+                if self.scenario.other_cluster.contains(&node)
+                    && matches!(event, MachineEvent::Applied { .. } | MachineEvent::SnapshotReset { .. })
+                {
+                    let detail = format!("n{} belongs to another cluster but applied {event:?}", node + 1);
+                    self.checker.fail(Invariant::PrefixConsistency, self.now, detail);
+                }
+                if let MachineEvent::Committed { db, txid, .. } = &event {
+                    // Invariant 4 at its source: an acknowledged commit's LTX is durable.
+                    let path = crate::core_binding::ltx_path(db, *txid, *txid);
+                    if self.slots[usize::from(node)].disk.is_unsynced(&path) {
+                        let detail = format!("n{} acknowledged {db} txid {txid} before its LTX file was durable", node + 1);
+                        self.checker.fail(Invariant::Durability, self.now, detail);
+                    }
+                }
                 self.client_outcome(node, &event);
             }
         }
@@ -569,7 +627,17 @@ impl<M: Machine> World<M> {
                 (db, Outcome::Ok { txid: *txid, checksum: *checksum })
             }
             MachineEvent::CommitUnknown { db } => (db, Outcome::Unknown),
-            MachineEvent::WriteRejected { db, reason } => (db, Outcome::Failed(reason.clone())),
+            MachineEvent::WriteRejected { db, reason } => {
+                // Refused on the spot: SQLite rolls its pages back from the journal.
+                if let Some((n, name, before)) = self.commit_undo.take() {
+                    if n == node && name == *db {
+                        self.slots[usize::from(node)].disk.undo_pages(before);
+                    } else {
+                        self.commit_undo = Some((n, name, before));
+                    }
+                }
+                (db, Outcome::Failed(reason.clone()))
+            }
             _ => return,
         };
         let slot = &mut self.slots[usize::from(node)];
@@ -616,13 +684,13 @@ impl<M: Machine> World<M> {
             self.finish_write(op, Outcome::Failed("node down".into()));
             return;
         }
-        let current = slot.disk.db(db).map(|f| f.commit).unwrap_or(0);
-        let (commit, pages) = workload::write_pages(&mut self.rng_work, op as u64, current);
+        // The pages are chosen when the node gets the commit ([`World::deliver`]): SQLite writes
+        // them against the database as it is then.
         let input = MachineInput::LocalCommit {
             db: db.to_string(),
             page_size: workload::PAGE_SIZE,
-            commit,
-            pages,
+            commit: 0,
+            pages: Vec::new(),
             wall_ms: 1_700_000_000_000 + self.now / 1000,
         };
         self.trace.record(self.now, &(8u8, node, op), || format!("client s{session} write op {op} -> n{} {db}", node + 1));
@@ -754,9 +822,7 @@ impl<M: Machine> World<M> {
             if self.slots[usize::from(node)].status != Status::Running {
                 break;
             }
-            let local = self.local(node);
-            self.slots[usize::from(node)].machine.as_mut().expect("running").handle_input(local, input);
-            self.after_call(node, false);
+            self.deliver(node, input);
         }
         let local = self.local(node);
         if let Some(machine) = self.slots[usize::from(node)].machine.as_mut() {
@@ -815,6 +881,14 @@ impl<M: Machine> World<M> {
                 Status::Crashed => self.start_node(node),
                 Status::Running => {}
             }
+            // A database stopped by an error stays stopped until its node restarts (the core's
+            // documented limit): the operator restarts such nodes when the faults end.
+            let halted = self.slots[usize::from(node)].machine.as_ref().is_some_and(|m| !m.view().halted.is_empty());
+            if halted {
+                self.trace.record(self.now, &(13u8, node), || format!("n{} restarted: a database had halted", node + 1));
+                self.crash(node);
+                self.start_node(node);
+            }
         }
         self.push(self.now + 1, Ev::Probe);
     }
@@ -851,6 +925,7 @@ impl<M: Machine> World<M> {
         let views = self.views();
         let primaries: Vec<usize> =
             (0..views.len()).filter(|i| views[*i].as_ref().is_some_and(|v| v.primary && v.writable)).collect();
+        let members = |i: &usize| !self.scenario.other_cluster.contains(&(*i as NodeIdx));
         if primaries.len() != 1 {
             return Some(format!("{} writable primaries", primaries.len()));
         }
@@ -860,7 +935,7 @@ impl<M: Machine> World<M> {
             Some((epoch, record)) if usize::from(record.holder) == primary && epoch == pview.epoch => {}
             _ => return Some(format!("n{} is primary without holding the live lease", primary + 1)),
         }
-        for (i, view) in views.iter().enumerate() {
+        for (i, view) in views.iter().enumerate().filter(|(i, _)| members(i)) {
             let Some(view) = view else { return Some(format!("n{} not running", i + 1)) };
             for position in &pview.positions {
                 if !view.positions.contains(position) {
@@ -890,6 +965,12 @@ impl<M: Machine> World<M> {
             if self.checker.lost_acked_writes > max {
                 let lost = self.checker.lost_acked_writes;
                 self.checker.fail(Invariant::Expectation, self.now, format!("lost_acked_writes = {lost} > {max}"));
+            }
+        }
+        if let Some(min) = expect.min_cluster_mismatches {
+            let seen = self.checker.cluster_mismatches;
+            if seen < min {
+                self.checker.fail(Invariant::Expectation, self.now, format!("cluster mismatches = {seen} < {min}"));
             }
         }
         if let Some(min) = expect.min_failovers {

@@ -5,6 +5,17 @@
 //! and the index recomputed), when changed indexes are persisted, and which retained LTX files
 //! retention deletes (never one a follower still needs within the size budget). It never reads
 //! or deletes anything itself: those are I/O commands.
+//!
+//! # A database behind its newest LTX
+//! The position comes from the durable LTX chain, not from the database file: a crash between an
+//! LTX write and the page write (or a torn page write) leaves the file one file behind (or part
+//! way). When the recomputed checksum is not the newest file's post-apply checksum, that file is
+//! read and re-applied (idempotent: it holds every page it changes and the commit size), but only
+//! if the checksum index shows it lands exactly on the position; the load ends when those pages
+//! are durable. Only if that cannot work (no such file, unreadable, still another checksum) is
+//! the position forgotten and a snapshot awaited. Forgetting a position the LTX chain still
+//! proves would make this node answer a new primary's recovery query with TXID 0 — an answer
+//! that no longer covers the writes it acked (sync mode), so the answer set would miss them.
 
 use crate::chkindex::ChecksumIndex;
 use crate::ids::DbName;
@@ -23,7 +34,7 @@ impl Node {
         d.pos = o.pos;
         d.pos_epoch = o.epoch;
         for f in o.files {
-            d.files.insert(f.min_txid, f);
+            d.retain(f);
         }
         self.highest_epoch = self.highest_epoch.max(o.epoch);
         let loaded = o.checksum_index.as_deref().map(ChecksumIndex::decode);
@@ -57,18 +68,72 @@ impl Node {
                 return self.event(Event::IoFailed { db, error });
             }
         };
-        d.state = DbState::Idle;
         let expected = d.pos.checksum;
         let actual = index.checksum();
         d.index = index;
         d.index_dirty = true;
         if actual != expected {
-            // The file is not at its last LTX's position: forget the position so the primary
-            // sends a snapshot (retained files stay listed so the snapshot deletes them).
-            d.pos = Pos::ZERO;
-            d.pos_epoch = crate::ids::Epoch::ZERO;
-            self.event(Event::ChecksumMismatch { db: db.clone(), expected, actual });
+            // The file is not at its newest LTX's position: re-apply that file if it is retained.
+            let newest = d.files.values().next_back().filter(|f| f.max_txid == d.pos.txid && f.post_apply_checksum == expected);
+            if let Some(f) = newest {
+                let files = vec![(f.min_txid, f.max_txid)];
+                self.io(IoKind::ReadLtx { db: db.clone(), files }, IoPurpose::RepairRead { db });
+                return;
+            }
+            return self.forget_position(db, actual);
         }
+        self.loaded(db);
+    }
+
+    /// The newest LTX file, read to repair a database found behind it: re-applied if its pages
+    /// bring the index exactly to the position, else the position is forgotten.
+    pub(super) fn on_repair_read(&mut self, db: DbName, result: Result<IoOutcome, IoErrorKind>) {
+        let d = self.dbs.get_mut(&db).expect("loading an open database");
+        assert!(matches!(d.state, DbState::Loading));
+        let actual = d.index.checksum();
+        let decoded = match result {
+            Ok(IoOutcome::LtxFiles(files)) if files.len() == 1 => crate::ltx::decode_slice(&files[0]).ok(),
+            _ => None,
+        };
+        let Some((header, pages, trailer)) = decoded else { return self.forget_position(db, actual) };
+        let fits = header.max_txid == d.pos.txid && trailer.post_apply_checksum == d.pos.checksum && header.page_size == d.page_size;
+        let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        let mut repaired = if header.is_snapshot() { ChecksumIndex::new(d.page_size).ok() } else { Some(d.index.clone()) };
+        let lands = fits && repaired.as_mut().and_then(|i| i.apply(header.commit, &refs).ok()) == Some(d.pos.checksum);
+        let Some(repaired) = repaired.filter(|_| lands) else { return self.forget_position(db, actual) };
+        // The index moves first (as in a replica's apply); a failed page write halts the database.
+        d.index = repaired;
+        let kind = IoKind::ApplyPages { db: db.clone(), page_size: d.page_size, commit: header.commit, pages };
+        self.io(kind, IoPurpose::RepairApply { db });
+    }
+
+    /// The newest LTX file's pages are durable again: the database is at its position.
+    pub(super) fn on_repair_applied(&mut self, db: DbName, result: Result<IoOutcome, IoErrorKind>) {
+        let d = self.dbs.get_mut(&db).expect("loading an open database");
+        assert!(matches!(d.state, DbState::Loading));
+        if let Err(error) = result {
+            d.state = DbState::Halted;
+            return self.event(Event::IoFailed { db, error });
+        }
+        assert_eq!(d.index.checksum(), d.pos.checksum, "a repair ends at the position");
+        self.loaded(db);
+    }
+
+    /// The file matches no retained LTX: forget the position so the primary sends a snapshot
+    /// (retained files stay listed so the snapshot deletes them). The index describes the file.
+    fn forget_position(&mut self, db: DbName, actual: u64) {
+        let d = self.dbs.get_mut(&db).expect("loading an open database");
+        let expected = d.pos.checksum;
+        d.pos = Pos::ZERO;
+        d.pos_epoch = crate::ids::Epoch::ZERO;
+        self.event(Event::ChecksumMismatch { db: db.clone(), expected, actual });
+        self.loaded(db);
+    }
+
+    /// Loading is over: the database is idle at its position (or at none).
+    fn loaded(&mut self, db: DbName) {
+        let d = self.dbs.get_mut(&db).expect("loading an open database");
+        d.state = DbState::Idle;
         if let Some(up) = self.upstream.filter(|_| self.role.is_follower()) {
             if self.connected.contains(&up) {
                 self.send_stream_request(up);

@@ -284,8 +284,6 @@ impl Node {
         if epoch < self.highest_epoch {
             return; // an old watch notification
         }
-        let new_term = epoch > self.observed_epoch;
-        self.observed_epoch = epoch;
         self.highest_epoch = epoch;
         if let Some(p) = self.role.primary() {
             let ours = holder == Some(self.id) && epoch == p.epoch;
@@ -297,11 +295,12 @@ impl Node {
         }
         match holder {
             Some(h) if h == self.id => {}
-            Some(h) if new_term && self.upstream == Some(h) && self.role.is_follower() && self.connected.contains(&h) => {
-                // The same holder in a new term (e.g. it lost the lease while etcd was down and
-                // won it back before anyone saw it free): it dropped its followers when its old
-                // term ended, so follow it again or this replica never hears from it.
-                self.send_stream_request(h);
+            // Same upstream under a newer lease: it stepped down in between (dropping its
+            // followers) and won again, so the old stream is dead on its side: ask again.
+            Some(h) if self.upstream == Some(h) => {
+                if self.stream_epoch < epoch && self.role.is_follower() && self.connected.contains(&h) {
+                    self.send_stream_request(h);
+                }
             }
             Some(h) => self.set_upstream(Some(h)),
             None => {
@@ -327,6 +326,7 @@ impl Node {
     }
 
     pub(super) fn send_stream_request(&mut self, to: NodeId) {
+        self.stream_epoch = self.highest_epoch;
         let msg = Message::StreamRequest {
             epoch: self.highest_epoch,
             cluster_id: self.config.cluster_id,
@@ -359,8 +359,13 @@ impl Node {
                 self.step_down(StepDownReason::HandedOff);
                 self.set_upstream(Some(to));
             }
-            LeaseResult::Lost | LeaseResult::Denied { .. } => self.step_down(StepDownReason::LeaseLost),
-            LeaseResult::Granted { .. } | LeaseResult::Error => {
+            // No answer: the service may have ended our epoch and reserved the next for `to`,
+            // so writing on under the old deadline could overlap the target's epoch. Step down.
+            LeaseResult::Lost | LeaseResult::Denied { .. } | LeaseResult::Error => {
+                self.step_down(StepDownReason::LeaseLost);
+                self.event(Event::HandoffFailed { to });
+            }
+            LeaseResult::Granted { .. } => {
                 p.phase = Phase::Writable;
                 self.event(Event::HandoffFailed { to });
             }

@@ -82,6 +82,10 @@ enum IoPurpose {
     CatchUpRead { peer: NodeId, db: DbName },
     SnapshotRead { peer: NodeId, db: DbName },
     LoadIndex { db: DbName },
+    /// Start-up repair of a database found behind its newest LTX: reading that file.
+    RepairRead { db: DbName },
+    /// Start-up repair: writing that file's pages again.
+    RepairApply { db: DbName },
     Housekeeping { db: DbName },
 }
 
@@ -95,10 +99,11 @@ pub struct Node {
     role: RoleState,
     /// The highest epoch this node has accepted from anyone (never decreases).
     highest_epoch: Epoch,
-    /// The epoch of the last lease observation (a new term of the same holder shows up here).
-    observed_epoch: Epoch,
     /// The primary this node follows, if known.
     upstream: Option<NodeId>,
+    /// The epoch this node had when it last asked its upstream for a stream: a newer lease of
+    /// the same upstream means that primary stepped down in between and dropped its followers.
+    stream_epoch: Epoch,
     connected: BTreeSet<NodeId>,
     dbs: BTreeMap<DbName, Db>,
     /// LTX files being reassembled from chunks, per database.
@@ -133,8 +138,8 @@ impl Node {
             wall: WallAnchor::default(),
             role: RoleState::Replica,
             highest_epoch: Epoch::ZERO,
-            observed_epoch: Epoch::ZERO,
             upstream: None,
+            stream_epoch: Epoch::ZERO,
             connected: BTreeSet::new(),
             dbs: BTreeMap::new(),
             partials: BTreeMap::new(),
@@ -367,6 +372,8 @@ impl Node {
             IoPurpose::CatchUpRead { peer, db } => self.on_catch_up_read(peer, db, result),
             IoPurpose::SnapshotRead { peer, db } => self.on_snapshot_read(peer, db, result),
             IoPurpose::LoadIndex { db } => self.on_index_image(db, result),
+            IoPurpose::RepairRead { db } => self.on_repair_read(db, result),
+            IoPurpose::RepairApply { db } => self.on_repair_applied(db, result),
             IoPurpose::Housekeeping { db } => {
                 if let Err(error) = result {
                     self.event(Event::IoFailed { db, error });

@@ -44,6 +44,10 @@ impl Node {
                 return Err(InputError::PageSizeChanged { db: c.db, was: d.page_size, now: c.page_size });
             }
             let busy = match d.state {
+                // Pages but no position (the file did not match its last LTX at start-up): the
+                // next LTX would be TXID 1, which must be a snapshot of every page, and the commit
+                // only has the dirty ones. Refuse until a snapshot from a peer sets the position.
+                DbState::Idle if d.pos.txid == 0 && d.index.page_count() > 0 => Some(RejectReason::DbUnavailable),
                 DbState::Idle => None,
                 DbState::Committing(_) | DbState::SyncWait(_) => Some(RejectReason::CommitInFlight),
                 _ => Some(RejectReason::DbUnavailable),

@@ -25,12 +25,27 @@ pub(super) struct Recovery {
     answers: BTreeMap<NodeId, BTreeMap<DbName, DbPos>>,
     /// Sources we fetch from, each with the databases it serves; `None` while still asking.
     fetching: Option<BTreeMap<NodeId, BTreeSet<DbName>>>,
+    /// Per fetched database, the position its source answered (which we must reach) and the
+    /// source. A source's `Ready` only says it sent what it could: the phase ends when we hold
+    /// exactly these positions.
+    targets: BTreeMap<DbName, (Pos, NodeId)>,
+    /// Sources whose fetch failed earlier in this lease (kept across restarts of the phase):
+    /// among equally advanced chains, another holder is preferred.
+    failed: BTreeSet<NodeId>,
     fetch_until: Time,
 }
 
 impl Recovery {
     pub(super) fn new(now: Time) -> Recovery {
-        Recovery { started: now, tick_at: now, answers: BTreeMap::new(), fetching: None, fetch_until: Time::MAX }
+        Recovery {
+            started: now,
+            tick_at: now,
+            answers: BTreeMap::new(),
+            fetching: None,
+            targets: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            fetch_until: Time::MAX,
+        }
     }
 }
 
@@ -111,37 +126,50 @@ impl Node {
         let have = r.answers.len() + 1;
         let enough = if self.is_sync() { have >= need } else { have >= all };
         if enough {
-            self.decide_recovery();
+            self.decide_recovery(true);
         }
     }
 
-    /// Picks, per database, the best chain among the answers and fetches what we lack.
-    fn decide_recovery(&mut self) {
+    /// Picks, per database, the best chain among the answers and fetches what we lack. When
+    /// `patient` and the only known holder of some best chain failed us before, it waits for the
+    /// other answers (or the next tick) rather than asking that holder again at once.
+    fn decide_recovery(&mut self, patient: bool) {
         let Some(r) = self.recovery() else { return };
-        let mut best: BTreeMap<DbName, (Epoch, u64, NodeId)> = BTreeMap::new();
+        // (lineage epoch, txid, not failed before, peer): the most advanced chain first, then a
+        // holder that has not failed us.
+        let mut best: BTreeMap<DbName, (Epoch, u64, bool, NodeId, Pos)> = BTreeMap::new();
         for (peer, positions) in &r.answers {
+            let fresh = !r.failed.contains(peer);
             for (db, p) in positions {
-                let candidate = (p.epoch, p.pos.txid, *peer);
+                let candidate = (p.epoch, p.pos.txid, fresh, *peer, p.pos);
                 let entry = best.entry(db.clone()).or_insert(candidate);
-                if (candidate.0, candidate.1) > (entry.0, entry.1) {
+                if (candidate.0, candidate.1, candidate.2) > (entry.0, entry.1, entry.2) {
                     *entry = candidate;
                 }
             }
         }
         let mut sources: BTreeMap<NodeId, BTreeSet<DbName>> = BTreeMap::new();
-        for (db, (epoch, txid, peer)) in best {
-            let ours = self.dbs.get(&db).map_or((Epoch::ZERO, 0), |d| (d.pos_epoch, d.pos.txid));
-            if (epoch, txid) > ours {
-                sources.entry(peer).or_default().insert(db);
+        let mut targets: BTreeMap<DbName, (Pos, NodeId)> = BTreeMap::new();
+        for (db, (epoch, txid, _, peer, pos)) in best {
+            let ours = self.dbs.get(&db).map_or((Epoch::ZERO, Pos::ZERO), |d| (d.pos_epoch, d.pos));
+            // The same position reached through a later epoch's frame is the same chain.
+            if (epoch, txid) > (ours.0, ours.1.txid) && pos != ours.1 {
+                sources.entry(peer).or_default().insert(db.clone());
+                targets.insert(db, (pos, peer));
             }
         }
         if sources.is_empty() {
             return self.complete_recovery();
         }
+        let unanswered = r.answers.len() < self.config.peers.len();
+        if patient && unanswered && sources.keys().any(|peer| r.failed.contains(peer)) {
+            return;
+        }
         let until = self.now + self.config.recovery_fetch_timeout;
         let requests: Vec<(NodeId, BTreeSet<DbName>)> = sources.iter().map(|(p, d)| (*p, d.clone())).collect();
         let r = self.recovery_mut().expect("recovering");
         r.fetching = Some(sources);
+        r.targets = targets;
         r.fetch_until = until;
         for (peer, dbs) in requests {
             self.send_fetch(peer, &dbs);
@@ -170,12 +198,28 @@ impl Node {
         self.recovery_progress();
     }
 
-    /// Ends the phase once every source sent `Ready` and every fetched LTX is applied.
+    /// Ends the phase once every source sent `Ready`, every fetched LTX is applied, and every
+    /// fetched database is at its source's answered position. A source's `Ready` is not proof: a source
+    /// that could not serve a database (e.g. halted after a failed write) or moved backwards
+    /// since it answered still says `Ready`, and writing on from a shorter chain would lose
+    /// the writes it acknowledged. A target missed counts as a failed fetch.
     pub(super) fn recovery_progress(&mut self) {
-        let Some(fetching) = self.recovery().and_then(|r| r.fetching.as_ref()) else { return };
+        let Some(r) = self.recovery() else { return };
+        let Some(fetching) = r.fetching.as_ref() else { return };
         let applying = self.dbs.values().any(|d| !d.is_idle() && !d.is_halted() || !d.queue.is_empty());
-        if fetching.is_empty() && !applying {
+        if !fetching.is_empty() || applying {
+            return;
+        }
+        let missed: BTreeSet<NodeId> = r
+            .targets
+            .iter()
+            .filter(|(db, (pos, _))| self.dbs.get(*db).is_none_or(|d| d.pos != *pos))
+            .map(|(_, (_, source))| *source)
+            .collect();
+        if missed.is_empty() {
             self.complete_recovery();
+        } else {
+            self.recovery_fetch_failed(missed);
         }
     }
 
@@ -192,14 +236,17 @@ impl Node {
         }
     }
 
-    /// A fetch failed: sync mode asks again (safety first), async mode gives up (best effort).
-    fn recovery_fetch_failed(&mut self) {
+    /// A fetch from `sources` failed: sync mode asks again (safety first), preferring other
+    /// holders of the same chain; async mode gives up (best effort).
+    fn recovery_fetch_failed(&mut self, sources: BTreeSet<NodeId>) {
         if !self.is_sync() {
             return self.complete_recovery();
         }
         let now = self.now;
         let r = self.recovery_mut().expect("recovering");
-        *r = Recovery::new(now);
+        let mut failed = std::mem::take(&mut r.failed);
+        failed.extend(sources);
+        *r = Recovery { failed, ..Recovery::new(now) };
         self.start_recovery();
     }
 
@@ -210,9 +257,10 @@ impl Node {
         let heartbeat = self.config.heartbeat_interval;
         let peers = self.config.peers.clone();
         let Some(r) = self.recovery_mut() else { return };
-        if r.fetching.is_some() {
+        if let Some(fetching) = &r.fetching {
             if now >= r.fetch_until {
-                self.recovery_fetch_failed();
+                let sources = fetching.keys().copied().collect();
+                self.recovery_fetch_failed(sources);
             }
             return;
         }
@@ -221,9 +269,12 @@ impl Node {
         }
         r.tick_at = now + heartbeat;
         if !sync {
-            return self.decide_recovery(); // async: waited one heartbeat interval, go
+            return self.decide_recovery(false); // async: waited one heartbeat interval, go
         }
         let have = r.answers.len() + 1;
+        if have >= need {
+            return self.decide_recovery(false); // waited a tick for another holder: go
+        }
         let missing: Vec<NodeId> = peers.iter().filter(|p| !r.answers.contains_key(p)).copied().collect();
         self.event(Event::RecoveryWaiting { have, need });
         for peer in missing {
@@ -252,7 +303,7 @@ impl Node {
     pub(super) fn recovery_peer_disconnected(&mut self, peer: NodeId) {
         // Answers already received stay valid; only a lost fetch source matters.
         if self.is_recovery_source(peer) {
-            self.recovery_fetch_failed();
+            self.recovery_fetch_failed(BTreeSet::from([peer]));
         }
     }
 

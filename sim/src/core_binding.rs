@@ -1,0 +1,496 @@
+//! The binding of the real `ltxfs-core` node ([`ltxfs_core::node::Node`]) to the world: the same
+//! core that runs in production, driven through [`Machine`].
+//!
+//! It decides only how the core's vocabulary maps onto the simulated world:
+//! - node index `i` is `NodeId(i + 1)`; every node is a dynamic-lease candidate with a clock
+//!   margin of a tenth of the TTL (far above the drift bound of random runs), except nodes of
+//!   another cluster ([`MachineConfig::other_cluster`]), which only try to follow;
+//! - peer messages travel as the bytes of the real codec (`Message::encode` / `decode`), so a
+//!   codec bug shows as a failed run; the world's streams are ordered per pair;
+//! - every [`IoKind`] of the core becomes a command on the simulated disk. On-disk layout of the
+//!   simulated shell: `DB/ltx/MIN-MAX.ltx` holds the 8-byte big-endian lineage epoch (the core's
+//!   `WriteLtx::epoch`, an extended attribute in a real shell) followed by the LTX file byte for
+//!   byte, written atomically (temp + rename); `DB/checksum-index` holds the persisted index; the
+//!   database pages live in the disk's page files;
+//! - start-up reads only the simulated disk: per database the newest intact LTX file gives the
+//!   position and its lineage epoch, the contiguous chain ending there the retained files, plus
+//!   the persisted checksum index — fed as [`Input::OpenDb`];
+//! - the checkers' facts come from the core's real outputs: a `WriteLtx` issued while handling a
+//!   local commit is the commit decision (its header and trailer give txid, pre and post, its
+//!   `epoch` field the epoch); a replica's `WriteLtx` gives the range, pre-apply checksum and frame
+//!   epoch that the core's `Applied` event then confirms; the view reads the node's getters.
+//!
+//! It never decides anything the core decides, and never looks inside the core's private state.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use ltxfs_core::catchup::LtxFileMeta;
+use ltxfs_core::ids::{ClusterId, DbName, Epoch, NodeId};
+use ltxfs_core::ltx::checksum::CHECKSUM_EMPTY;
+use ltxfs_core::ltx::{self, Header, Trailer, HEADER_SIZE, TRAILER_SIZE};
+use ltxfs_core::msg::Message;
+use ltxfs_core::node::{
+    Config, Event, Input, InputError, IoErrorKind, IoKind as CoreIo, IoOutcome, LeaseKind, LeaseMode, LeaseRequestId,
+    LeaseResult as CoreLease, LocalCommit, Node, OpenDb, Output, Role,
+};
+use ltxfs_core::time::{Time, WallMs};
+
+use crate::disk::SimDisk;
+use crate::machine::{
+    IoError, IoKind, IoValue, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
+    MachineView, NodeIdx,
+};
+use crate::trace::digest;
+
+/// The cluster id of the simulated cluster; [`MachineConfig::other_cluster`] nodes get this + 1.
+pub const CLUSTER_ID: u64 = 0x5eed;
+/// Bytes of the lineage-epoch prefix in front of each simulated LTX file.
+const EPOCH_PREFIX: usize = 8;
+
+/// The names of the core's planted bugs, known in every build so that `sim planted --list`
+/// can name them; the same list as `ltxfs_core::planted::PlantedBug::ALL`, which exists only
+/// with the core's `planted-bugs` feature (a test under `core-planted-bugs` checks they agree).
+pub const PLANTED_NAMES: [&str; 6] =
+    ["skip-epoch-check", "write-after-lease", "skip-preapply-check", "ack-before-replicas", "no-fsync-ltx", "skip-recovery"];
+
+/// Whether this build can switch planted bugs on (`--features core-planted-bugs`).
+pub const PLANTED_ENABLED: bool = cfg!(feature = "core-planted-bugs");
+
+/// Where the simulated shell keeps the LTX file `min..=max` of `db`.
+pub fn ltx_path(db: &str, min_txid: u64, max_txid: u64) -> String {
+    format!("{db}/ltx/{}", ltx::file_name(min_txid, max_txid))
+}
+
+/// Where the simulated shell keeps the persisted checksum index of `db`.
+pub fn index_path(db: &str) -> String {
+    format!("{db}/checksum-index")
+}
+
+fn node_id(index: NodeIdx) -> NodeId {
+    NodeId(u64::from(index) + 1)
+}
+
+fn node_idx(id: NodeId) -> NodeIdx {
+    assert!((1..=256).contains(&id.0), "node ids are 1..=256 in the simulator");
+    (id.0 - 1) as NodeIdx
+}
+
+fn time(local_us: u64) -> Time {
+    Time::from_nanos(local_us.saturating_mul(1000))
+}
+
+fn db_name(name: &str) -> DbName {
+    DbName::new(name).expect("the workload uses valid database names")
+}
+
+/// Header and trailer of an LTX file without decoding its pages.
+fn header_trailer(bytes: &[u8]) -> Option<(Header, Trailer)> {
+    if bytes.len() < HEADER_SIZE + TRAILER_SIZE {
+        return None;
+    }
+    let header = Header::from_bytes(bytes[..HEADER_SIZE].try_into().ok()?).ok()?;
+    let trailer = Trailer::from_bytes(bytes[bytes.len() - TRAILER_SIZE..].try_into().ok()?);
+    Some((header, trailer))
+}
+
+/// The pre-apply checksum in the checkers' terms: the empty database's checksum for a file that
+/// starts at TXID 1 (LTX writes 0 there).
+fn pre_checksum(header: &Header) -> u64 {
+    if header.min_txid == 1 {
+        CHECKSUM_EMPTY
+    } else {
+        header.pre_apply_checksum
+    }
+}
+
+/// What kind of outcome an outstanding I/O command expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Done,
+    LtxFiles,
+    Database,
+}
+
+/// A replica-side LTX write, remembered until the core reports it applied.
+#[derive(Debug, Clone, Copy)]
+struct Applying {
+    min_txid: u64,
+    max_txid: u64,
+    pre: u64,
+    post: u64,
+    snapshot: bool,
+    epoch: u64,
+}
+
+/// The real core node plus the translation state of its driver.
+pub struct CoreNode {
+    node: Node,
+    index: NodeIdx,
+    now_us: u64,
+    out: VecDeque<MachineOutput<Vec<u8>>>,
+    io: BTreeMap<u64, Answer>,
+    applying: BTreeMap<String, Applying>,
+}
+
+impl CoreNode {
+    fn config(config: &MachineConfig, index: NodeIdx) -> Config {
+        let foreign = config.other_cluster.contains(&index);
+        let cluster_id = ClusterId(if foreign { CLUSTER_ID + 1 } else { CLUSTER_ID });
+        let peers: BTreeSet<NodeId> = (0..config.cluster_size).filter(|p| *p != index).map(node_id).collect();
+        let ttl = Duration::from_millis(config.lease_ttl_ms);
+        let lease = LeaseMode::Dynamic { candidate: !foreign, clock_margin: ttl / 10 };
+        let mut c = Config::new(cluster_id, peers, lease);
+        // Timings scaled to the lease TTL so that runs of a few seconds exercise every path.
+        c.heartbeat_interval = ttl / 4;
+        c.acquire_retry = ttl / 4;
+        c.sync_replicas = u32::from(config.sync_replicas);
+        c.sync_ack_timeout = ttl * 2;
+        c.handoff_timeout = ttl * 2;
+        c.recovery_fetch_timeout = ttl * 2;
+        c.retention_interval = Duration::from_secs(2);
+        c.retention.age_max = Duration::from_secs(5);
+        c.checksum_index_persist_interval = Duration::from_secs(1);
+        #[cfg(feature = "core-planted-bugs")]
+        if let Some(name) = &config.planted {
+            let bug = ltxfs_core::planted::PlantedBug::from_name(name)
+                .unwrap_or_else(|| panic!("unknown planted bug `{name}` (see `sim planted --list`)"));
+            c.planted = ltxfs_core::planted::PlantedBugs::none().with(bug);
+        }
+        #[cfg(not(feature = "core-planted-bugs"))]
+        if let Some(name) = &config.planted {
+            panic!("planted bug `{name}` needs the simulator built with --features core-planted-bugs");
+        }
+        c
+    }
+
+    /// What the simulated disk says about one database at start-up.
+    fn open_db(disk: &SimDisk, db: &str, now: Time) -> Option<OpenDb> {
+        let prefix = format!("{db}/ltx/");
+        let mut files: BTreeMap<(u64, u64), (LtxFileMeta, u64, u32)> = BTreeMap::new();
+        for (path, data) in disk.files() {
+            let Some(name) = path.strip_prefix(&prefix) else { continue };
+            let Some(range) = ltx::parse_file_name(name) else { continue };
+            if data.len() < EPOCH_PREFIX {
+                continue;
+            }
+            let epoch = u64::from_be_bytes(data[..EPOCH_PREFIX].try_into().expect("8 bytes"));
+            let Some((header, trailer)) = header_trailer(&data[EPOCH_PREFIX..]) else { continue };
+            if (header.min_txid, header.max_txid) != range {
+                continue;
+            }
+            let meta = LtxFileMeta {
+                min_txid: header.min_txid,
+                max_txid: header.max_txid,
+                pre_apply_checksum: header.pre_apply_checksum,
+                post_apply_checksum: trailer.post_apply_checksum,
+                size_bytes: (data.len() - EPOCH_PREFIX) as u64,
+                written_at: now,
+            };
+            files.insert(range, (meta, epoch, header.page_size));
+        }
+        // The newest file (highest max TXID, then the widest) is the position; the retained files
+        // are the contiguous chain that ends there.
+        let newest = files.iter().max_by_key(|((min, max), _)| (*max, std::cmp::Reverse(*min))).map(|(_, v)| *v);
+        let (pos, epoch, page_size, mut chain) = match newest {
+            Some((meta, epoch, page_size)) => {
+                let mut chain = vec![meta];
+                let mut want = meta;
+                // Bounded: each step moves to a file with a smaller min TXID.
+                while want.min_txid > 1 {
+                    let prev = files
+                        .values()
+                        .find(|(m, ..)| m.max_txid + 1 == want.min_txid && m.post_apply_checksum == want.pre_apply_checksum);
+                    let Some((m, ..)) = prev else { break };
+                    chain.push(*m);
+                    want = *m;
+                }
+                (meta.post_apply_pos(), Epoch(epoch), page_size, chain)
+            }
+            None => {
+                let file = disk.db(db)?;
+                if file.commit == 0 {
+                    return None;
+                }
+                (ltx::Pos::ZERO, Epoch::ZERO, file.page_size, Vec::new())
+            }
+        };
+        chain.reverse();
+        Some(OpenDb {
+            db: db_name(db),
+            page_size,
+            pos,
+            epoch,
+            files: chain,
+            checksum_index: disk.file(&index_path(db)).map(<[u8]>::to_vec),
+        })
+    }
+
+    fn call(&mut self, input: Input) -> Result<(), InputError> {
+        let local_commit = matches!(input, Input::LocalCommit(_));
+        let result = self.node.handle_input(time(self.now_us), input);
+        self.drain(local_commit);
+        result
+    }
+
+    /// Translates every output of the last call.
+    fn drain(&mut self, local_commit: bool) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Send { to, msg } => {
+                    self.out.push_back(MachineOutput::Send { to: node_idx(to), msg: msg.encode() });
+                }
+                Output::Lease(request) => {
+                    let op = match request.kind {
+                        LeaseKind::Acquire => LeaseOp::Acquire,
+                        LeaseKind::Renew { epoch } => LeaseOp::Renew { epoch: epoch.0 },
+                        LeaseKind::Release { epoch } => LeaseOp::Release { epoch: epoch.0 },
+                        LeaseKind::Handoff { epoch, to } => LeaseOp::Handoff { epoch: epoch.0, to: node_idx(to) },
+                    };
+                    self.out.push_back(MachineOutput::Lease { id: request.id.0, op });
+                }
+                Output::Io(command) => {
+                    let (kind, answer) = self.io_kind(command.kind, local_commit);
+                    self.io.insert(command.id.0, answer);
+                    self.out.push_back(MachineOutput::Io { id: command.id.0, kind });
+                }
+                Output::Event(event) => {
+                    if let Some(event) = self.event(event) {
+                        self.out.push_back(MachineOutput::Event(event));
+                    }
+                }
+            }
+        }
+    }
+
+    fn io_kind(&mut self, kind: CoreIo, local_commit: bool) -> (IoKind, Answer) {
+        match kind {
+            CoreIo::WriteLtx { db, min_txid, max_txid, bytes, fsync, epoch } => {
+                let (header, trailer) = header_trailer(&bytes).expect("the core writes valid LTX files");
+                let name = db.as_str().to_string();
+                if local_commit {
+                    self.out.push_back(MachineOutput::Event(MachineEvent::CommitDecided {
+                        db: name.clone(),
+                        txid: max_txid,
+                        pre: pre_checksum(&header),
+                        post: trailer.post_apply_checksum,
+                        epoch: epoch.0,
+                    }));
+                } else {
+                    let applying = Applying {
+                        min_txid,
+                        max_txid,
+                        pre: pre_checksum(&header),
+                        post: trailer.post_apply_checksum,
+                        snapshot: header.is_snapshot(),
+                        epoch: epoch.0,
+                    };
+                    self.applying.insert(name.clone(), applying);
+                }
+                let mut data = epoch.0.to_be_bytes().to_vec();
+                data.extend_from_slice(&bytes);
+                let path = ltx_path(&name, min_txid, max_txid);
+                let commit_of = local_commit.then_some(name);
+                (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
+            }
+            CoreIo::ApplyPages { db, page_size, commit, pages } => {
+                (IoKind::WritePages { db: db.as_str().to_string(), page_size, commit, pages, fsync: true }, Answer::Done)
+            }
+            CoreIo::ReadLtx { db, files } => {
+                let paths = files.iter().map(|(min, max)| ltx_path(db.as_str(), *min, *max)).collect();
+                (IoKind::ReadFiles { paths }, Answer::LtxFiles)
+            }
+            CoreIo::ReadDatabase { db } => (IoKind::ReadDb { db: db.as_str().to_string() }, Answer::Database),
+            CoreIo::DeleteLtx { db, files } => {
+                let paths = files.iter().map(|(min, max)| ltx_path(db.as_str(), *min, *max)).collect();
+                (IoKind::DeleteFiles { paths }, Answer::Done)
+            }
+            CoreIo::WriteChecksumIndex { db, bytes } => {
+                let path = index_path(db.as_str());
+                (IoKind::WriteFile { path, data: bytes, fsync: true, atomic: true, commit_of: None }, Answer::Done)
+            }
+        }
+    }
+
+    /// The epoch a primary puts on its commits, else the highest it accepted.
+    fn epoch(&self) -> u64 {
+        self.node.lease_epoch().unwrap_or(self.node.highest_epoch()).0
+    }
+
+    fn event(&mut self, event: Event) -> Option<MachineEvent> {
+        Some(match event {
+            Event::RoleChanged { role, epoch } => MachineEvent::Role {
+                primary: matches!(role, Role::Recovering | Role::Primary),
+                writable: role == Role::Primary,
+                epoch: epoch.0,
+            },
+            Event::Committed { db, pos } => {
+                MachineEvent::Committed { db: db.as_str().to_string(), txid: pos.txid, checksum: pos.checksum, epoch: self.epoch() }
+            }
+            Event::CommitOutcomeUnknown { db, .. } => MachineEvent::CommitUnknown { db: db.as_str().to_string() },
+            Event::CommitFailed { db, error } => {
+                MachineEvent::WriteRejected { db: db.as_str().to_string(), reason: format!("commit failed: {error:?}") }
+            }
+            Event::WriteRejected { db, reason } => {
+                MachineEvent::WriteRejected { db: db.as_str().to_string(), reason: format!("{reason:?}") }
+            }
+            Event::Applied { db, pos, .. } => {
+                let name = db.as_str().to_string();
+                let a = self.applying.remove(&name).expect("the core applies only what it wrote");
+                assert_eq!((a.max_txid, a.post), (pos.txid, pos.checksum), "Applied reports the written file's position");
+                if a.snapshot {
+                    MachineEvent::SnapshotReset { db: name, txid: pos.txid, checksum: pos.checksum, epoch: a.epoch }
+                } else {
+                    MachineEvent::Applied { db: name, min_txid: a.min_txid, txid: a.max_txid, pre: a.pre, post: a.post, epoch: a.epoch }
+                }
+            }
+            Event::StaleEpochRejected { epoch, highest, .. } => MachineEvent::StaleEpochRejected { epoch: epoch.0, highest: highest.0 },
+            Event::ChecksumMismatch { db, .. } => MachineEvent::ChecksumMismatch { db: db.as_str().to_string() },
+            Event::ClusterMismatch { peer, .. } => MachineEvent::ClusterMismatch { peer: node_idx(peer) },
+            other => MachineEvent::Note(format!("{other:?}")),
+        })
+    }
+}
+
+impl Machine for CoreNode {
+    type Msg = Vec<u8>;
+    const STREAMS: bool = true;
+
+    fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &SimDisk) -> Self {
+        let node = Node::new(CoreNode::config(config, id), node_id(id), time(now_us));
+        let mut me = CoreNode { node, index: id, now_us, out: VecDeque::new(), io: BTreeMap::new(), applying: BTreeMap::new() };
+        me.drain(false);
+        let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.clone()).collect();
+        for (path, _) in disk.files() {
+            if let Some((db, _)) = path.split_once('/') {
+                names.insert(db.to_string());
+            }
+        }
+        for name in names {
+            if let Some(open) = CoreNode::open_db(disk, &name, time(now_us)) {
+                me.call(Input::OpenDb(open)).expect("start-up opens each database once");
+            }
+        }
+        me
+    }
+
+    fn handle_input(&mut self, now_us: u64, input: MachineInput<Vec<u8>>) {
+        self.now_us = self.now_us.max(now_us);
+        let input = match input {
+            MachineInput::Receive { from, msg } => match Message::decode(&msg) {
+                Ok(msg) => Input::Receive { from: node_id(from), msg },
+                Err(e) => panic!("codec: n{} could not decode a message n{} encoded: {e}", self.index + 1, from + 1),
+            },
+            MachineInput::LeaseReply { id, result } => {
+                let result = match result {
+                    LeaseResult::Granted { epoch, ttl_ms } | LeaseResult::Renewed { epoch, ttl_ms } => {
+                        CoreLease::Granted { epoch: Epoch(epoch), ttl: Duration::from_millis(ttl_ms) }
+                    }
+                    LeaseResult::Held { holder, epoch } => CoreLease::Denied { holder: holder.map(node_id), epoch: Epoch(epoch) },
+                    LeaseResult::Lost { .. } => CoreLease::Lost,
+                    LeaseResult::Released => CoreLease::Released,
+                    LeaseResult::Error => CoreLease::Error,
+                };
+                Input::LeaseReply { id: LeaseRequestId(id), result }
+            }
+            MachineInput::IoDone { id, result } => {
+                let answer = self.io.remove(&id).expect("the world completes only issued I/O");
+                let result = match result {
+                    Err(IoError::Eio) => Err(IoErrorKind::Failed),
+                    Err(IoError::Enospc) => Err(IoErrorKind::NoSpace),
+                    Err(IoError::NotFound) => Err(IoErrorKind::NotFound),
+                    Ok(value) => match (answer, value) {
+                        (Answer::LtxFiles, IoValue::Files(files)) => {
+                            let stripped: Option<Vec<Vec<u8>>> =
+                                files.into_iter().map(|f| f.get(EPOCH_PREFIX..).map(<[u8]>::to_vec)).collect();
+                            stripped.map(IoOutcome::LtxFiles).ok_or(IoErrorKind::Failed)
+                        }
+                        (Answer::Database, IoValue::Data(image)) => Ok(IoOutcome::Database(image)),
+                        (Answer::Done, IoValue::Done) => Ok(IoOutcome::Done),
+                        (answer, value) => panic!("I/O {id}: expected {answer:?}, the disk answered {value:?}"),
+                    },
+                };
+                Input::IoDone { id: ltxfs_core::node::IoId(id), result }
+            }
+            MachineInput::LocalCommit { db, page_size, commit, pages, wall_ms } => Input::LocalCommit(LocalCommit {
+                db: db_name(&db),
+                page_size,
+                commit,
+                pages,
+                // The simulated workload commits in rollback-journal style: no WAL frames.
+                wal: None,
+                wall: WallMs(wall_ms as i64),
+            }),
+            MachineInput::Handoff { to } => Input::Handoff { to: node_id(to) },
+            MachineInput::PeerConnected { peer } => Input::PeerConnected { peer: node_id(peer) },
+            MachineInput::PeerDisconnected { peer } => Input::PeerDisconnected { peer: node_id(peer) },
+            MachineInput::LeaseObserved { holder, epoch } => Input::LeaseObserved { holder: holder.map(node_id), epoch: Epoch(epoch) },
+        };
+        match self.call(input) {
+            Ok(()) => {}
+            // An admin handoff to a node that is not a connected follower is refused: the
+            // operator's request fails, nothing else happens.
+            Err(InputError::HandoffTargetUnknown(to)) => {
+                self.out.push_back(MachineOutput::Event(MachineEvent::Note(format!("handoff to {to} refused: not a follower"))))
+            }
+            Err(e) => panic!("n{}: the driver misused the core: {e}", self.index + 1),
+        }
+    }
+
+    fn handle_timeout(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
+        self.node.handle_timeout(time(self.now_us));
+        self.drain(false);
+    }
+
+    fn poll_output(&mut self) -> Option<MachineOutput<Vec<u8>>> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        self.node.poll_timeout().map(|t| t.as_nanos().div_ceil(1000))
+    }
+
+    fn view(&self) -> MachineView {
+        let role = self.node.role();
+        let mut positions = Vec::new();
+        let mut halted = Vec::new();
+        for (db, p) in self.node.positions() {
+            if self.node.is_halted(&db) {
+                halted.push(db.as_str().to_string());
+            } else if p.pos.txid > 0 {
+                positions.push((db.as_str().to_string(), p.pos.txid, p.pos.checksum));
+            }
+        }
+        MachineView {
+            primary: matches!(role, Role::Recovering | Role::Primary),
+            writable: self.node.is_writable(time(self.now_us)),
+            epoch: self.epoch(),
+            deadline_local_us: self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| d.as_nanos() / 1000),
+            positions,
+            halted,
+        }
+    }
+
+    fn msg_digest(msg: &Vec<u8>) -> u64 {
+        // Length, head and tail: enough to tell messages apart without hashing every page.
+        let head = &msg[..msg.len().min(64)];
+        let tail = &msg[msg.len().saturating_sub(16)..];
+        digest(&(msg.len(), head, tail))
+    }
+
+    fn msg_text(msg: &Vec<u8>) -> String {
+        match Message::decode(msg) {
+            Ok(Message::Ltx { epoch, db, offset, total_bytes, bytes }) => {
+                let range = header_trailer(&bytes).map(|(h, t)| format!("{}-{} post {:016x}", h.min_txid, h.max_txid, t.post_apply_checksum));
+                format!("Ltx {{ epoch: {epoch}, db: {db}, offset: {offset}, total_bytes: {total_bytes}, {} }}", range.unwrap_or_default())
+            }
+            Ok(m) => format!("{m:?}"),
+            Err(e) => format!("undecodable ({e})"),
+        }
+    }
+
+    fn planted_names() -> Vec<&'static str> {
+        PLANTED_NAMES.to_vec()
+    }
+}

@@ -660,8 +660,8 @@ fn meta(min: u64, pre: Pos, post: Pos, bytes: &[u8]) -> ltxfs_core::catchup::Ltx
 }
 
 /// Node 1 (dynamic, peers 2 and 3) opening `db()` at `p2` with files 1-1 and 2-2 and no index:
-/// returns the node, the ReadDatabase outputs, and the file 2-2.
-fn open_two_files() -> (Node, Vec<Output>, Pos, Pos, Vec<u8>) {
+/// returns the node, the ReadDatabase outputs, p1, p2, the file 2-2 and the index at p2.
+fn open_two_files() -> (Node, Vec<Output>, Pos, Pos, Vec<u8>, ChecksumIndex) {
     let mut index = ChecksumIndex::new(PS).unwrap();
     let (f1, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 1)]);
     let (f2, p2) = make_ltx(&mut index, 2, p1, 2, &[(2, 4)]);
@@ -672,7 +672,7 @@ fn open_two_files() -> (Node, Vec<Output>, Pos, Pos, Vec<u8>) {
     let out = drain(&mut n);
     assert_eq!(out[0], ev(Event::ChecksumIndexRebuilt { db: db() }));
     assert!(matches!(&out[1], Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. })), "{out:?}");
-    (n, out, p1, p2, f2)
+    (n, out, p1, p2, f2, index)
 }
 
 /// Seeds 881 and 1456 of `sim swarm --sync`: after a power loss a node's database file was one
@@ -681,7 +681,7 @@ fn open_two_files() -> (Node, Vec<Output>, Pos, Pos, Vec<u8>) {
 /// the newest file is re-applied, and the node answers with the position its LTX chain proves.
 #[test]
 fn database_behind_its_newest_ltx_is_repaired_by_reapplying_it() {
-    let (mut n, out, _p1, p2, f2) = open_two_files();
+    let (mut n, out, _p1, p2, f2, _) = open_two_files();
     // The file is at TXID 1 (the crash came between the LTX write and the page write).
     n.handle_input(ms(2), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(page(1))) }).unwrap();
     let out = drain(&mut n);
@@ -702,7 +702,7 @@ fn database_behind_its_newest_ltx_is_repaired_by_reapplying_it() {
 
 #[test]
 fn database_matching_no_retained_ltx_forgets_its_position() {
-    let (mut n, out, _p1, p2, f2) = open_two_files();
+    let (mut n, out, _p1, p2, f2, _) = open_two_files();
     // A file that re-applying 2-2 does not bring to p2 (page 1 is not in that LTX).
     let mut image = page(9);
     image.extend(page(2));
@@ -713,4 +713,33 @@ fn database_matching_no_retained_ltx_forgets_its_position() {
     assert_eq!(drain(&mut n), vec![ev(Event::ChecksumMismatch { db: db(), expected: p2.checksum, actual })]);
     assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(Pos::ZERO));
     assert_eq!(n.index_checksum(&db()), Some(actual));
+}
+
+/// Seed 181 of `sim swarm --sync`: LTX files that arrive while a database is still loading are
+/// queued; once loading ended nothing started them, and every later file queued behind them, so
+/// the replica never caught up. They are applied when loading ends.
+#[test]
+fn ltx_queued_while_loading_is_applied_once_loaded() {
+    let (mut n, out, _p1, p2, _f2, mut index) = open_two_files();
+    let (f3, p3) = make_ltx(&mut index, 3, p2, 2, &[(1, 5)]);
+    let from_n2 = |bytes: &[u8]| Input::Receive {
+        from: N2,
+        msg: Message::Ltx { epoch: E1, db: db(), offset: 0, total_bytes: bytes.len() as u64, bytes: bytes.to_vec() },
+    };
+    n.handle_input(ms(2), from_n2(&f3)).unwrap();
+    assert_eq!(drain(&mut n), vec![], "queued while loading");
+    // The file is at its position: loading ends and the queued file is written, then applied.
+    let mut image = page(1);
+    image.extend(page(4));
+    n.handle_input(ms(3), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(image)) }).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::WriteLtx { min_txid: 3, max_txid: 3, .. }, .. })]), "{out:?}");
+    n.handle_input(ms(4), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    n.handle_input(ms(5), done(io_id(&out[0]))).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![ev(Event::Applied { db: db(), pos: p3, from: N2 }), Output::Send { to: N2, msg: Message::Ack { epoch: E1, db: db(), pos: p3 } }]
+    );
+    assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(p3));
 }

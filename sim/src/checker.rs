@@ -287,7 +287,20 @@ impl Checker {
     /// position; a restart truncates the tracked history above the restored position.
     pub fn after_step(&mut self, node: NodeIdx, view: &MachineView, restarted: bool) {
         let track = &mut self.nodes[usize::from(node)];
-        track.pos = view.positions.iter().map(|(db, txid, checksum)| (db.clone(), (*txid, *checksum))).collect();
+        // Incremental: the same map as rebuilding it from the view, without allocating a key
+        // per database on every step (positions rarely change between two steps of one node).
+        if track.pos.len() != view.positions.len() || view.positions.iter().any(|(db, ..)| !track.pos.contains_key(db)) {
+            track.pos.retain(|db, _| view.positions.iter().any(|(d, ..)| d == db));
+        }
+        for (db, txid, checksum) in &view.positions {
+            match track.pos.get_mut(db) {
+                Some(pos) => *pos = (*txid, *checksum),
+                None => {
+                    track.pos.insert(db.clone(), (*txid, *checksum));
+                }
+            }
+        }
+        debug_assert!(track.pos.iter().map(|(d, p)| (d.as_str(), *p)).eq(view_sorted(view)), "incremental position map");
         if restarted {
             for (db, txid, checksum) in &view.positions {
                 let chain = track.chain.entry(db.clone()).or_default();
@@ -306,7 +319,7 @@ impl Checker {
     /// This covers "after every apply and every restart": both end in such a quiescent moment.
     pub fn sweep(&mut self, now: TrueUs, node: NodeIdx, view: &MachineView, disk: &SimDisk) {
         for (db, txid, checksum) in &view.positions {
-            let on_disk = disk.db(db).map(|f| f.checksum()).unwrap_or(CHECKSUM_EMPTY);
+            let on_disk = disk.db_checksum(db);
             if on_disk != *checksum {
                 self.fail(
                     Invariant::ChecksumRecompute,
@@ -408,4 +421,11 @@ impl Checker {
             );
         }
     }
+}
+
+/// The view's positions as the checker's map would list them (sorted by database).
+fn view_sorted(view: &MachineView) -> impl Iterator<Item = (&str, (u64, u64))> {
+    let mut all: Vec<(&str, (u64, u64))> = view.positions.iter().map(|(d, t, c)| (d.as_str(), (*t, *c))).collect();
+    all.sort_unstable();
+    all.into_iter()
 }

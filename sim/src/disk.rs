@@ -100,6 +100,10 @@ pub struct SimDisk {
     torn_next_crash: bool,
     /// The most recent unsynced write, for tearing: (file path or db name, is_db).
     last_unsynced: Option<(String, bool)>,
+    /// [`DbFile::checksum`] of each database as it is now, computed on first use after a change
+    /// (every method that changes a database's pages or size forgets its entry): reads and the
+    /// recomputation check ask far more often than databases change.
+    checksums: std::cell::RefCell<BTreeMap<String, u64>>,
 }
 
 impl SimDisk {
@@ -117,6 +121,19 @@ impl SimDisk {
 
     pub fn dbs(&self) -> impl Iterator<Item = (&String, &DbFile)> {
         self.dbs.iter()
+    }
+
+    /// The checksum of what a reader of database `name` sees now ([`DbFile::checksum`]; the
+    /// empty database's if the file does not exist).
+    pub fn db_checksum(&self, name: &str) -> u64 {
+        let Some(file) = self.dbs.get(name) else { return checksum::CHECKSUM_EMPTY };
+        if let Some(sum) = self.checksums.borrow().get(name) {
+            debug_assert_eq!(*sum, file.checksum(), "cached checksum of {name} is stale");
+            return *sum;
+        }
+        let sum = file.checksum();
+        self.checksums.borrow_mut().insert(name.to_string(), sum);
+        sum
     }
 
     /// Arms a fault: EIO/ENOSPC for the next `count` commands, or a torn write at the next crash.
@@ -179,6 +196,7 @@ impl SimDisk {
     /// Writes pages into a database file without syncing (what SQLite does through the mount
     /// before its commit point, and the first half of a replica's apply).
     pub fn write_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) {
+        self.checksums.get_mut().remove(db);
         let file = self.dbs.entry(db.to_string()).or_default();
         file.page_size = page_size;
         if file.undo_commit.is_none() {
@@ -238,6 +256,7 @@ impl SimDisk {
 
     /// Reverts every unsynced change of database `db` (SQLite rolling back from its journal).
     pub fn rollback_db(&mut self, db: &str) {
+        self.checksums.get_mut().remove(db);
         if let Some(file) = self.dbs.get_mut(db) {
             for (pgno, old) in std::mem::take(&mut file.undo_pages) {
                 match old {
@@ -277,6 +296,7 @@ impl SimDisk {
     /// Puts a database back exactly as it was before the write `undo` came from (SQLite rolling
     /// back a commit the node refused on the spot).
     pub fn undo_pages(&mut self, undo: DbUndo) {
+        self.checksums.get_mut().remove(&undo.db);
         match undo.file {
             None => {
                 self.dbs.remove(&undo.db);
@@ -310,6 +330,7 @@ impl SimDisk {
     /// Power loss: everything unsynced is lost; a torn-write fault keeps half of the last
     /// unsynced write (a prefix of a file, or the lower half of the changed pages).
     pub fn crash(&mut self) {
+        self.checksums.get_mut().clear();
         let torn = if self.torn_next_crash { self.last_unsynced.take() } else { None };
         self.torn_next_crash = false;
         self.last_unsynced = None;

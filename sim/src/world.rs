@@ -718,7 +718,7 @@ impl<M: Machine> World<M> {
         let session = self.rng_work.below(u64::from(SESSIONS)) as u32;
         let slot = &self.slots[usize::from(node)];
         let view = slot.machine.as_ref().expect("running").view();
-        let checksum = slot.disk.db(db).map(|f| f.checksum()).unwrap_or(ltxfs_core::ltx::checksum::CHECKSUM_EMPTY);
+        let checksum = slot.disk.db_checksum(db);
         let txid = view.positions.iter().find(|(d, ..)| d == db).map(|(_, t, c)| if *c == checksum { *t } else { 0 });
         let op = self.history.invoke(session, node, OpKind::Read { db: db.to_string() }, self.now);
         self.history.complete(op, Outcome::Ok { txid: txid.unwrap_or(0), checksum }, self.now);

@@ -130,10 +130,13 @@ impl Node {
         self.loaded(db);
     }
 
-    /// Loading is over: the database is idle at its position (or at none).
+    /// Loading is over: the database is idle at its position (or at none). LTX files that
+    /// arrived meanwhile were queued: they are applied now (each checked against the position as
+    /// usual), or nothing would ever start them and every later file would queue behind them.
     fn loaded(&mut self, db: DbName) {
         let d = self.dbs.get_mut(&db).expect("loading an open database");
         d.state = DbState::Idle;
+        self.apply_next(db.clone());
         if let Some(up) = self.upstream.filter(|_| self.role.is_follower()) {
             if self.connected.contains(&up) {
                 self.send_stream_request(up);

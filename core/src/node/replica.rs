@@ -248,7 +248,7 @@ impl Node {
     }
 
     /// Starts the next queued LTX of `db`, if any.
-    fn apply_next(&mut self, db: DbName) {
+    pub(super) fn apply_next(&mut self, db: DbName) {
         let Some(d) = self.dbs.get_mut(&db) else { return };
         if !d.is_idle() {
             return;

@@ -743,3 +743,62 @@ fn ltx_queued_while_loading_is_applied_once_loaded() {
     );
     assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(p3));
 }
+
+/// A snapshot LTX of `db()` up to `max_txid` with `pages` (the whole database).
+fn make_snapshot(max_txid: u64, pages: &[(u32, u8)]) -> (Vec<u8>, Pos) {
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let pages: Vec<(u32, Vec<u8>)> = pages.iter().map(|&(p, f)| (p, page(f))).collect();
+    let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    let commit = pages.len() as u32;
+    let post = index.apply(commit, &refs).unwrap();
+    let header = Header { page_size: PS, commit, min_txid: 1, max_txid, timestamp_ms: 5, ..Header::default() };
+    (ltx::encode_to_vec(header, refs, post).unwrap(), Pos { txid: max_txid, checksum: post })
+}
+
+/// The failover_sync convergence failure (kill -9 of a sync-mode primary right after acknowledged
+/// commits): the old primary restarts at its own unacknowledged TXID 2, rebuilding its index;
+/// the new primary (epoch 2) has another TXID 2, so it resets the old primary by snapshot, and
+/// does so twice (the old primary's stream request is re-sent when loading ends). Both snapshots
+/// arrive while the database loads. They used to stay queued forever (the old primary never
+/// converged); now the first replaces the history (never silently) and the second is a no-op
+/// re-apply at the same position.
+#[test]
+fn diverged_old_primary_applies_the_snapshots_that_arrived_while_it_loaded() {
+    let (mut n, out, _p1, p2, _f2, _) = open_two_files();
+    let (snap, theirs) = make_snapshot(2, &[(1, 1), (2, 7)]);
+    assert_eq!(theirs.txid, p2.txid);
+    assert_ne!(theirs, p2, "same TXID, another history");
+    let from_n2 = |bytes: &[u8]| Input::Receive {
+        from: N2,
+        msg: Message::Ltx { epoch: Epoch(2), db: db(), offset: 0, total_bytes: bytes.len() as u64, bytes: bytes.to_vec() },
+    };
+    n.handle_input(ms(2), from_n2(&snap)).unwrap();
+    n.handle_input(ms(2), from_n2(&snap)).unwrap();
+    assert_eq!(drain(&mut n), vec![], "both snapshots queued while loading");
+
+    // Loading ends at the node's own position; the first snapshot replaces its history.
+    let mut image = page(1);
+    image.extend(page(4));
+    n.handle_input(ms(3), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(image)) }).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(out[0], ev(Event::HistoryReplaced { db: db(), from: N2, old: p2, old_epoch: E1, new: theirs }));
+    assert!(matches!(&out[1], Output::Io(IoCommand { kind: IoKind::DeleteLtx { files, .. }, .. }) if files == &vec![(1, 1), (2, 2)]), "{out:?}");
+    assert!(matches!(&out[2], Output::Io(IoCommand { kind: IoKind::WriteLtx { min_txid: 1, max_txid: 2, .. }, .. })), "{out:?}");
+    assert_eq!(out.len(), 3, "{out:?}");
+    n.handle_input(ms(4), done(io_id(&out[1]))).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    n.handle_input(ms(4), done(io_id(&out[2]))).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::ApplyPages { commit: 2, .. }, .. })]), "{out:?}");
+    n.handle_input(ms(5), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    let acked = Output::Send { to: N2, msg: Message::Ack { epoch: Epoch(2), db: db(), pos: theirs } };
+    assert_eq!(out[..2], [ev(Event::Applied { db: db(), pos: theirs, from: N2 }), acked.clone()]);
+    // The second snapshot starts at once: same position, no history replaced.
+    assert!(matches!(&out[2..], [Output::Io(IoCommand { kind: IoKind::WriteLtx { min_txid: 1, max_txid: 2, .. }, .. })]), "{out:?}");
+    n.handle_input(ms(6), done(io_id(&out[2]))).unwrap();
+    let out = drain(&mut n);
+    n.handle_input(ms(7), done(io_id(&out[0]))).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::Applied { db: db(), pos: theirs, from: N2 }), acked]);
+    assert_eq!(n.db_pos(&db()).map(|p| (p.pos, p.epoch)), Some((theirs, Epoch(2))));
+}

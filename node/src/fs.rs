@@ -18,6 +18,7 @@
 //! Never decides when a transaction commits (that is `ltxfs_core::detect`) or what the next
 //! position is, who is primary, or what to replicate (the core, through [`RuntimeHandle`]).
 
+use node::runtime::stats::{self, FsyncKind};
 use node::runtime::{ApplyHook, CommitOutcome, RuntimeHandle};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -253,9 +254,10 @@ impl Db {
         if !rt.status().positions.contains_key(&self.name) {
             pages = self.full_image_pages(page_size, commit, pages)?;
         }
-        let outcome = rt
-            .commit_blocking(db, page_size, commit, pages, wal)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let started = Instant::now();
+        let outcome = rt.commit_blocking(db, page_size, commit, pages, wal);
+        stats::COMMIT_LATENCY.observe(started.elapsed());
+        let outcome = outcome.map_err(|e| io::Error::other(e.to_string()))?;
         match outcome {
             CommitOutcome::Committed { .. } => Ok(outcome),
             other => Err(io::Error::other(format!("commit not accepted by the node: {other:?}"))),
@@ -332,6 +334,7 @@ impl Db {
             // With synchronous=FULL SQLite's FSYNC of the same frames came just before.
             if let Some(wal) = self.files[Kind::Wal as usize].as_ref() {
                 wal.sync_data()?;
+                stats::fsync(FsyncKind::Wal);
                 self.wal_unsynced = false;
             }
         }
@@ -927,6 +930,7 @@ fn page_ranges(pages: &[u32]) -> Vec<(u32, u32)> {
 
 impl Filesystem for LtxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        stats::fuse_request("init");
         config
             .add_capabilities(InitFlags::FUSE_POSIX_LOCKS)
             .map_err(|_| io::Error::other("the kernel does not support FUSE POSIX locks"))?;
@@ -936,6 +940,7 @@ impl Filesystem for LtxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        stats::fuse_request("lookup");
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if parent.0 != ROOT_INO {
@@ -957,6 +962,7 @@ impl Filesystem for LtxFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        stats::fuse_request("getattr");
         let view = View::of(self.shared.runtime.get());
         match self.state().attr(ino, &view) {
             Ok(attr) => reply.attr(&view.ttl(), &attr),
@@ -982,6 +988,7 @@ impl Filesystem for LtxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        stats::fuse_request("setattr");
         let view = View::of(self.shared.runtime.get());
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
@@ -1022,6 +1029,7 @@ impl Filesystem for LtxFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        stats::fuse_request("unlink");
         let view = View::of(self.shared.runtime.get());
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
@@ -1062,6 +1070,7 @@ impl Filesystem for LtxFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        stats::fuse_request("open");
         let read_only = self.shared.read_only();
         let state = self.state();
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
@@ -1096,6 +1105,7 @@ impl Filesystem for LtxFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        stats::fuse_request("create");
         let view = View::of(self.shared.runtime.get());
         let mut state = self.state();
         if parent.0 != ROOT_INO {
@@ -1160,6 +1170,7 @@ impl Filesystem for LtxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        stats::fuse_request("read");
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if let Some(content) = state.virtual_content(ino, &view) {
@@ -1199,6 +1210,7 @@ impl Filesystem for LtxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        stats::fuse_request("write");
         let read_only = self.shared.read_only();
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
@@ -1248,6 +1260,7 @@ impl Filesystem for LtxFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        stats::fuse_request("flush");
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
         if let Some((id, kind)) = state.resolve(ino) {
@@ -1272,6 +1285,7 @@ impl Filesystem for LtxFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        stats::fuse_request("fsync");
         let mut state = self.state();
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.ok();
@@ -1288,6 +1302,9 @@ impl Filesystem for LtxFs {
             }
             .map_err(io_errno)
         });
+        if result.is_ok() {
+            stats::fsync(FsyncKind::Forwarded);
+        }
         if result.is_ok() && kind == Kind::Wal {
             // Every WAL write so far went through this lock: all of it is durable now.
             db.wal_unsynced = false;
@@ -1306,6 +1323,7 @@ impl Filesystem for LtxFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        stats::fuse_request("readdir");
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if ino.0 != ROOT_INO {
@@ -1343,6 +1361,7 @@ impl Filesystem for LtxFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        stats::fuse_request("access");
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if let Err(err) = state.attr(ino, &view) {
@@ -1367,14 +1386,17 @@ impl Filesystem for LtxFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
+        stats::fuse_request("getxattr");
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        stats::fuse_request("listxattr");
         reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        stats::fuse_request("opendir");
         // ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR (it opens directories
         // itself, FUSE_NO_OPENDIR_SUPPORT); SQLite opens the directory on every DELETE-mode
         // commit to fsync it.
@@ -1389,6 +1411,7 @@ impl Filesystem for LtxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        stats::fuse_request("fsyncdir");
         // ENOSYS: the kernel answers later FSYNCDIRs with success itself (no round trip).
         // Names are backed by files in data.dir whose creation/removal the engine makes durable
         // where it matters (LTX); SQLite's directory fsync after a journal unlink needs no more.
@@ -1407,6 +1430,7 @@ impl Filesystem for LtxFs {
         _pid: u32,
         reply: ReplyLock,
     ) {
+        stats::fuse_request("getlk");
         let state = self.state();
         let Some((id, file)) = state
             .resolve(ino)
@@ -1446,6 +1470,7 @@ impl Filesystem for LtxFs {
         _sleep: bool,
         reply: ReplyEmpty,
     ) {
+        stats::fuse_request("setlk");
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
         let Some((id, file)) = state

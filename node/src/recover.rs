@@ -4,6 +4,8 @@
 //! Decides, per database, what a crash left behind and how to get back to the position of the
 //! last LTX file:
 //! - a stale `-shm` is deleted (SQLite rebuilds it);
+//! - an LTX file whose rename to its final name a crash lost is renamed from its spare file
+//!   (the LTX writer fsyncs no directory per commit: `node::runtime::disk::promote_spares`);
 //! - a WAL whose salts are not those of the last LTX holds no transaction the LTX log knows:
 //!   it is set aside (`wal.removed`); a WAL with the last LTX's salts is cut back to the end of
 //!   that LTX's frames (frames after it were never made durable as LTX);
@@ -32,6 +34,8 @@ pub struct Recovered {
     pub wal_truncated_to: Option<u64>,
     pub journal_rolled_back: bool,
     pub ltx_reapplied: Option<u64>,
+    /// LTX files renamed from their spare file (the rename was lost: see `promote_spares`).
+    pub ltx_restored: usize,
 }
 
 /// Recovers every database under `<data>/dbs/`.
@@ -81,6 +85,10 @@ fn last_ltx(dir: &Path) -> io::Result<Option<PathBuf>> {
 pub fn recover_db(dir: &Path, clean: bool) -> io::Result<Recovered> {
     let mut done = Recovered::default();
     let _ = fs::remove_file(dir.join("shm"));
+    if dir.join("ltx").is_dir() {
+        // An LTX whose rename a crash lost is still complete in its spare file.
+        done.ltx_restored = node::runtime::disk::promote_spares(&dir.join("ltx"))?;
+    }
     let last = match last_ltx(dir)? {
         Some(path) => {
             let bytes = fs::read(&path)?;

@@ -551,6 +551,7 @@ fn no_arguments_mounts_the_embedded_default_and_sigint_unmounts() {
             .join("ltxfs/data/dbs/app.db/ltx")
             .read_dir()
             .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".ltx"))
             .count()
             == 1
     );

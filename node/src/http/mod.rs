@@ -253,6 +253,21 @@ async fn metrics(State(s): State<AppState>) -> Response {
     for (name, help, c) in counters {
         gauge(name, help, "counter", vec![(String::new(), Metrics::get(c).to_string())]);
     }
+    use crate::runtime::stats;
+    let fuse = stats::fuse_requests().into_iter().map(|(op, n)| (format!("{{op=\"{op}\"}}"), n.to_string())).collect();
+    gauge("ltxfs_fuse_requests_total", "FUSE requests served, by opcode (process-wide).", "counter", fuse);
+    let fsyncs = stats::fsyncs().into_iter().map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string())).collect();
+    gauge("ltxfs_fsyncs_total", "fsync/fdatasync calls by kind: forwarded (SQLite's), wal (the node's before an LTX), ltx, dir, database (applies), metadata (process-wide).", "counter", fsyncs);
+    for (name, help, h) in [
+        ("ltxfs_commit_seconds", "Local commit path: commit detected by the FUSE layer until the runtime's verdict.", &stats::COMMIT_LATENCY),
+        ("ltxfs_apply_seconds", "Replica apply of one LTX into the database, SQLite's locks included.", &stats::APPLY_LATENCY),
+    ] {
+        let (buckets, sum, count) = h.snapshot();
+        let mut lines: Vec<(String, String)> = buckets.into_iter().map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), n.to_string())).collect();
+        lines.push(("_sum".to_string(), format!("{sum}")));
+        lines.push(("_count".to_string(), count.to_string()));
+        gauge(name, help, "histogram", lines);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -18,7 +18,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use ltxfs_core::catchup::LtxFileMeta;
 use ltxfs_core::ids::{DbName, Epoch};
@@ -26,6 +28,7 @@ use ltxfs_core::ltx::{self, Header, Pos, Trailer, HEADER_SIZE, TRAILER_SIZE};
 use ltxfs_core::node::{IoErrorKind, IoKind, IoOutcome, OpenDb};
 use ltxfs_core::time::Time;
 
+use super::stats::{self, FsyncKind};
 use super::ApplyHook;
 
 /// File names inside `<data>/dbs/<db>/`.
@@ -36,15 +39,22 @@ pub const EPOCH_FILE: &str = "epoch";
 /// Most lines kept in the `epoch` journal.
 pub const EPOCH_LINES_MAX: usize = 8;
 
+/// Names of the spare LTX files in `ltx/` start with this (see [`promote_spares`]).
+pub const SPARE_PREFIX: &str = ".spare-";
+/// Spare files created at once, with one directory fsync for all of them.
+pub const SPARE_BATCH: usize = 32;
+
 /// The data directory of one node.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// Empty spare files whose names are durable, per LTX directory (see [`promote_spares`]).
+    spares: Arc<Mutex<BTreeMap<PathBuf, Vec<PathBuf>>>>,
 }
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
-        DataDir { root: root.into() }
+        DataDir { root: root.into(), spares: Arc::default() }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -101,6 +111,7 @@ impl DataDir {
         if !dir.exists() {
             return Ok(None);
         }
+        promote_spares(&dir)?;
         let mut files = Vec::new();
         let mut last: Option<(Header, Trailer)> = None;
         let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -153,6 +164,8 @@ impl DataDir {
                 .and_then(|()| self.write_ltx(db, *min_txid, *max_txid, bytes, *fsync))
                 .map(|()| IoOutcome::Done),
             IoKind::ApplyPages { db, page_size, commit, pages } => {
+                let started = std::time::Instant::now();
+                let _timer = scopeguard_latency(started);
                 hook.before_apply(db);
                 let result = self.apply_pages(db, *page_size, *commit, pages);
                 hook.after_apply(db, pages.iter().map(|(p, _)| *p).collect::<Vec<_>>().as_slice(), *commit);
@@ -243,10 +256,55 @@ impl DataDir {
         Ok(())
     }
 
+    /// Writes an LTX file durably with one fdatasync and no directory fsync: the bytes go into
+    /// a spare file whose (hidden) name is already durable, which is then renamed. If a crash
+    /// loses the rename, the spare keeps the complete LTX under its durable name and start-up
+    /// renames it again ([`promote_spares`]). Spares are made in batches of [`SPARE_BATCH`]
+    /// (one directory fsync per batch).
     fn write_ltx(&self, db: &DbName, min: u64, max: u64, bytes: &[u8], fsync: bool) -> io::Result<()> {
         let dir = self.ltx_dir(db);
-        fs::create_dir_all(&dir)?;
-        atomic_write(&dir, &ltx::file_name(min, max), bytes, fsync)
+        if !fsync {
+            fs::create_dir_all(&dir)?;
+            return atomic_write(&dir, &ltx::file_name(min, max), bytes, false);
+        }
+        let spare = self.take_spare(&dir)?;
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).open(&spare)?;
+            f.write_all(bytes)?;
+            f.sync_data()?;
+            stats::fsync(FsyncKind::Ltx);
+            fs::rename(&spare, dir.join(ltx::file_name(min, max)))
+        })();
+        if result.is_err() {
+            // Not durable as an LTX: the spare must not be promoted at the next start-up.
+            let _ = fs::remove_file(&spare);
+        }
+        result
+    }
+
+    /// An empty spare file in `dir` whose name is durable.
+    fn take_spare(&self, dir: &Path) -> io::Result<PathBuf> {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = spares.entry(dir.to_path_buf()).or_default();
+        if pool.is_empty() {
+            if !dir.exists() {
+                fs::create_dir_all(dir)?;
+                if let Some(parent) = dir.parent() {
+                    File::open(parent)?.sync_all()?;
+                    stats::fsync(FsyncKind::Dir);
+                }
+            }
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            for i in 0..SPARE_BATCH {
+                let path = dir.join(format!("{SPARE_PREFIX}{stamp:032x}-{i:02}"));
+                OpenOptions::new().write(true).create_new(true).open(&path)?;
+                pool.push(path);
+            }
+            File::open(dir)?.sync_all()?;
+            stats::fsync(FsyncKind::Dir);
+            pool.reverse();
+        }
+        pool.pop().ok_or_else(|| io::Error::other("no spare LTX file"))
     }
 
     fn apply_pages(&self, db: &DbName, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) -> io::Result<()> {
@@ -267,6 +325,7 @@ impl DataDir {
             file.write_all_at(data, u64::from(*pgno - 1) * page_bytes)?;
         }
         file.set_len(u64::from(commit) * page_bytes)?;
+        stats::fsync(FsyncKind::Database);
         file.sync_all()
     }
 }
@@ -316,6 +375,75 @@ fn read_header_trailer(path: &Path) -> io::Result<(Header, Trailer, u64)> {
     Ok((header, trailer, size))
 }
 
+/// The recovery rule that lets [`DataDir`] write an LTX without a directory fsync. Run at
+/// start-up before the LTX files are read (`ltxfs` runs it in its crash recovery and again in
+/// [`DataDir::scan`]); idempotent.
+///
+/// A spare file is created empty and its name made durable (directory fsync) before it is
+/// used; an LTX is written into it, fdatasynced (data and size), and only then renamed to its
+/// final name. After a crash each acknowledged LTX is therefore complete under one of its two
+/// names (rename is atomic): the final one, or the spare's if the rename did not reach the
+/// disk. This renames every spare that holds a complete LTX (header and trailer checksums)
+/// continuing the chain of the named files (`min_txid` = last `max_txid` + 1 and matching
+/// pre-apply checksum) or starting a new one (a snapshot), in the order they were written, and
+/// deletes every other spare (incomplete writes were never acknowledged; empty ones are unused).
+/// Returns how many LTX files were restored.
+pub fn promote_spares(dir: &Path) -> io::Result<usize> {
+    let mut named: Option<(u64, PathBuf)> = None;
+    let mut full: Vec<PathBuf> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(SPARE_PREFIX) {
+            if entry.metadata()?.len() > 0 {
+                full.push(entry.path());
+            } else {
+                // Unused: a new batch is made when needed.
+                fs::remove_file(entry.path())?;
+            }
+        } else if let Some((_, max)) = ltx::parse_file_name(name) {
+            if named.as_ref().is_none_or(|(m, _)| max > *m) {
+                named = Some((max, entry.path()));
+            }
+        }
+    }
+    if full.is_empty() {
+        return Ok(0);
+    }
+    let mut tip: Option<Pos> = match &named {
+        Some((_, path)) => {
+            let (h, t, _) = read_header_trailer(path)?;
+            Some(Pos { txid: h.max_txid, checksum: t.post_apply_checksum })
+        }
+        None => None,
+    };
+    // Spares are used in the order of their names: this is the order the LTX were written.
+    full.sort();
+    let mut promoted = 0;
+    for path in full {
+        let Some((header, _, trailer)) = fs::read(&path).ok().and_then(|b| ltx::decode_slice(&b).ok()) else {
+            tracing::warn!(spare = %path.display(), "removing an incomplete spare LTX (never acknowledged)");
+            fs::remove_file(&path)?;
+            continue;
+        };
+        let post = trailer.post_apply_checksum;
+        let continues = header.is_snapshot()
+            || tip.is_some_and(|t| header.min_txid == t.txid + 1 && header.pre_apply_checksum == t.checksum);
+        if continues {
+            fs::rename(&path, dir.join(ltx::file_name(header.min_txid, header.max_txid)))?;
+            tip = Some(Pos { txid: header.max_txid, checksum: post });
+            promoted += 1;
+            tracing::warn!(min = header.min_txid, max = header.max_txid, "restored an LTX file whose rename a crash lost");
+        } else {
+            tracing::warn!(spare = %path.display(), "removing a spare LTX that does not continue the chain");
+            fs::remove_file(&path)?;
+        }
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(promoted)
+}
+
 /// Writes `name` in `dir` atomically: temp file, fsync, rename, fsync of the directory.
 fn atomic_write(dir: &Path, name: &str, bytes: &[u8], fsync: bool) -> io::Result<()> {
     fs::create_dir_all(dir)?;
@@ -325,13 +453,26 @@ fn atomic_write(dir: &Path, name: &str, bytes: &[u8], fsync: bool) -> io::Result
         f.write_all(bytes)?;
         if fsync {
             f.sync_all()?;
+            stats::fsync(FsyncKind::Metadata);
         }
     }
     fs::rename(&tmp, dir.join(name))?;
     if fsync {
         File::open(dir)?.sync_all()?;
+        stats::fsync(FsyncKind::Dir);
     }
     Ok(())
+}
+
+/// Records an apply's latency when dropped (every exit of the apply arm).
+fn scopeguard_latency(started: std::time::Instant) -> impl Drop {
+    struct Timer(std::time::Instant);
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            stats::APPLY_LATENCY.observe(self.0.elapsed());
+        }
+    }
+    Timer(started)
 }
 
 fn io_error_kind(e: &io::Error) -> IoErrorKind {
@@ -397,4 +538,55 @@ mod tests {
         }
         assert_eq!(data.epoch_lines(&db).len(), EPOCH_LINES_MAX);
     }
+
+    fn ltx_bytes(min: u64, max: u64, pre: u64, post: u64) -> Vec<u8> {
+        let header = Header { page_size: 512, commit: 1, min_txid: min, max_txid: max, pre_apply_checksum: pre, timestamp_ms: 1, ..Header::default() };
+        let page = vec![min as u8; 512];
+        let post = if min == 1 { ltx::checksum::db_checksum(&page, 512) } else { post };
+        ltx::encode_to_vec(header, [(1u32, page.as_slice())], post).unwrap()
+    }
+
+    fn spares_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.starts_with(SPARE_PREFIX)).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_ltx_whose_rename_was_lost_is_restored_from_its_spare() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::new(tmp.path());
+        let db = DbName::new("a.db".to_string()).unwrap();
+        let dir = data.ltx_dir(&db);
+        const C: u64 = 0x8000_0000_0000_0000;
+        let s1 = ltx::checksum::db_checksum(&[1u8; 512], 512);
+        let files = [ltx_bytes(1, 1, 0, s1), ltx_bytes(2, 2, s1, C | 0xa2), ltx_bytes(3, 3, C | 0xa2, C | 0xa3)];
+        let mut batch = Vec::new();
+        for (i, bytes) in files.iter().enumerate() {
+            let txid = i as u64 + 1;
+            data.write_ltx(&db, txid, txid, bytes, true).unwrap();
+            assert_eq!(fs::read(data.ltx_path(&db, txid, txid)).unwrap(), *bytes);
+            if i == 0 {
+                batch = spares_in(&dir); // spares are used in name order
+            }
+        }
+        assert_eq!(spares_in(&dir).len(), SPARE_BATCH - 3, "one batch of spares, three used");
+        // A crash loses the renames of LTX 2 and 3: both are back under their spare names.
+        let (spare2, spare3) = (batch[0].clone(), batch[1].clone());
+        fs::rename(data.ltx_path(&db, 2, 2), dir.join(&spare2)).unwrap();
+        fs::rename(data.ltx_path(&db, 3, 3), dir.join(&spare3)).unwrap();
+        // A later spare holding an incomplete write (never acknowledged), and one off the chain.
+        let unused = spares_in(&dir);
+        fs::write(dir.join(&unused[5]), &files[2][..40]).unwrap();
+        fs::write(dir.join(&unused[6]), ltx_bytes(4, 4, C | 0xbad, C | 0xa4)).unwrap();
+        assert_eq!(promote_spares(&dir).unwrap(), 2);
+        assert_eq!(fs::read(data.ltx_path(&db, 2, 2)).unwrap(), files[1]);
+        assert_eq!(fs::read(data.ltx_path(&db, 3, 3)).unwrap(), files[2]);
+        assert!(!data.ltx_path(&db, 4, 4).exists(), "an LTX that does not continue the chain is not restored");
+        assert!(spares_in(&dir).is_empty(), "every spare is gone after start-up");
+        let open = data.scan(Time::ZERO).unwrap();
+        assert_eq!(open[0].pos, pos(3, C | 0xa3), "the chain ends at the restored LTX");
+        assert_eq!(open[0].files.len(), 3);
+    }
+
 }

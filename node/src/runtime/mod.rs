@@ -37,6 +37,7 @@
 
 pub mod disk;
 pub mod peers;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

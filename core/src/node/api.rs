@@ -117,8 +117,12 @@ pub struct IoCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoKind {
-    /// Write the LTX file `min_txid-max_txid` atomically (temp file, fsync, rename, fsync dir).
-    /// Completion means durable (`fsync` is always true outside planted bugs). Answer:
+    /// Write the LTX file `min_txid-max_txid` atomically. Completion means durable (`fsync` is
+    /// always true outside planted bugs): the file survives a crash under its name, or the
+    /// driver states and tests a start-up recovery rule that provably restores it before the
+    /// data directory is read (the `ltxfs` driver writes into a spare file whose name is
+    /// already durable, fdatasyncs it and renames it without a directory fsync; start-up renames
+    /// a spare still holding a complete LTX that continues the chain). Answer:
     /// [`IoOutcome::Done`]. `epoch` is the lineage epoch of the position the file ends at: the
     /// driver must make it durable no later than the file (a restarted node reports it as
     /// [`OpenDb::epoch`]; a crashed replica that reported epoch 0 for the acknowledged commits

@@ -14,6 +14,9 @@
 //! runtime calls it after the LTX was received and made durable), then invalidates the kernel
 //! page cache for the written pages and, in WAL mode, rewrites the WAL-index header in the
 //! kernel's copy of `-shm` (§5.5) so open connections see the new data.
+//! While it holds those locks (and before a snapshot read) it has SQLite roll back a hot journal
+//! that a transaction refused mid-way (handoff, lost lease) left behind, so neither readers nor
+//! the apply meet it.
 //!
 //! Never decides when a transaction commits (that is `ltxfs_core::detect`) or what the next
 //! position is, who is primary, or what to replicate (the core, through [`RuntimeHandle`]).
@@ -308,6 +311,48 @@ impl Db {
         let outcome = self.submit(rt, commit.page_size, commit.commit, pages, None)?;
         tracing::debug!(db = %self.name, ?outcome, pages = n, "rollback-journal commit");
         Ok(())
+    }
+
+    /// Rolls back a hot rollback journal: one a transaction left behind when this node stopped
+    /// accepting its writes mid-way (a handoff or a lost lease refuses them with EACCES, so
+    /// SQLite can neither finish nor undo it). Readers would fail on it ("attempt to write a
+    /// readonly database") and an apply on top would later be undone by its rollback. Its
+    /// pages never became an LTX, so after SQLite rolls it back (through a connection of its
+    /// own on the backing files, exactly as start-up recovery does) the file is at the core's
+    /// position again. The caller holds SQLite's write locks in the shell's lock tables (no
+    /// SQLite connection is in a transaction) and must invalidate the kernel's caches of the
+    /// database and `-journal` when this returns true.
+    fn roll_back_hot_journal(&mut self) -> io::Result<bool> {
+        let journal = self.path(Kind::Journal);
+        // SQLite's rule (pager.c `hasHotJournal`): a journal whose first byte is 0 is not hot.
+        let mut first = [0u8; 1];
+        let hot = File::open(&journal).is_ok_and(|f| f.read_exact_at(&mut first, 0).is_ok() && first[0] != 0);
+        if !hot {
+            return Ok(false);
+        }
+        let database = self.path(Kind::Database);
+        let sqlite_journal = self.dir.join("database-journal");
+        fs::rename(&journal, &sqlite_journal)?;
+        self.files[Kind::Journal as usize] = None;
+        let result = crate::recover::sqlite_recover(&database, false);
+        for leftover in ["database-journal", "database-wal", "database-shm"] {
+            let _ = fs::remove_file(self.dir.join(leftover));
+        }
+        result.map_err(|e| io::Error::other(format!("SQLite rollback of {}: {e}", database.display())))?;
+        // The detector's transaction state (dirty pages, size) belonged to the rolled-back
+        // transaction: start again from the file, keeping every lock held.
+        let mut head = [0u8; 100];
+        let header = self.files[Kind::Database as usize]
+            .as_ref()
+            .and_then(|f| f.read_exact_at(&mut head, 0).ok())
+            .and_then(|()| DbHeader::parse(&head));
+        let db_locks = self.detector.locks(LockFile::Database).clone();
+        let shm_locks = self.detector.locks(LockFile::Shm).clone();
+        self.detector = Detector::new(header);
+        *self.detector.shell_locks(LockFile::Database) = db_locks;
+        *self.detector.shell_locks(LockFile::Shm) = shm_locks;
+        tracing::warn!(db = %self.name, "rolled back a hot journal left by an interrupted transaction");
+        Ok(true)
     }
 
     fn commit_wal(&mut self, offset: u64, len: u64, rt: &RuntimeHandle) -> io::Result<()> {
@@ -750,6 +795,11 @@ impl ApplyHook for Shared {
                 let d = &mut state.dbs[id];
                 let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
                 if take_apply_locks(&mut d.detector, wal) {
+                    let rolled_back = !wal && d.roll_back_hot_journal_logged();
+                    drop(state);
+                    if rolled_back {
+                        self.invalidate_after_rollback(db, id);
+                    }
                     return;
                 }
             }
@@ -856,6 +906,14 @@ impl ApplyHook for Shared {
                 let pending_free = locks.conflict(SHELL_OWNER, DB_PENDING_BYTE, DB_PENDING_BYTE, LockKind::Read).is_none();
                 if pending_free && locks.lock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1, LockKind::Read).is_ok() {
                     lock(&self.reading).insert(db.to_string(), true);
+                    // A journal is hot only if no connection holds RESERVED (SQLite's rule); the
+                    // state lock keeps every SQLite operation out while it is rolled back.
+                    let reserved_free = locks.conflict(SHELL_OWNER, DB_RESERVED_BYTE, DB_RESERVED_BYTE, LockKind::Write).is_none();
+                    let rolled_back = reserved_free && d.roll_back_hot_journal_logged();
+                    drop(state);
+                    if rolled_back {
+                        self.invalidate_after_rollback(db, id);
+                    }
                     return;
                 }
             }
@@ -881,6 +939,29 @@ impl ApplyHook for Shared {
         let mut state = self.state();
         if let Some(&id) = state.by_name.get(db.as_str()) {
             state.dbs[id].detector.shell_locks(LockFile::Database).unlock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+        }
+    }
+}
+
+impl Db {
+    /// [`Db::roll_back_hot_journal`], failures logged (the apply or read goes on as before).
+    fn roll_back_hot_journal_logged(&mut self) -> bool {
+        self.roll_back_hot_journal().unwrap_or_else(|err| {
+            tracing::error!(db = %self.name, %err, "hot journal could not be rolled back");
+            false
+        })
+    }
+}
+
+impl Shared {
+    /// After a hot-journal rollback: the kernel's name and attributes of `-journal` and its
+    /// cached pages of the database are stale. Called without the state lock (the kernel may
+    /// wait for a FUSE request).
+    fn invalidate_after_rollback(&self, db: &DbName, id: usize) {
+        if let Some(notifier) = self.notifier.get() {
+            let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(&format!("{db}{}", Kind::Journal.suffix())));
+            let _ = notifier.inval_inode(db_ino(id, Kind::Journal), 0, 0);
+            let _ = notifier.inval_inode(db_ino(id, Kind::Database), 0, 0);
         }
     }
 }

@@ -168,7 +168,7 @@ fn is_sqlite_file(path: &Path) -> bool {
     File::open(path).and_then(|f| f.read_exact_at(&mut magic, 0)).is_ok() && &magic == b"SQLite format 3\0"
 }
 
-fn sqlite_recover(database: &Path, wal: bool) -> rusqlite::Result<()> {
+pub(crate) fn sqlite_recover(database: &Path, wal: bool) -> rusqlite::Result<()> {
     let conn = rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     // Reading the schema makes SQLite roll back a hot journal.
     conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;

@@ -10,9 +10,6 @@ mod cluster_support;
 mod failover_support;
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use cluster_support::*;
 use failover_support::*;
@@ -32,30 +29,16 @@ fn a_primary_cut_from_etcd_stops_writing_and_rejoins_as_a_replica() {
 
     // A writer keeps inserting on the primary through the partition.
     let db = c.nodes[p].db(DB);
-    let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<(i64, bool, String)>>> = Arc::default();
-    let writer = {
-        let (stop, results) = (stop.clone(), results.clone());
-        std::thread::spawn(move || {
-            for v in 1000.. {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let (ok, _, err) = sqlite3(&db, &format!("INSERT INTO t VALUES ({v});"));
-                results.lock().unwrap().push((v, ok, err));
-                std::thread::sleep(Duration::from_millis(20)); // pacing, not synchronisation
-            }
-        })
-    };
-    wait_until("the writer committed on the primary", || results.lock().unwrap().iter().any(|r| r.1));
+    let writer = Writer::start(db);
+    wait_until("the writer committed on the primary", || writer.attempts().iter().any(|r| r.1));
 
     c.proxies[p].cut();
     let q = c.wait_primary(Some(p));
     // Attempts that started after another node became writable; the one in flight may have
     // started before.
-    let from = results.lock().unwrap().len() + 1;
+    let from = writer.attempts().len() + 1;
     wait_until("the writer failed on the partitioned primary", || {
-        results.lock().unwrap().iter().skip(from).filter(|r| !r.1).count() >= 3
+        writer.attempts().iter().skip(from).filter(|r| !r.1).count() >= 3
     });
     assert!(c.epoch(q) > old_epoch, "the new primary holds a newer epoch");
     {
@@ -82,9 +65,7 @@ fn a_primary_cut_from_etcd_stops_writing_and_rejoins_as_a_replica() {
     // Heal the partition: the old primary follows the new one.
     c.proxies[p].restore();
     c.wait_followers(q);
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
-    let results = results.lock().unwrap().clone();
+    let results = writer.stop();
     let late: Vec<_> = results[from..].to_vec();
     assert!(late.iter().all(|r| !r.1), "no write succeeds on the partitioned primary once another node writes: {late:?}");
     assert!(

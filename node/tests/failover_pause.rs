@@ -10,8 +10,6 @@ mod cluster_support;
 mod failover_support;
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_support::*;
@@ -34,22 +32,8 @@ fn a_paused_primary_commits_nothing_after_its_deadline_and_its_epoch_is_refused(
 
     // A writer keeps inserting on the primary through the pause.
     let db = c.nodes[p].db(DB);
-    let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<(i64, bool, String)>>> = Arc::default();
-    let writer = {
-        let (stop, results) = (stop.clone(), results.clone());
-        std::thread::spawn(move || {
-            for v in 1000.. {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let (ok, _, err) = sqlite3(&db, &format!("INSERT INTO t VALUES ({v});"));
-                results.lock().unwrap().push((v, ok, err));
-                std::thread::sleep(Duration::from_millis(20)); // pacing, not synchronisation
-            }
-        })
-    };
-    wait_until("the writer committed on the primary", || results.lock().unwrap().iter().any(|r| r.1));
+    let writer = Writer::start(db);
+    wait_until("the writer committed on the primary", || writer.attempts().iter().any(|r| r.1));
 
     let pid = Pid::from_raw(c.nodes[p].pid().unwrap());
     kill(pid, Signal::SIGSTOP).unwrap();
@@ -58,15 +42,14 @@ fn a_paused_primary_commits_nothing_after_its_deadline_and_its_epoch_is_refused(
     let pause = Duration::from_secs(4); // 2 × ttl: the fault itself
     std::thread::sleep(pause.saturating_sub(paused_at.elapsed()));
     kill(pid, Signal::SIGCONT).unwrap();
-    let attempts_at_resume = results.lock().unwrap().len();
+    let attempts_at_resume = writer.attempts().len();
 
     // After the pause the old primary refuses writes with a clear error and follows q.
     wait_until("the writer failed after the pause", || {
-        results.lock().unwrap()[attempts_at_resume..].iter().filter(|r| !r.1).count() >= 3
+        writer.attempts()[attempts_at_resume..].iter().filter(|r| !r.1).count() >= 3
     });
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
-    let after: Vec<_> = results.lock().unwrap()[attempts_at_resume..].to_vec();
+    let results = writer.stop();
+    let after: Vec<_> = results[attempts_at_resume..].to_vec();
     assert!(after.iter().skip(1).all(|r| !r.1), "no write succeeds on the deposed primary: {after:?}");
     assert!(
         after.iter().skip(1).all(|r| r.2.contains("readonly") || r.2.contains("read-only")),
@@ -92,7 +75,7 @@ fn a_paused_primary_commits_nothing_after_its_deadline_and_its_epoch_is_refused(
     c.wait_converged(q);
     let rows = c.check_replicas_equal();
     assert!(rows.contains(&5000));
-    for (v, ok, _) in results.lock().unwrap().iter() {
+    for (v, ok, _) in results.iter() {
         // Async mode may lose acknowledged rows the replicas never got; nothing the old primary
         // refused may appear.
         if !ok {

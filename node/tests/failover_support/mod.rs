@@ -294,3 +294,50 @@ pub fn event_log(data: &Path) -> Vec<Value> {
 pub fn insert(n: &ProcNode, v: i64) -> bool {
     sqlite3(&n.db(DB), &format!("INSERT INTO t VALUES ({v});")).0
 }
+
+/// One insert attempt by a [`Writer`]: the row value, whether SQLite committed it, its stderr.
+pub type Attempt = (i64, bool, String);
+
+/// A thread that keeps inserting rows 1000, 1001, … into `t` through the `sqlite3` CLI, one
+/// statement every 20 ms (pacing, not synchronisation), recording every attempt, until stopped.
+/// The failover tests use it to see exactly which writes a deposed primary still accepted.
+pub struct Writer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    attempts: Arc<std::sync::Mutex<Vec<Attempt>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(db: std::path::PathBuf) -> Writer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let attempts: Arc<std::sync::Mutex<Vec<Attempt>>> = Arc::default();
+        let thread = {
+            let (stop, attempts) = (stop.clone(), attempts.clone());
+            std::thread::spawn(move || {
+                for v in 1000.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let (ok, _, err) = sqlite3(&db, &format!("INSERT INTO t VALUES ({v});"));
+                    attempts.lock().unwrap().push((v, ok, err));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        Writer { stop, attempts, thread: Some(thread) }
+    }
+
+    /// The attempts so far.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    /// Stops the thread and returns every attempt it made.
+    pub fn stop(mut self) -> Vec<Attempt> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.attempts()
+    }
+}

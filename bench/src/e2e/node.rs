@@ -104,6 +104,18 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// A lone static primary named `primary` under `run_root/primary`, on a free port.
+    pub fn lone_primary(run_root: &Path) -> Result<NodeSpec> {
+        Ok(NodeSpec {
+            name: "primary".into(),
+            root: run_root.join("primary"),
+            http_port: free_port()?,
+            primary_port: None,
+            compress: true,
+            members: vec!["primary".into()],
+        })
+    }
+
     pub fn mount_dir(&self) -> PathBuf {
         self.root.join("mnt")
     }

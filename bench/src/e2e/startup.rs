@@ -36,14 +36,7 @@ const DB: &str = "big.db";
 
 pub fn run(bin: &Path, params: &Params) -> Result<StartupResult> {
     let dir = node::run_dir("startup")?;
-    let spec = NodeSpec {
-        name: "primary".into(),
-        root: dir.path().join("primary"),
-        http_port: node::free_port()?,
-        primary_port: None,
-        compress: true,
-        members: vec!["primary".into()],
-    };
+    let spec = NodeSpec::lone_primary(dir.path())?;
     let prepare_start = Instant::now();
     {
         let node = Node::start(bin, spec.clone())?;

@@ -95,14 +95,7 @@ pub struct Run {
 pub fn run(bin: &Path, params: &Params) -> Result<Run> {
     assert!(params.chunk > 0 && params.transactions >= params.chunk);
     let dir = node::run_dir("throughput")?;
-    let spec = NodeSpec {
-        name: "primary".into(),
-        root: dir.path().join("primary"),
-        http_port: node::free_port()?,
-        primary_port: None,
-        compress: true,
-        members: vec!["primary".into()],
-    };
+    let spec = NodeSpec::lone_primary(dir.path())?;
     let raw_dir = dir.path().join("primary").join("raw");
     std::fs::create_dir_all(&raw_dir).map_err(|e| e.to_string())?;
     let node = Node::start(bin, spec)?;

@@ -71,11 +71,13 @@ pub struct Options {
     pub ttl_s: u64,
     /// `replication.sync` (replica acks per commit).
     pub sync: u32,
+    /// `replication.heartbeat-interval` in ms (the etcd watch polls at a quarter of it).
+    pub heartbeat_ms: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { ttl_s: 2, sync: 0 }
+        Options { ttl_s: 2, sync: 0, heartbeat_ms: 200 }
     }
 }
 
@@ -92,9 +94,10 @@ fn config(name: &str, etcd_url: &str, o: &Options) -> String {
         "fuse:\n  dir: $MNT\ndata:\n  dir: $DATA\nhttp:\n  addr: 127.0.0.1:$PORT\n\
          lease:\n  type: etcd\n  candidate: true\n  hostname: {name}\n  advertise-url: http://127.0.0.1:$PORT\n  ttl: {ttl}s\n  reconnect-delay: 100ms\n\
          \x20 etcd:\n    endpoints: ['{etcd_url}']\n    key: ltxfs/failover/primary\n\
-         replication:\n  members: [n1, n2, n3]\n  cluster-size: 3\n  sync: {sync}\n  cluster-id: failover-test\n  heartbeat-interval: 200ms\n",
+         replication:\n  members: [n1, n2, n3]\n  cluster-size: 3\n  sync: {sync}\n  cluster-id: failover-test\n  heartbeat-interval: {heartbeat}ms\n",
         ttl = o.ttl_s,
         sync = o.sync,
+        heartbeat = o.heartbeat_ms,
     )
 }
 

@@ -22,7 +22,8 @@
 //! position is, who is primary, or what to replicate (the core, through [`RuntimeHandle`]).
 
 use node::runtime::stats::{self, FsyncKind};
-use node::runtime::{ApplyHook, CommitOutcome, RuntimeHandle};
+use node::runtime::{ApplyHook, CommitOutcome, RuntimeEvent, RuntimeHandle};
+use tokio::sync::broadcast::error::RecvError;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -323,13 +324,10 @@ impl Db {
     /// SQLite connection is in a transaction) and must invalidate the kernel's caches of the
     /// database and `-journal` when this returns true.
     fn roll_back_hot_journal(&mut self) -> io::Result<bool> {
-        let journal = self.path(Kind::Journal);
-        // SQLite's rule (pager.c `hasHotJournal`): a journal whose first byte is 0 is not hot.
-        let mut first = [0u8; 1];
-        let hot = File::open(&journal).is_ok_and(|f| f.read_exact_at(&mut first, 0).is_ok() && first[0] != 0);
-        if !hot {
+        if !self.journal_is_hot() {
             return Ok(false);
         }
+        let journal = self.path(Kind::Journal);
         let database = self.path(Kind::Database);
         let sqlite_journal = self.dir.join("database-journal");
         fs::rename(&journal, &sqlite_journal)?;
@@ -353,6 +351,13 @@ impl Db {
         *self.detector.shell_locks(LockFile::Shm) = shm_locks;
         tracing::warn!(db = %self.name, "rolled back a hot journal left by an interrupted transaction");
         Ok(true)
+    }
+
+    /// SQLite's rule (pager.c `hasHotJournal`), lock part aside: a journal whose first byte is
+    /// 0 is not hot.
+    fn journal_is_hot(&self) -> bool {
+        let mut first = [0u8; 1];
+        File::open(self.path(Kind::Journal)).is_ok_and(|f| f.read_exact_at(&mut first, 0).is_ok() && first[0] != 0)
     }
 
     fn commit_wal(&mut self, offset: u64, len: u64, rt: &RuntimeHandle) -> io::Result<()> {
@@ -502,9 +507,74 @@ impl Shared {
         let _ = self.runtime.set(runtime);
     }
 
-    /// The kernel notifier of the mounted session (once, right after mounting).
-    pub fn set_notifier(&self, notifier: fuser::Notifier) {
-        let _ = self.notifier.set(notifier);
+    /// The kernel notifier of the mounted session (once, right after mounting). Also starts
+    /// the step-down watcher ([`Shared::roll_back_interrupted_transactions`]).
+    pub fn set_notifier(self: &Arc<Self>, notifier: fuser::Notifier) {
+        if self.notifier.set(notifier).is_err() {
+            return;
+        }
+        let Some(rt) = self.runtime.get() else { return };
+        let mut events = rt.subscribe();
+        let shared = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("ltxfs-step-down".into()).spawn(move || loop {
+            match events.blocking_recv() {
+                Ok(RuntimeEvent::Role { writable: false, .. }) | Err(RecvError::Lagged(_)) => {}
+                Ok(_) => continue,
+                Err(RecvError::Closed) => return,
+            }
+            let Some(shared) = shared.upgrade() else { return };
+            shared.roll_back_interrupted_transactions();
+        });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "cannot start the step-down watcher; hot journals wait for the next apply");
+        }
+    }
+
+    /// After this node stopped accepting writes: a transaction that was open at that moment
+    /// can neither finish nor undo itself (its writes are refused), so it leaves a hot journal
+    /// that would fail every reader ("attempt to write a readonly database") until the next
+    /// apply rolled it back — and a node that is only read may never get one. Once no SQLite
+    /// connection holds a lock on such a database, roll the journal back here, under SQLite's
+    /// locks in the shell's tables, exactly as an apply would. Polls (backing off to 1 s) while
+    /// a connection is still in the way; returns when nothing is left or the node is writable
+    /// again (a writer then rolls hot journals back itself, as SQLite always does).
+    fn roll_back_interrupted_transactions(&self) {
+        let mut wait = LOCK_POLL;
+        loop {
+            if !self.read_only() {
+                return;
+            }
+            let mut pending = false;
+            let mut rolled_back: Vec<(String, usize)> = Vec::new();
+            {
+                let reading = lock(&self.reading).clone();
+                let mut state = self.state();
+                for (id, d) in state.dbs.iter_mut().enumerate() {
+                    let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
+                    if wal || !d.journal_is_hot() || reading.contains_key(&d.name) {
+                        continue;
+                    }
+                    if take_apply_locks(&mut d.detector, false) {
+                        if d.roll_back_hot_journal_logged() {
+                            rolled_back.push((d.name.clone(), id));
+                        }
+                    } else {
+                        pending = true;
+                    }
+                    release_apply_locks(&mut d.detector);
+                }
+            }
+            for (name, id) in rolled_back {
+                if let Ok(db) = DbName::new(name) {
+                    self.invalidate_after_rollback(&db, id);
+                }
+            }
+            if !pending {
+                return;
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

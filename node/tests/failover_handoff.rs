@@ -101,3 +101,54 @@ fn handoff(concurrent: bool) {
     }
     c.check_single_writer();
 }
+
+/// A transaction open on the primary when the lease moves away leaves a hot journal behind
+/// (its writes are refused from then on, so SQLite can neither finish nor undo it). Readers
+/// on the old primary — now a replica that may never receive another transaction — must not
+/// stumble on it: the node rolls it back as soon as no connection holds a lock on the
+/// database, without waiting for an apply.
+#[test]
+fn a_transaction_interrupted_by_a_handoff_does_not_break_reads_on_the_old_primary() {
+    let c = FailoverCluster::start(Options::default());
+    let p = c.wait_primary(None);
+    sqlite3_ok(&c.nodes[p].db(DB), "CREATE TABLE t(v INTEGER PRIMARY KEY); CREATE TABLE big(x TEXT);");
+    for v in 1..=20 {
+        assert!(insert(&c.nodes[p], v));
+    }
+    c.wait_converged(p);
+    let old_epoch = c.epoch(p);
+
+    // An open write transaction on the primary: the journal exists with SQLite's header.
+    let conn = rusqlite::Connection::open(c.nodes[p].db(DB)).unwrap();
+    conn.execute_batch("PRAGMA cache_size = 1; BEGIN IMMEDIATE;").unwrap();
+    for v in 100..400 {
+        conn.execute("INSERT INTO big VALUES (printf('%.500c', 'x') || ?1)", [v]).unwrap();
+    }
+    let journal = c.nodes[p].mnt.join(format!("{DB}-journal"));
+    assert!(journal.exists(), "the open transaction has a journal");
+
+    let r = (p + 1) % 3;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltxfs"))
+        .args(["promote", "--url", &c.nodes[r].url])
+        .output()
+        .expect("run ltxfs promote");
+    assert!(out.status.success(), "ltxfs promote failed: {}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the promoted replica is a writable primary", || {
+        info(&c.nodes[r]).is_some_and(|v| v["role"] == "primary" && v["writable"] == true)
+    });
+    assert!(c.epoch(r) > old_epoch);
+    c.wait_followers(r);
+
+    // The interrupted transaction cannot commit any more; its connection goes away.
+    let commit = conn.execute_batch("COMMIT;");
+    assert!(commit.is_err(), "a commit after the lease moved away must fail");
+    drop(conn);
+
+    // No transaction is sent after the handoff: the old primary gets no apply, yet its readers
+    // see the last committed state.
+    wait_until("reads on the old primary succeed", || sqlite3(&c.nodes[p].db(DB), "SELECT count(*) FROM t;").0);
+    assert_eq!(sqlite3_ok(&c.nodes[p].db(DB), "SELECT count(*) FROM t;").trim(), "20");
+    assert_eq!(sqlite3_ok(&c.nodes[p].db(DB), "PRAGMA integrity_check;"), "ok\n");
+    assert_eq!(c.nodes[p].pos(DB), c.nodes[r].pos(DB), "no transaction was applied or lost");
+    c.check_single_writer();
+}

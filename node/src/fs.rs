@@ -264,6 +264,8 @@ impl Db {
         let outcome = outcome.map_err(|e| io::Error::other(e.to_string()))?;
         match outcome {
             CommitOutcome::Committed { .. } => Ok(outcome),
+            // Nothing was written: the caller may fail SQLite's operation and leave no trace.
+            CommitOutcome::Rejected { .. } => Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("commit refused by the node: {outcome:?}"))),
             other => Err(io::Error::other(format!("commit not accepted by the node: {other:?}"))),
         }
     }
@@ -353,6 +355,41 @@ impl Db {
         Ok(true)
     }
 
+    /// WAL mode: when this write completed a commit frame, records the transaction now —
+    /// before SQLite syncs the WAL (synchronous=FULL) and publishes the commit in the WAL index
+    /// — so that a commit the node refuses (lease deadline passed, no longer primary) fails
+    /// SQLite's write: SQLite reports the error and never makes the transaction visible. The
+    /// refused commit frame's header is zeroed so that SQLite's WAL recovery cannot resurrect
+    /// it either. A commit the node took but could not finish (LTX write failed, sync acks
+    /// missing) ends the process with status 99, like LiteFS: SQLite sees an I/O error, and
+    /// start-up recovery keeps the WAL only up to the last LTX.
+    fn commit_at_commit_frame(&mut self, offset: u64, data: &[u8], rt: &RuntimeHandle) -> Result<(), Errno> {
+        let Some(wal) = self.files[Kind::Wal as usize].as_ref() else { return Ok(()) };
+        let Some(frame_start) = completed_commit_frame(wal, offset, data) else { return Ok(()) };
+        let Some(Event::ReadWal { offset: from, len }) = self.detector.unread_wal() else { return Ok(()) };
+        let mark = self.detector.wal_mark();
+        failpoint("wal-commit-frame");
+        match self.commit_wal(from, len, rt) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                tracing::warn!(db = %self.name, %err, "WAL commit refused; SQLite's write fails");
+                self.detector.rewind_wal(mark);
+                let invalidated = self.files[Kind::Wal as usize]
+                    .as_ref()
+                    .map(|wal| wal.write_all_at(&[0u8; WAL_FRAME_HEADER_LEN as usize], frame_start));
+                if let Some(Err(e)) = invalidated {
+                    tracing::error!(db = %self.name, %e, "cannot invalidate a refused WAL commit frame; exiting");
+                    std::process::exit(99);
+                }
+                Err(Errno::EACCES)
+            }
+            Err(err) => {
+                tracing::error!(db = %self.name, %err, "WAL commit could not be recorded; exiting");
+                std::process::exit(99);
+            }
+        }
+    }
+
     /// SQLite's rule (pager.c `hasHotJournal`), lock part aside: a journal whose first byte is
     /// 0 is not hot.
     fn journal_is_hot(&self) -> bool {
@@ -410,6 +447,60 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// Test-only fault injection: with `LTXFS_FAILPOINT_DIR` set, a point `name` is armed by a file
+/// `<dir>/<name>.arm`; the next time it is reached it removes that file, creates
+/// `<dir>/<name>.reached` and waits until `<dir>/<name>.release` exists, so that a test can hold
+/// the node at an exact step (say, between a WAL commit frame and its LTX) while it injects a
+/// fault. Unset (always, outside tests) or unarmed it does nothing.
+fn failpoint(name: &str) {
+    let Some(dir) = std::env::var_os("LTXFS_FAILPOINT_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    if fs::remove_file(dir.join(format!("{name}.arm"))).is_err() {
+        return;
+    }
+    let release = dir.join(format!("{name}.release"));
+    let _ = File::create(dir.join(format!("{name}.reached")));
+    tracing::warn!(name, "failpoint reached; waiting for its release file");
+    while !release.exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = fs::remove_file(release);
+}
+
+/// WAL header and frame header sizes (SQLite's wal.c).
+const WAL_HEADER_LEN: u64 = 32;
+const WAL_FRAME_HEADER_LEN: u64 = 24;
+
+/// If a WAL write of `data` at `offset` (already in the file) ended exactly at the end of a
+/// commit frame — SQLite writes a frame's header and its page as two writes, or whole frames
+/// at once — the offset of that frame.
+fn completed_commit_frame(wal: &File, offset: u64, data: &[u8]) -> Option<u64> {
+    if offset < WAL_HEADER_LEN || data.is_empty() {
+        return None;
+    }
+    let mut raw = [0u8; 4];
+    wal.read_exact_at(&mut raw, 8).ok()?;
+    let page_size = u64::from(u32::from_be_bytes(raw));
+    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        return None;
+    }
+    let frame_len = WAL_FRAME_HEADER_LEN + page_size;
+    let end = offset + data.len() as u64;
+    if (end - WAL_HEADER_LEN) % frame_len != 0 || end < WAL_HEADER_LEN + frame_len {
+        return None;
+    }
+    let frame_start = end - frame_len;
+    let mut head = [0u8; 8];
+    if frame_start >= offset {
+        let at = usize::try_from(frame_start - offset).ok()?;
+        head.copy_from_slice(data.get(at..at + 8)?);
+    } else {
+        wal.read_exact_at(&mut head, frame_start).ok()?;
+    }
+    let commit = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    (commit != 0).then_some(frame_start)
 }
 
 /// The database image at its last commit: `database` with committed WAL pages laid over it.
@@ -1397,10 +1488,15 @@ impl Filesystem for LtxFs {
         let result = db
             .file(kind)
             .and_then(|file| file.write_all_at(data, offset).map_err(io_errno));
-        match result {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(err) => reply.error(err),
+        if let Err(err) = result {
+            return reply.error(err);
         }
+        if kind == Kind::Wal {
+            if let Err(err) = db.commit_at_commit_frame(offset, data, rt) {
+                return reply.error(err);
+            }
+        }
+        reply.written(data.len() as u32)
     }
 
     fn flush(
@@ -1445,6 +1541,11 @@ impl Filesystem for LtxFs {
             return reply.ok();
         }
         let db = &mut state.dbs[id];
+        if kind == Kind::Wal && !db.wal_unsynced {
+            // Every WAL write goes through this file system, and all of them are durable
+            // already: the node synced the WAL when it recorded the commit these frames end.
+            return reply.ok();
+        }
         let result = db.file(kind).and_then(|file| {
             if datasync {
                 file.sync_data()

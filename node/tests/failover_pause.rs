@@ -21,8 +21,22 @@ use nix::unistd::Pid;
 
 #[test]
 fn a_paused_primary_commits_nothing_after_its_deadline_and_its_epoch_is_refused() {
+    paused_primary(false);
+}
+
+/// The same in WAL mode, where a commit interrupted by the pause (its commit frame written,
+/// the node stopped before recording it) must fail in SQLite instead of ending the process.
+#[test]
+fn wal_mode_paused_primary_commits_nothing_after_its_deadline() {
+    paused_primary(true);
+}
+
+fn paused_primary(wal: bool) {
     let c = FailoverCluster::start(Options::default());
     let p = c.wait_primary(None);
+    if wal {
+        assert_eq!(sqlite3_ok(&c.nodes[p].db(DB), "PRAGMA journal_mode=WAL;").trim(), "wal");
+    }
     sqlite3_ok(&c.nodes[p].db(DB), "CREATE TABLE t(v INTEGER PRIMARY KEY);");
     for v in 1..=5 {
         assert!(insert(&c.nodes[p], v));
@@ -57,6 +71,7 @@ fn a_paused_primary_commits_nothing_after_its_deadline_and_its_epoch_is_refused(
     );
     c.wait_followers(q);
     assert!(c.epoch(q) > old_epoch);
+    assert!(c.nodes[p].is_running(), "the deposed primary is still running:\n{}", c.nodes[p].log());
 
     // A frame of the old epoch, as the paused primary would have sent it, is refused.
     let r = (0..3).find(|i| *i != p && *i != q).unwrap();

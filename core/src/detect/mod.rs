@@ -9,7 +9,10 @@
 //! - WAL: the exclusive lock on `-shm` byte 120 (WAL_WRITE_LOCK) is released. The detector then
 //!   asks for the unread part of the WAL ([`Event::ReadWal`]) and, given those bytes
 //!   ([`Detector::wal_data`]), verifies salts and the cumulative checksum frame by frame; each
-//!   commit frame ends a transaction.
+//!   commit frame ends a transaction. A shell may ask earlier, as soon as a commit frame is
+//!   written ([`Detector::unread_wal`]) — `node/src/fs.rs` does, so that a commit the node
+//!   refuses fails SQLite's write before SQLite publishes it — and undo that reading when it
+//!   refused the commit ([`Detector::wal_mark`], [`Detector::rewind_wal`]).
 //!
 //! It also owns the POSIX lock tables of the database and `-shm` files (SQLite's locking
 //! protocol), because lock changes are commit triggers.
@@ -175,7 +178,7 @@ pub enum DetectError {
 /// SQLite's maximum database is 2^32 - 2 pages).
 pub const MAX_DIRTY_PAGES: usize = u32::MAX as usize;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct WalState {
     header: Option<wal::WalHeader>,
     /// Running checksum at `scanned`.
@@ -184,6 +187,15 @@ struct WalState {
     scanned: u64,
     /// End of the furthest write since the WAL (re)started.
     written_end: u64,
+}
+
+/// A position in the WAL as the detector had consumed it ([`Detector::wal_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalMark {
+    wal: WalState,
+    page_size: Option<u32>,
+    commit: u32,
+    wal_mode: bool,
 }
 
 /// Commit detector for one database (all its files).
@@ -352,6 +364,39 @@ impl Detector {
         }
     }
 
+    /// WAL frames written since the last commit the detector consumed, as the read to ask for
+    /// ([`Event::ReadWal`]) — for a shell that records a commit as soon as its commit frame is
+    /// written (before SQLite publishes it in the WAL index) instead of at the unlock. `None`
+    /// when nothing new was written.
+    pub fn unread_wal(&self) -> Option<Event> {
+        (self.wal.written_end > self.wal.scanned).then(|| Event::ReadWal {
+            offset: self.wal.scanned,
+            len: self.wal.written_end - self.wal.scanned,
+        })
+    }
+
+    /// Where consumed WAL frames end now; [`Detector::rewind_wal`] returns to it.
+    pub fn wal_mark(&self) -> WalMark {
+        WalMark {
+            wal: self.wal,
+            page_size: self.page_size,
+            commit: self.commit,
+            wal_mode: self.wal_mode,
+        }
+    }
+
+    /// Forgets the commits [`Detector::wal_data`] found since `mark`: the shell could not record
+    /// them and made SQLite's write fail, so SQLite never published them and will write its
+    /// next transaction's frames over theirs. What was written stays known as written.
+    pub fn rewind_wal(&mut self, mark: WalMark) {
+        let written_end = self.wal.written_end;
+        self.wal = mark.wal;
+        self.wal.written_end = written_end.max(mark.wal.written_end);
+        self.page_size = mark.page_size;
+        self.commit = mark.commit;
+        self.wal_mode = mark.wal_mode;
+    }
+
     /// The WAL bytes asked for by [`Event::ReadWal`] (fewer if the file is shorter). Returns one
     /// [`Commit`] per commit frame found; frames after the last commit frame are left for later.
     pub fn wal_data(&mut self, offset: u64, data: &[u8]) -> Result<Vec<Commit>, DetectError> {
@@ -441,14 +486,7 @@ impl Detector {
         if writer_before.is_none() || writer_after == writer_before {
             return None;
         }
-        if self.wal.written_end > self.wal.scanned {
-            Some(Event::ReadWal {
-                offset: self.wal.scanned,
-                len: self.wal.written_end - self.wal.scanned,
-            })
-        } else {
-            None
-        }
+        self.unread_wal()
     }
 
     fn db_write(

@@ -511,3 +511,50 @@ fn lock_release_without_wal_writes_asks_nothing() {
         None
     );
 }
+
+#[test]
+fn wal_commit_recorded_at_its_frame_write_then_rewound_when_refused() {
+    let mut d = Detector::new(None);
+    // tx1 = frame 1; tx2 = frames 2-3 (refused); tx3 = one frame written where tx2 was.
+    let with_tx2 = build_wal(512, (3, 4), &[(1, 1, 0x11), (2, 0, 0x22), (1, 2, 0x23)]);
+    let with_tx3 = build_wal(512, (3, 4), &[(1, 1, 0x11), (2, 2, 0x33)]);
+    let frame = 24 + 512;
+    let tx1_end = 32 + frame;
+    lock(&mut d, 1, SHM_WRITE_LOCK, LockKind::Write).unwrap();
+    write_wal(&mut d, &with_tx2[..tx1_end], 0, 512);
+    assert_eq!(
+        unlock(&mut d, 1, SHM_WRITE_LOCK).unwrap(),
+        Some(Event::ReadWal {
+            offset: 0,
+            len: tx1_end as u64
+        })
+    );
+    assert_eq!(d.wal_data(0, &with_tx2[..tx1_end]).unwrap().len(), 1);
+
+    // tx2: the shell asks at its commit frame's write, before the unlock.
+    lock(&mut d, 1, SHM_WRITE_LOCK, LockKind::Write).unwrap();
+    write_wal(&mut d, &with_tx2, tx1_end, 512);
+    let mark = d.wal_mark();
+    let unread = Some(Event::ReadWal {
+        offset: tx1_end as u64,
+        len: (with_tx2.len() - tx1_end) as u64,
+    });
+    assert_eq!(d.unread_wal(), unread);
+    assert_eq!(d.wal_data(tx1_end as u64, &with_tx2[tx1_end..]).unwrap().len(), 1);
+    assert_eq!(d.unread_wal(), None, "nothing left for the unlock");
+    // The node refused it: SQLite's write fails and the commit never becomes visible.
+    d.rewind_wal(mark);
+    assert_eq!(d.unread_wal(), unread, "tx2's frames are unread again");
+    unlock(&mut d, 1, SHM_WRITE_LOCK).unwrap();
+
+    // tx3 is written over tx2's first frame: not a rewind of committed frames.
+    lock(&mut d, 1, SHM_WRITE_LOCK, LockKind::Write).unwrap();
+    write_wal(&mut d, &with_tx3, tx1_end, 512);
+    let mut file = with_tx3.clone();
+    file.extend_from_slice(&with_tx2[with_tx3.len()..]);
+    assert_eq!(unlock(&mut d, 1, SHM_WRITE_LOCK).unwrap(), unread);
+    let commits = d.wal_data(tx1_end as u64, &file[tx1_end..]).unwrap();
+    assert_eq!(commits.len(), 1, "tx2's stale frame does not continue the checksum chain");
+    assert_eq!(commits[0].pages.len(), 1);
+    assert_eq!(commits[0].pages[0].pgno, 2);
+}

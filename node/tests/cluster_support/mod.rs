@@ -49,6 +49,8 @@ pub struct ProcNode {
     pub config: PathBuf,
     pub port: u16,
     pub url: String,
+    /// Extra environment for the process (e.g. `LTXFS_FAILPOINT_DIR`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -73,6 +75,7 @@ impl ProcNode {
             root,
             port: conf.port,
             url: format!("http://127.0.0.1:{}", conf.port),
+            env: Vec::new(),
             child: None,
         };
         let primary = conf.name == "primary";
@@ -104,6 +107,7 @@ impl ProcNode {
             root,
             port,
             url: format!("http://127.0.0.1:{port}"),
+            env: Vec::new(),
             child: None,
         };
         let text = template
@@ -124,6 +128,7 @@ impl ProcNode {
             .arg("--config")
             .arg(&self.config)
             .env("LTXFS_LOG", std::env::var("LTXFS_TEST_LOG_LEVEL").unwrap_or_else(|_| "info,ltxfs=debug".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()

@@ -73,11 +73,13 @@ pub struct Options {
     pub sync: u32,
     /// `replication.heartbeat-interval` in ms (the etcd watch polls at a quarter of it).
     pub heartbeat_ms: u64,
+    /// Start every node with `LTXFS_FAILPOINT_DIR=<node root>/failpoints` (see `fs.rs`).
+    pub failpoints: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { ttl_s: 2, sync: 0, heartbeat_ms: 200 }
+        Options { ttl_s: 2, sync: 0, heartbeat_ms: 200, failpoints: false }
     }
 }
 
@@ -113,7 +115,13 @@ impl FailoverCluster {
         let mut proxies = Vec::new();
         for name in NAMES {
             let proxy = Proxy::start(&rt, etcd.url.clone());
-            nodes.push(ProcNode::with_config(dir.path(), name, free_port(), &config(name, &proxy.url, &o)));
+            let mut node = ProcNode::with_config(dir.path(), name, free_port(), &config(name, &proxy.url, &o));
+            if o.failpoints {
+                let fp = node.root.join("failpoints");
+                std::fs::create_dir_all(&fp).unwrap();
+                node.env.push(("LTXFS_FAILPOINT_DIR".into(), fp.to_str().unwrap().into()));
+            }
+            nodes.push(node);
             proxies.push(proxy);
         }
         let mut c = FailoverCluster { nodes, proxies, etcd, rt, dir };

@@ -170,6 +170,9 @@ struct Db {
     /// The WAL was written since it was last synced (by SQLite's FSYNC or by this node): a
     /// commit then syncs it before its LTX; after SQLite's own FSYNC (synchronous=FULL) not.
     wal_unsynced: bool,
+    /// The journal operation that just committed a transaction got an unknown outcome: perform
+    /// it, then fail it to SQLite ([`Db::fail_if_outcome_unknown`]).
+    commit_unknown: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -263,7 +266,9 @@ impl Db {
         stats::COMMIT_LATENCY.observe(started.elapsed());
         let outcome = outcome.map_err(|e| io::Error::other(e.to_string()))?;
         match outcome {
-            CommitOutcome::Committed { .. } => Ok(outcome),
+            // Unknown: the LTX is durable and in the core's history, but the lease ended or the
+            // acks did not come: the caller must keep the transaction and still fail SQLite.
+            CommitOutcome::Committed { .. } | CommitOutcome::Unknown { .. } => Ok(outcome),
             // Nothing was written: the caller may fail SQLite's operation and leave no trace.
             CommitOutcome::Rejected { .. } => Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("commit refused by the node: {outcome:?}"))),
             other => Err(io::Error::other(format!("commit not accepted by the node: {other:?}"))),
@@ -312,6 +317,12 @@ impl Db {
         }
         let n = pages.len();
         let outcome = self.submit(rt, commit.page_size, commit.commit, pages, None)?;
+        if let CommitOutcome::Unknown { .. } = outcome {
+            // The core's history has it: keep it in the file too (the journal operation goes
+            // through) and fail SQLite's operation afterwards (`fail_if_outcome_unknown`).
+            tracing::warn!(db = %self.name, ?outcome, "commit outcome unknown; kept, SQLite gets an error");
+            self.commit_unknown = true;
+        }
         tracing::debug!(db = %self.name, ?outcome, pages = n, "rollback-journal commit");
         Ok(())
     }
@@ -390,6 +401,16 @@ impl Db {
         }
     }
 
+    /// After the file operation that committed a transaction was carried out: `EIO` if the
+    /// node could not confirm that commit (the app must not count it as a success, though the
+    /// cluster may keep it and so does this file).
+    fn fail_if_outcome_unknown(&mut self) -> Result<(), Errno> {
+        if std::mem::take(&mut self.commit_unknown) {
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
     /// SQLite's rule (pager.c `hasHotJournal`), lock part aside: a journal whose first byte is
     /// 0 is not hot.
     fn journal_is_hot(&self) -> bool {
@@ -438,6 +459,10 @@ impl Db {
             }
             let wal = commit.wal.map(|w| WalFrames { offset: w.offset, size: w.size, salt1: w.salt1, salt2: w.salt2 });
             let outcome = self.submit(rt, commit.page_size, commit.commit, pages, wal)?;
+            if let CommitOutcome::Unknown { .. } = outcome {
+                // SQLite would publish a commit whose outcome is unknown as a success.
+                return Err(io::Error::other(format!("commit outcome unknown: {outcome:?}")));
+            }
             let mut index = lock(&self.wal_index);
             index.page_size = commit.page_size;
             index.commit = Some(commit.commit);
@@ -738,6 +763,7 @@ impl State {
             wal_index,
             shm_change: 0,
             wal_unsynced: true,
+            commit_unknown: false,
         });
         self.by_name.insert(name.to_string(), id);
         tracing::info!(db = name, "database opened");
@@ -1259,7 +1285,8 @@ impl Filesystem for LtxFs {
             }
             let result = db
                 .file(kind)
-                .and_then(|file| file.set_len(size).map_err(io_errno));
+                .and_then(|file| file.set_len(size).map_err(io_errno))
+                .and_then(|()| db.fail_if_outcome_unknown());
             if let Err(err) = result {
                 return reply.error(err);
             }
@@ -1305,9 +1332,10 @@ impl Filesystem for LtxFs {
             *lock(&db.wal_index) = WalIndex::default();
         }
         db.files[kind as usize] = None;
-        match fs::remove_file(db.path(kind)) {
+        let result = fs::remove_file(db.path(kind)).map_err(io_errno).and_then(|()| db.fail_if_outcome_unknown());
+        match result {
             Ok(()) => reply.ok(),
-            Err(err) => reply.error(io_errno(err)),
+            Err(err) => reply.error(err),
         }
     }
 
@@ -1488,7 +1516,7 @@ impl Filesystem for LtxFs {
         let result = db
             .file(kind)
             .and_then(|file| file.write_all_at(data, offset).map_err(io_errno));
-        if let Err(err) = result {
+        if let Err(err) = result.and_then(|()| db.fail_if_outcome_unknown()) {
             return reply.error(err);
         }
         if kind == Kind::Wal {

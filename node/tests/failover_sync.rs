@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use cluster_support::*;
 use failover_support::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 fn sync_cluster() -> FailoverCluster {
     let c = FailoverCluster::start(Options { sync: 1, ..Options::default() });
@@ -124,4 +126,43 @@ fn kill9_of_the_primary_and_its_acking_replica_loses_nothing_and_the_survivor_wa
     assert!(acked.iter().chain([&100_000]).all(|v| rows.contains(v)), "every acknowledged row on every node: {rows:?}");
     assert!(!rows.contains(&999), "the refused row does not exist");
     c.check_single_writer();
+}
+
+/// The replicas stop acknowledging (SIGSTOP): a commit's acks time out and its outcome is
+/// unknown. SQLite must get an error (never a success), yet the transaction is in the
+/// primary's LTX history and will reach the replicas when they resume — so the primary's own
+/// database must keep it too, or its local reads would differ from every replica's: the
+/// journal operation that commits is carried out, then failed to SQLite. (WAL mode cannot
+/// fail a commit SQLite is about to publish and still keep it; there the node exits 99, like
+/// LiteFS, and start-up recovery keeps the WAL up to the durable LTX.)
+#[test]
+fn a_commit_with_an_unknown_outcome_fails_in_sqlite_and_the_primary_stays_equal_to_its_replicas() {
+    for wal in [false] {
+        let c = sync_cluster();
+        let p = c.wait_primary(None);
+        if wal {
+            assert_eq!(sqlite3_ok(&c.nodes[p].db(DB), "PRAGMA journal_mode=WAL;").trim(), "wal");
+        }
+        assert!(insert(&c.nodes[p], 1));
+        c.wait_converged(p);
+        let replicas: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+        let pids: Vec<Pid> = replicas.iter().map(|&i| Pid::from_raw(c.nodes[i].pid().unwrap())).collect();
+        for pid in &pids {
+            kill(*pid, Signal::SIGSTOP).unwrap();
+        }
+        let (ok, _, err) = sqlite3(&c.nodes[p].db(DB), "INSERT INTO t VALUES (2);");
+        for pid in &pids {
+            kill(*pid, Signal::SIGCONT).unwrap();
+        }
+        assert!(!ok, "a commit no replica acknowledged must not succeed in SQLite");
+        eprintln!("wal={wal}: SQLite's error for the unacknowledged commit: {}", err.trim());
+
+        // Whatever became of it, every node ends up with the same rows, the primary included.
+        let q = c.wait_primary(None);
+        assert!(insert(&c.nodes[q], 3), "writes go on");
+        c.wait_converged(q);
+        let rows = c.check_replicas_equal();
+        assert!(rows.contains(&1) && rows.contains(&3), "{rows:?}");
+        c.check_single_writer();
+    }
 }

@@ -1,7 +1,9 @@
 //! `ltxfs mount -- CMD` on a replica, with real processes: the command runs only once the node is
 //! ready (connected to the primary and its initial catch-up applied), so a query it makes sees
 //! every row the primary had when the replica connected — never an empty or missing database —
-//! and `ltxfs` exits with the command's exit code.
+//! and `ltxfs` exits with the command's exit code. Also the transfer commands around a running
+//! node: `ltxfs import` / `ltxfs export` stream a multi-MB database through the real HTTP API
+//! byte for byte, and draw no progress bar on a stderr that is not a terminal.
 //!
 //! NEEDS FUSE (`/dev/fuse`, fusermount3) and the sqlite3 CLI: fails, never skips, without them.
 
@@ -103,6 +105,53 @@ fn replica_command_waits_for_an_absent_primary_and_says_so() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "100\n", "log:\n{}", r1.log());
     assert_eq!(out.status.code(), Some(0), "log:\n{}", r1.log());
     cluster.nodes[0].stop();
+}
+
+#[test]
+fn import_and_export_round_trip_byte_for_byte_without_progress_off_a_terminal() {
+    let mut cluster = Cluster::new();
+    cluster.nodes[0].start();
+    cluster.nodes[1].start();
+    let r1 = &cluster.nodes[1];
+    wait_until("replica1 connected", || r1.info()["connectedToPrimary"] == serde_json::Value::Bool(true));
+
+    // A local database of several MB (many chunks of the streamed body).
+    let work = tempfile::tempdir().unwrap();
+    let original = work.path().join("original.db");
+    let conn = rusqlite::Connection::open(&original).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);").unwrap();
+    for i in 0..40 {
+        conn.execute("INSERT INTO t VALUES (?1, randomblob(100000))", [i]).unwrap();
+    }
+    drop(conn);
+    let image = std::fs::read(&original).unwrap();
+    assert!(image.len() > 3_000_000, "{} bytes", image.len());
+
+    let ltxfs = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ltxfs")).args(args).stderr(Stdio::piped()).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let primary_url = cluster.nodes[0].url.clone();
+    let (ok, out, err) = ltxfs(&["import", "--url", &primary_url, "--name", DB, original.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("imported {} bytes", image.len())), "{out}");
+    assert_eq!(err, "", "no progress output on a stderr that is not a terminal");
+    let want = cluster.primary().pos(DB).unwrap();
+    wait_until("replica1 has the import", || cluster.nodes[1].pos(DB).as_deref() == Some(want.as_str()));
+
+    for node in &cluster.nodes[..2] {
+        let copy = work.path().join(format!("{}.db", node.name));
+        let (ok, out, err) = ltxfs(&["export", "--url", &node.url, "--name", DB, copy.to_str().unwrap()]);
+        assert!(ok, "{}: {err}", node.name);
+        assert_eq!(err, "", "no progress output on a stderr that is not a terminal");
+        assert!(out.contains(&format!("({} bytes)", image.len())), "{out}");
+        assert!(std::fs::read(&copy).unwrap() == image, "the export from {} is the imported file byte for byte", node.name);
+        assert!(!work.path().join(format!(".{}.db.ltxfs-tmp", node.name)).exists(), "no temp file left");
+        assert_eq!(sqlite3_ok(&node.db(DB), "SELECT count(*) FROM t; PRAGMA integrity_check;"), "40\nok\n");
+    }
+    for n in &mut cluster.nodes {
+        n.stop();
+    }
 }
 
 fn count(db: &std::path::Path) -> String {

@@ -1,8 +1,10 @@
 //! `ltxfs import | export | status | promote`: thin clients of a node's HTTP API.
 //!
-//! Decides only presentation (the human status table, exit codes: 0 done, 1 refused or
-//! unreachable) and file handling (an export is written to a temp file and renamed, so a failed
-//! transfer leaves no partial file). Every decision is the node's.
+//! Decides only presentation (the human status table, a progress bar for import and export when
+//! stderr is a terminal and nothing otherwise, exit codes: 0 done, 1 refused or unreachable) and
+//! file handling (transfers stream between the file and the socket in chunks, never holding the
+//! whole database in memory; an export is written to a temp file, fsynced and renamed, so a
+//! failed transfer leaves no partial file). Every decision is the node's.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,32 +80,107 @@ fn finish(result: Result<String, String>) -> ExitCode {
     }
 }
 
+/// Bytes read from the file per chunk of an import body.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// A progress bar on stderr when it is a terminal; hidden (draws nothing) otherwise.
+fn progress_bar(total: Option<u64>, verb: &str, name: &str) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(total) => (
+            indicatif::ProgressBar::new(total),
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        ),
+        None => (indicatif::ProgressBar::no_length(), "{msg} {bytes} {binary_bytes_per_sec}"),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("{verb} {name}"));
+    bar
+}
+
 pub fn import(args: TransferArgs) -> ExitCode {
     finish((|| {
-        let image = std::fs::read(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-        let bytes = image.len();
+        let file = std::fs::File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+        let bytes = file.metadata().map_err(|e| format!("{}: {e}", args.file.display()))?.len();
+        let bar = progress_bar(Some(bytes), "importing", &args.name);
+        let body = reqwest::Body::wrap_stream(file_chunks(file, bar.clone()));
         let rt = client_runtime()?;
-        let req = request(&args.node, reqwest::Method::POST, "/import").query(&[("name", &args.name)]).body(image);
-        let text = rt.block_on(async { send(req).await?.text().await.map_err(|e| e.to_string()) })?;
+        let req = request(&args.node, reqwest::Method::POST, "/import").query(&[("name", &args.name)]).body(body);
+        let result = rt.block_on(async { send(req).await?.text().await.map_err(|e| e.to_string()) });
+        bar.finish_and_clear();
+        let text = result?;
         Ok(format!("imported {bytes} bytes into {}: {}", args.name, text.trim()))
     })())
+}
+
+/// The file as a stream of chunks, advancing `bar` as each is read.
+fn file_chunks(
+    mut file: std::fs::File,
+    bar: indicatif::ProgressBar,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    use std::io::Read as _;
+    futures_util::stream::iter(std::iter::from_fn(move || {
+        let mut chunk = vec![0u8; CHUNK_BYTES];
+        match file.read(&mut chunk) {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                bar.inc(n as u64);
+                Some(Ok(bytes::Bytes::from(chunk)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
 }
 
 pub fn export(args: TransferArgs) -> ExitCode {
     finish((|| {
         let rt = client_runtime()?;
         let req = request(&args.node, reqwest::Method::GET, "/export").query(&[("name", &args.name)]);
-        let image = rt.block_on(async { send(req).await?.bytes().await.map_err(|e| e.to_string()) })?;
-        write_atomically(&args.file, &image).map_err(|e| format!("{}: {e}", args.file.display()))?;
-        Ok(format!("exported {} ({} bytes) to {}", args.name, image.len(), args.file.display()))
+        let name = args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
+        let tmp = args.file.with_file_name(format!(".{name}.ltxfs-tmp"));
+        let result = rt.block_on(async {
+            let mut resp = send(req).await?;
+            let bar = progress_bar(resp.content_length(), "exporting", &args.name);
+            let written = stream_to_file(&mut resp, &tmp, &bar).await;
+            bar.finish_and_clear();
+            written
+        });
+        let written = result.and_then(|n| {
+            std::fs::rename(&tmp, &args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+            Ok(n)
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let written = written?;
+        Ok(format!("exported {} ({written} bytes) to {}", args.name, args.file.display()))
     })())
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
-    let tmp = path.with_file_name(format!(".{name}.ltxfs-tmp"));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// Writes the response body to `path` chunk by chunk and fsyncs it; returns the byte count.
+async fn stream_to_file(resp: &mut reqwest::Response, path: &Path, bar: &indicatif::ProgressBar) -> Result<u64, String> {
+    use std::io::Write as _;
+    let io_err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io_err)?);
+    // Read before the body: reqwest derives it from the body's remaining size.
+    let expected = resp.content_length();
+    let mut written = 0u64;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("transfer failed: {e}"))? {
+        file.write_all(&chunk).map_err(io_err)?;
+        written += chunk.len() as u64;
+        bar.inc(chunk.len() as u64);
+    }
+    if let Some(expected) = expected.filter(|n| *n != written) {
+        return Err(format!("transfer ended after {written} of {expected} bytes"));
+    }
+    let file = file.into_inner().map_err(|e| io_err(e.into_error()))?;
+    file.sync_all().map_err(io_err)?;
+    Ok(written)
 }
 
 pub fn promote(args: NodeArgs) -> ExitCode {

@@ -26,6 +26,10 @@
 //! `$VAR` / `${VAR}` are expanded from the environment before parsing (like LiteFS's
 //! `os.ExpandEnv`), except that an unset variable is an error rather than an empty string;
 //! `HOSTNAME` is filled from the system host name when unset. `$$` is a literal `$`.
+//! Like LiteFS, `${...}` may also hold a comparison that expands to `true` or `false`:
+//! `${VAR == 'text'}`, `${VAR != "text"}` (single or double quotes, the text taken literally)
+//! and `${VAR == OTHER}` (two variables), e.g. `candidate: ${FLY_REGION == "ord"}`. Anything
+//! else inside `${...}` is an error naming its line.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,9 @@ pub enum ConfigError {
     UnsetVariable { var: String },
     #[error("config: unterminated ${{...}} at byte {offset}")]
     UnterminatedVariable { offset: usize },
+    /// `${...}` holds neither a variable name nor a comparison.
+    #[error("config line {line}{}: ${{{expr}}}: {reason} (expected ${{VAR}}, ${{VAR == 'text'}}, ${{VAR != \"text\"}} or ${{VAR == OTHER}})", key.as_ref().map(|k| format!(" ({k})")).unwrap_or_default())]
+    BadExpression { line: usize, key: Option<String>, expr: String, reason: &'static str },
     /// Unknown key, wrong type, or malformed YAML (serde's message carries the key path).
     #[error("config: {message}")]
     Parse { message: String },
@@ -545,7 +552,8 @@ fn lexical_absolute(path: &Path) -> PathBuf {
     out
 }
 
-/// `$VAR`, `${VAR}` → value; `$$` → `$`. Anything else after `$` is kept as is.
+/// `$VAR`, `${VAR}` → value; `${VAR == 'x'}` / `${VAR != "x"}` / `${VAR == OTHER}` → `true` or
+/// `false`; `$$` → `$`. Anything else after `$` is kept as is.
 pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let bytes = text.as_bytes();
@@ -566,8 +574,20 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
                 let close = text[i + 2..]
                     .find('}')
                     .ok_or(ConfigError::UnterminatedVariable { offset: i })?;
-                let name = &text[i + 2..i + 2 + close];
-                out.push_str(&lookup(name, env)?);
+                let inner = &text[i + 2..i + 2 + close];
+                let value = match parse_braced(inner) {
+                    Ok(Braced::Var(name)) => lookup(name, env)?,
+                    Ok(Braced::Compare { var, equal, rhs }) => {
+                        let left = lookup(var, env)?;
+                        let right = match rhs {
+                            Operand::Literal(text) => text.to_string(),
+                            Operand::Var(name) => lookup(name, env)?,
+                        };
+                        ((left == right) == equal).to_string()
+                    }
+                    Err(reason) => return Err(bad_expression(text, i, inner, reason)),
+                };
+                out.push_str(&value);
                 i += close + 3;
             }
             Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
@@ -584,6 +604,70 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
         }
     }
     Ok(out)
+}
+
+/// What a `${...}` holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Braced<'a> {
+    Var(&'a str),
+    /// `var == rhs` (`equal`) or `var != rhs`.
+    Compare { var: &'a str, equal: bool, rhs: Operand<'a> },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Operand<'a> {
+    /// A quoted text, quotes removed (nothing inside is unescaped).
+    Literal(&'a str),
+    Var(&'a str),
+}
+
+/// Parses the inside of `${...}` (LiteFS's grammar: a name, or `NAME (==|!=) 'text'`,
+/// `"text"` or `NAME`, spaces allowed around the operator and inside the braces).
+fn parse_braced(inner: &str) -> Result<Braced<'_>, &'static str> {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let trimmed = inner.trim();
+    let name_len = trimmed.find(|c: char| !is_word(c)).unwrap_or(trimmed.len());
+    let (var, rest) = trimmed.split_at(name_len);
+    if var.is_empty() {
+        return Err("expected a variable name first");
+    }
+    if rest.is_empty() {
+        return Ok(Braced::Var(var));
+    }
+    let rest = rest.trim_start();
+    let equal = if rest.starts_with("==") {
+        true
+    } else if rest.starts_with("!=") {
+        false
+    } else {
+        return Err("expected == or != after the variable name");
+    };
+    let rhs = rest[2..].trim_start();
+    let rhs = match rhs.chars().next() {
+        None => return Err("nothing to compare with after the operator"),
+        Some(quote @ ('\'' | '"')) => {
+            if rhs.len() < 2 || !rhs.ends_with(quote) {
+                return Err("unterminated quoted text");
+            }
+            Operand::Literal(&rhs[1..rhs.len() - 1])
+        }
+        Some(_) if rhs.chars().all(is_word) => Operand::Var(rhs),
+        Some(_) => return Err("the right side must be 'text', \"text\" or a variable name"),
+    };
+    Ok(Braced::Compare { var, equal, rhs })
+}
+
+/// The error for a malformed `${inner}` starting at byte `at` of `text`: its line (1-based) and
+/// the YAML key on that line, when the line reads `key: ...`.
+fn bad_expression(text: &str, at: usize, inner: &str, reason: &'static str) -> ConfigError {
+    let line = text[..at].matches('\n').count() + 1;
+    let line_start = text[..at].rfind('\n').map_or(0, |n| n + 1);
+    let key = text[line_start..at]
+        .split_once(':')
+        .map(|(key, _)| key.trim().trim_start_matches("- ").trim())
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        .map(str::to_string);
+    ConfigError::BadExpression { line, key, expr: inner.to_string(), reason }
 }
 
 fn lookup(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
@@ -970,6 +1054,83 @@ exec:
         }
         addrs.dedup();
         assert_eq!(addrs.len(), 3, "each node listens on its own port");
+    }
+
+    #[test]
+    fn comparison_expressions_expand_to_true_or_false() {
+        let env = |name: &str| match name {
+            "REGION" => Some("ord".to_string()),
+            "PRIMARY_REGION" => Some("ord".to_string()),
+            "OTHER" => Some("lhr".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let cases = [
+            ("${REGION == 'ord'}", "true"),
+            ("${REGION == 'lhr'}", "false"),
+            ("${REGION != 'ord'}", "false"),
+            ("${REGION != 'lhr'}", "true"),
+            ("${REGION == \"ord\"}", "true"),
+            ("${REGION != \"ord\"}", "false"),
+            ("${REGION==\"ord\"}", "true"),
+            ("${ REGION   ==   'ord' }", "true"),
+            ("${REGION == PRIMARY_REGION}", "true"),
+            ("${REGION != PRIMARY_REGION}", "false"),
+            ("${REGION == OTHER}", "false"),
+            ("${REGION != OTHER}", "true"),
+            ("${EMPTY == ''}", "true"),
+            ("${EMPTY == \"\"}", "true"),
+            // The text is taken literally, as LiteFS does: spaces and the other quote included.
+            ("${REGION == ' ord'}", "false"),
+            ("${REGION != \"it's\"}", "true"),
+            ("${ REGION }", "ord"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(expand_env(text, &env).as_deref(), Ok(want), "{text}");
+        }
+        let text = "lease: {type: static, candidate: ${REGION == \"ord\"}, hostname: p}\n";
+        assert!(Config::parse(text, &env).unwrap().lease.candidate);
+        let text = "lease: {type: static, candidate: ${REGION == 'lhr'}, hostname: p, advertise-url: 'http://p:1'}\nreplication: {node-id: r, members: [p, r]}\n";
+        assert!(!Config::parse(text, &env).unwrap().lease.candidate);
+    }
+
+    #[test]
+    fn comparison_with_an_unset_variable_is_an_error_naming_it() {
+        let env = |name: &str| (name == "REGION").then(|| "ord".to_string());
+        assert_eq!(expand_env("${NOPE == 'x'}", &env), Err(ConfigError::UnsetVariable { var: "NOPE".into() }));
+        assert_eq!(expand_env("${REGION != NOPE}", &env), Err(ConfigError::UnsetVariable { var: "NOPE".into() }));
+    }
+
+    #[test]
+    fn malformed_expressions_name_their_line_and_key() {
+        let env = |name: &str| (name == "REGION").then(|| "ord".to_string());
+        let cases = [
+            ("${REGION = 'ord'}", "expected == or != after the variable name"),
+            ("${REGION === 'ord'}", "the right side must be 'text', \"text\" or a variable name"),
+            ("${REGION == ord lhr}", "the right side must be 'text', \"text\" or a variable name"),
+            ("${REGION == 'ord}", "unterminated quoted text"),
+            ("${REGION == \"ord'}", "unterminated quoted text"),
+            ("${REGION == '}", "unterminated quoted text"),
+            ("${REGION ==}", "nothing to compare with after the operator"),
+            ("${== 'ord'}", "expected a variable name first"),
+            ("${}", "expected a variable name first"),
+            ("${REGION-X}", "expected == or != after the variable name"),
+        ];
+        for (expr, reason) in cases {
+            let text = format!("fuse:\n  dir: /mnt\nlease:\n  type: static\n  candidate: {expr}\n");
+            let inner = &expr[2..expr.len() - 1];
+            let want = ConfigError::BadExpression { line: 5, key: Some("candidate".into()), expr: inner.into(), reason };
+            assert_eq!(Config::parse(&text, &env).unwrap_err(), want, "{expr}");
+        }
+        let err = expand_env("exec:\n  - cmd: run ${REGION = 'ord'}\n", &env).unwrap_err();
+        assert!(matches!(&err, ConfigError::BadExpression { line: 2, key: Some(k), .. } if k == "cmd"), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "config line 2 (cmd): ${REGION = 'ord'}: expected == or != after the variable name \
+             (expected ${VAR}, ${VAR == 'text'}, ${VAR != \"text\"} or ${VAR == OTHER})"
+        );
+        let err = expand_env("a ${REGION ==}", &env).unwrap_err();
+        assert!(matches!(err, ConfigError::BadExpression { line: 1, key: None, .. }), "{err:?}");
     }
 
     #[test]

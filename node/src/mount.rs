@@ -4,7 +4,10 @@
 //! → start-up recovery → file system loaded → node runtime started → HTTP served → mounted →
 //! command started), how the YAML maps onto the runtime (node id, members, cluster id, lease
 //! backend), signal handling (SIGINT/SIGTERM are forwarded to the command, or end the node when
-//! there is none; then unmount, release the lease) and the exit code (the command's).
+//! there is none; then unmount, release the lease), when the command starts (once the node is
+//! ready: a primary accepting writes, a replica with its primary's initial catch-up applied —
+//! unless `skip-sync`; no time limit, like LiteFS, but a log line every few seconds says what it
+//! waits for) and the exit code (the command's).
 //! Never does: commit detection, LTX or replication (see `fs`, `node::runtime`).
 
 use crate::config::{Config, Exec, LeaseType, LogFormat};
@@ -14,7 +17,7 @@ use ltxfs_core::node::{Config as CoreConfig, LeaseMode};
 use node::lease::etcd::{EtcdConfig, EtcdLease};
 use node::lease::static_lease::StaticLease;
 use node::lease::LeaseHolder;
-use node::runtime::{self, node_id_from_name, ApplyHook, RuntimeConfig};
+use node::runtime::{self, node_id_from_name, ApplyHook, Readiness, RuntimeConfig};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -53,6 +56,72 @@ pub fn init_logging(config: &Config) {
 enum Wake {
     Signal(i32),
     ChildExited(i32),
+    /// The node is ready (or `skip-sync`): the command may start.
+    Ready,
+    /// The node runtime ended before it was ready.
+    NodeStopped,
+}
+
+/// How often `ltxfs mount` says what it is still waiting for before running its command.
+const READY_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the node is ready once (LiteFS waits the same way, without a time limit),
+/// logging every [`READY_LOG_INTERVAL`] what it waits for. False: the runtime stopped first.
+async fn wait_ready(handle: &runtime::RuntimeHandle) -> bool {
+    let mut ready = handle.ready();
+    tracing::info!("waiting to connect to the cluster");
+    loop {
+        let waited = tokio::time::timeout(READY_LOG_INTERVAL, ready.wait_for(|r| *r == Readiness::Ready)).await.map(|r| r.is_ok());
+        match waited {
+            Ok(true) => return true,
+            Ok(false) => return false,
+            Err(_) => {
+                let waiting = waiting_for(&handle.status(), &ready.borrow());
+                tracing::info!("not ready yet: {waiting}");
+            }
+        }
+    }
+}
+
+/// What a node that is not ready waits for, in words.
+fn waiting_for(status: &runtime::Status, readiness: &Readiness) -> String {
+    if let Readiness::Applying { behind } = readiness {
+        let dbs: Vec<String> = behind.iter().map(|(db, at, reach)| format!("{db} at TXID {at} of {reach}")).collect();
+        return format!("applying the primary's initial catch-up ({})", dbs.join(", "));
+    }
+    if status.is_primary {
+        return match status.recovery {
+            Some(r) => format!("primary in recovery: positions of {} of {} nodes known", r.have, r.need),
+            None => "primary, not yet accepting writes".into(),
+        };
+    }
+    match &status.primary {
+        None => "no primary known yet (lease holder)".into(),
+        Some(p) if !status.connected_to_primary => {
+            format!("connecting to the primary {} at {}", p.hostname, p.advertise_url)
+        }
+        Some(p) => format!("connected to the primary {}; waiting for its initial catch-up", p.hostname),
+    }
+}
+
+/// Starts the command (`-- CMD ARGS`, else `exec`); its exit is reported on `wake`.
+/// `None`: nothing to run.
+fn start_command(cli: &[String], config: &Config, wake: mpsc::Sender<Wake>) -> Result<Option<u32>, String> {
+    let Some((program, args)) = command_line(cli, config.exec.as_ref(), config.lease.candidate)? else {
+        return Ok(None);
+    };
+    let mut child = Command::new(&program).args(&args).spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    let pid = child.id();
+    tracing::info!(pid, %program, "command started");
+    std::thread::spawn(move || {
+        use std::os::unix::process::ExitStatusExt as _;
+        let code = match child.wait() {
+            Ok(status) => status.code().or(status.signal().map(|s| 128 + s)).unwrap_or(1),
+            Err(_) => 1,
+        };
+        let _ = wake.send(Wake::ChildExited(code));
+    });
+    Ok(Some(pid))
 }
 
 pub fn run(request: MountRequest) -> ExitCode {
@@ -141,40 +210,45 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
         }
     });
 
-    let command = command_line(&request.command, config.exec.as_ref(), config.lease.candidate)?;
-    let child_pid = match command {
-        Some((program, args)) => {
-            let mut child = Command::new(&program)
-                .args(&args)
-                .spawn()
-                .map_err(|e| format!("cannot run {program}: {e}"))?;
-            let pid = child.id();
-            tracing::info!(pid, %program, "command started");
-            std::thread::spawn(move || {
-                let code = match child.wait() {
-                    Ok(status) => status.code().unwrap_or(128 + 1),
-                    Err(_) => 1,
-                };
-                let _ = wake_tx.send(Wake::ChildExited(code));
-            });
-            Some(pid)
+    let has_command = !request.command.is_empty() || config.exec.is_some();
+    if !has_command {
+        // Tests wait for this line: it is printed once the mount serves requests.
+        println!("ltxfs: {role} node mounted at {}", fuse_dir.display());
+        if request.hint {
+            println!("  data:  {}", data_dir.display());
+            println!("  http:  http://{listen}  (ltxfs status --url http://{listen})");
+            println!("  try:   sqlite3 {}", fuse_dir.join("app.db").display());
+            println!("  stop:  Ctrl-C (unmounts cleanly)");
         }
-        None => {
-            // Tests wait for this line: it is printed once the mount serves requests.
-            println!("ltxfs: {role} node mounted at {}", fuse_dir.display());
-            if request.hint {
-                println!("  data:  {}", data_dir.display());
-                println!("  http:  http://{listen}  (ltxfs status --url http://{listen})");
-                println!("  try:   sqlite3 {}", fuse_dir.join("app.db").display());
-                println!("  stop:  Ctrl-C (unmounts cleanly)");
-            }
-            drop(wake_tx);
-            None
-        }
-    };
+    }
+    if config.skip_sync {
+        tracing::info!("skip-sync: not waiting to connect to the cluster");
+        let _ = wake_tx.send(Wake::Ready);
+    } else {
+        let (wake, handle) = (wake_tx.clone(), handle.clone());
+        tokio_rt.spawn(async move {
+            let woken = if wait_ready(&handle).await { Wake::Ready } else { Wake::NodeStopped };
+            let _ = wake.send(woken);
+        });
+    }
 
+    let mut child_pid: Option<u32> = None;
     let code = loop {
         match wake_rx.recv() {
+            Ok(Wake::Ready) if has_command && child_pid.is_none() => {
+                match start_command(&request.command, config, wake_tx.clone()) {
+                    Ok(pid) => child_pid = pid,
+                    Err(err) => {
+                        tracing::error!("{err}");
+                        eprintln!("ltxfs: {err}");
+                        break 1;
+                    }
+                }
+                if child_pid.is_none() {
+                    break 0; // every `exec` entry was skipped (`if-candidate` on a non-candidate)
+                }
+            }
+            Ok(Wake::Ready) => {}
             Ok(Wake::Signal(signal)) => match child_pid {
                 Some(pid) => {
                     tracing::info!(signal, pid, "forwarding signal to command");
@@ -185,12 +259,17 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
                 }
                 None => {
                     tracing::info!(signal, "stopping");
-                    break 0;
+                    // A command that never ran did not succeed.
+                    break if has_command { 128 + signal } else { 0 };
                 }
             },
             Ok(Wake::ChildExited(code)) => {
                 tracing::info!(code, "command exited");
                 break code;
+            }
+            Ok(Wake::NodeStopped) => {
+                tracing::error!("the node stopped before it was ready");
+                break 1;
             }
             Err(_) => break 1,
         }

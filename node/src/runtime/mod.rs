@@ -28,6 +28,13 @@
 //! passes — even if the node task has not run since (a paused process), so SQLite gets a clear
 //! "readonly database" error instead of a commit the core would refuse.
 //!
+//! # Readiness
+//! [`RuntimeHandle::ready`] says when the node is first ready, like LiteFS's ready channel
+//! that `litefs mount` waits on before running its `exec` command: a primary once it accepts
+//! writes (lease held, recovery done); a replica once its primary said the initial catch-up is
+//! sent (`Ready`) and every LTX that stream carried before it is applied here. It latches: a
+//! later disconnect does not make the node unready again.
+//!
 //! # Event log
 //! Every role change and every accepted local commit is appended as one JSON line to
 //! `<data>/events.ndjson` (no fsync: it survives a process crash, not a power cut) with the
@@ -240,6 +247,19 @@ pub enum RuntimeEvent {
     Core { detail: String },
 }
 
+/// How far a node is from being ready once (see the module docs, "Readiness").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Not primary and no complete initial catch-up from a primary yet (see [`Status`] for
+    /// the role, the primary and the connection).
+    Waiting,
+    /// The primary sent its initial catch-up; these databases are still being applied:
+    /// `(db, txid applied here, txid the catch-up reaches)`.
+    Applying { behind: Vec<(String, u64, u64)> },
+    /// Ready (latched).
+    Ready,
+}
+
 /// Counters behind `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -321,6 +341,7 @@ pub struct RuntimeHandle {
     metrics: Arc<Metrics>,
     config: Arc<RuntimeConfig>,
     primary_target: watch::Receiver<Option<(NodeId, String)>>,
+    ready: watch::Receiver<Readiness>,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -354,6 +375,11 @@ impl RuntimeHandle {
     /// The latest state snapshot.
     pub fn status(&self) -> Status {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the node has been ready once (see the module docs, "Readiness").
+    pub fn ready(&self) -> watch::Receiver<Readiness> {
+        self.ready.clone()
     }
 
     /// A stream of [`RuntimeEvent`]s from now on.
@@ -443,6 +469,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
     let (net_tx, net_rx) = mpsc::channel(NET_QUEUE_MAX);
     let (events, _) = broadcast::channel(EVENT_BUFFER_MAX);
     let (target_tx, target_rx) = watch::channel(None);
+    let (ready_tx, ready_rx) = watch::channel(Readiness::Waiting);
     let data_dir_path = config.data_dir.clone();
     let config = Arc::new(config);
     let status = Arc::new(Mutex::new(initial_status(&config)));
@@ -455,6 +482,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         metrics: metrics.clone(),
         config: config.clone(),
         primary_target: target_rx,
+        ready: ready_rx,
         next_conn: Arc::new(AtomicU64::new(1)),
     };
     let mut watch_rx = lease.watch();
@@ -494,6 +522,8 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         accepted: BTreeMap::new(),
         event_log: open_event_log(&data_dir_path),
         recovery: None,
+        ready_tx,
+        catchup: None,
     };
     task.drain(); // Node::new may already have outputs (a static primary's role change)
     task.step_input(Input::WallClock(wall_now()))?;
@@ -584,6 +614,18 @@ struct NodeTask<L: LeaseBackend> {
     /// `<data>/events.ndjson` (see the module docs); `None` if it cannot be opened.
     event_log: Option<std::fs::File>,
     recovery: Option<RecoveryStatus>,
+    ready_tx: watch::Sender<Readiness>,
+    /// Until ready: the initial catch-up of the current follow stream (`None` before it).
+    catchup: Option<Catchup>,
+}
+
+/// The initial catch-up a follow stream carries (readiness only; decides nothing).
+#[derive(Default)]
+struct Catchup {
+    /// Per database, the highest TXID of the LTX files received from the primary so far.
+    reaches: BTreeMap<DbName, u64>,
+    /// The primary sent `Ready`: `reaches` is complete.
+    sent: bool,
 }
 
 impl<L: LeaseBackend> NodeTask<L> {
@@ -738,8 +780,11 @@ impl<L: LeaseBackend> NodeTask<L> {
             if bytes.len() >= ltxfs_core::ltx::HEADER_SIZE {
                 let mut h = [0u8; ltxfs_core::ltx::HEADER_SIZE];
                 h.copy_from_slice(&bytes[..ltxfs_core::ltx::HEADER_SIZE]);
-                if ltxfs_core::ltx::Header::from_bytes(&h).is_ok_and(|h| h.is_snapshot()) {
-                    Metrics::add(&self.metrics.snapshots_received, 1);
+                if let Ok(header) = ltxfs_core::ltx::Header::from_bytes(&h) {
+                    if header.is_snapshot() {
+                        Metrics::add(&self.metrics.snapshots_received, 1);
+                    }
+                    self.note_catchup_ltx(peer, &msg, header.max_txid);
                 }
             }
         }
@@ -812,6 +857,9 @@ impl<L: LeaseBackend> NodeTask<L> {
         while let Some(output) = self.node.poll_output() {
             match output {
                 Output::Send { to, msg } => {
+                    if matches!(msg, Message::StreamRequest { mode: ltxfs_core::msg::StreamMode::Follow, .. }) && !self.is_ready() {
+                        self.catchup = Some(Catchup::default()); // a new stream: a new initial catch-up
+                    }
                     let bytes = msg.encode().len() as u64;
                     if self.peers.send(to, msg) {
                         Metrics::add(&self.metrics.bytes_sent, bytes + 4);
@@ -903,6 +951,11 @@ impl<L: LeaseBackend> NodeTask<L> {
                 self.tx_event(db, *pos, false);
                 return;
             }
+            Event::PrimaryReady { .. } => {
+                if let Some(c) = self.catchup.as_mut() {
+                    c.sent = true;
+                }
+            }
             Event::StaleEpochRejected { .. } => Metrics::add(&self.metrics.stale_frames_rejected, 1),
             Event::InvalidLtx { .. } | Event::InvalidLtxPages { .. } | Event::LtxDropped { .. } | Event::ChecksumMismatch { .. } => {
                 tracing::warn!(?event, "LTX refused");
@@ -949,7 +1002,57 @@ impl<L: LeaseBackend> NodeTask<L> {
         }
     }
 
+    fn is_ready(&self) -> bool {
+        *self.ready_tx.borrow() == Readiness::Ready
+    }
+
+    /// An LTX from the primary during the initial catch-up: the catch-up reaches `max_txid`.
+    fn note_catchup_ltx(&mut self, peer: NodeId, msg: &Message, max_txid: u64) {
+        let Message::Ltx { db, .. } = msg else { return };
+        if self.node.upstream() != Some(peer) {
+            return;
+        }
+        if let Some(c) = self.catchup.as_mut().filter(|c| !c.sent) {
+            let reach = c.reaches.entry(db.clone()).or_insert(0);
+            *reach = (*reach).max(max_txid);
+        }
+    }
+
+    /// Latches [`Readiness::Ready`] once writable, or once the initial catch-up is applied.
+    fn refresh_readiness(&mut self) {
+        if self.is_ready() {
+            return;
+        }
+        let next = if self.node.is_writable(self.now()) {
+            Readiness::Ready
+        } else {
+            match self.catchup.as_ref().filter(|c| c.sent) {
+                None => Readiness::Waiting,
+                Some(c) => {
+                    let behind: Vec<(String, u64, u64)> = c
+                        .reaches
+                        .iter()
+                        .map(|(db, reach)| (db, self.node.db_pos(db).map_or(0, |p| p.pos.txid), *reach))
+                        .filter(|(_, at, reach)| at < reach)
+                        .map(|(db, at, reach)| (db.to_string(), at, reach))
+                        .collect();
+                    if behind.is_empty() { Readiness::Ready } else { Readiness::Applying { behind } }
+                }
+            }
+        };
+        if next == Readiness::Ready {
+            self.catchup = None;
+            tracing::info!("ready: connected to the cluster");
+        }
+        self.ready_tx.send_if_modified(|r| {
+            let changed = *r != next;
+            *r = next;
+            changed
+        });
+    }
+
     fn refresh_status(&mut self) {
+        self.refresh_readiness();
         let now = self.now();
         let role = self.node.role();
         let epoch = self.node.lease_epoch().unwrap_or(self.node.highest_epoch());

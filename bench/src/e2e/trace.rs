@@ -90,7 +90,9 @@ pub fn fuse_opcode_name(opcode: u32) -> String {
 /// shm,ltx/...}`).
 pub fn classify_fsync_path(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
-    if file.ends_with(".ltx.tmp") || file.ends_with(".ltx") {
+    // `.spare-*`: an LTX written into a pre-made spare file before its rename (node
+    // `runtime/disk.rs`, SPARE_PREFIX).
+    if file.ends_with(".ltx.tmp") || file.ends_with(".ltx") || file.starts_with(".spare-") {
         return "LTX file".into();
     }
     if file == "ltx" {
@@ -340,6 +342,7 @@ mod tests {
             .collect();
         assert_eq!(ops, vec![("FSYNC", 1), ("WRITE", 1)]);
         assert_eq!(counts.fsyncs.get("LTX file"), Some(&1));
+        assert_eq!(classify_fsync_path("/d/dbs/app.db/ltx/.spare-0000000000000007"), "LTX file");
         assert_eq!(counts.fsyncs.get("LTX dir"), Some(&1));
         assert_eq!(counts.fsyncs.get("journal"), Some(&1));
         assert_eq!(counts.fsync_total(), 3);

@@ -1283,6 +1283,10 @@ impl Filesystem for LtxFs {
             if kind == Kind::Wal && size == 0 {
                 *lock(&db.wal_index) = WalIndex::default();
             }
+            if kind == Kind::Wal {
+                // SQLite's FSYNC after a truncation must reach the disk (see `fsync`).
+                db.wal_unsynced = true;
+            }
             let result = db
                 .file(kind)
                 .and_then(|file| file.set_len(size).map_err(io_errno))

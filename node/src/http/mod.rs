@@ -35,6 +35,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod transport;
 
 use std::fmt::Write as _;
 
@@ -85,11 +86,44 @@ pub fn router(handle: RuntimeHandle) -> Router {
 }
 
 /// Serves the API on `listener` and keeps a replication connection to the primary, until the
-/// runtime stops.
+/// runtime stops (real TCP both ways).
 pub async fn serve(listener: tokio::net::TcpListener, handle: RuntimeHandle) -> std::io::Result<()> {
-    tokio::spawn(client::connect_to_primary(handle.clone()));
-    let stopped = handle.clone();
-    axum::serve(listener, router(handle)).with_graceful_shutdown(async move { stopped.stopped().await }).await
+    serve_with(listener, transport::TcpDialer, handle).await
+}
+
+/// [`serve`] over any transport: connections accepted from `listener`, the replica's stream to
+/// the primary dialed through `dialer`. HTTP/1.1 and HTTP/2 (prior knowledge) on one port, as
+/// `axum::serve` does, plus HTTP/2 PINGs ([`transport::keepalive`]) so a connection whose peer
+/// went silent (partition, crashed host) closes and the runtime hears the peer is gone. When the
+/// runtime stops, no new connection is accepted and open ones are shut down gracefully.
+pub async fn serve_with<L, D>(mut listener: L, dialer: D, handle: RuntimeHandle) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    D: transport::Dialer,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    tokio::spawn(client::connect_to_primary(handle.clone(), dialer));
+    let app = router(handle.clone());
+    let (ping_every, ping_timeout) = transport::keepalive(handle.config().core.heartbeat_interval);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(ping_every).keep_alive_timeout(ping_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (io, _addr) = tokio::select! {
+            () = handle.stopped() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn authorized(handle: &RuntimeHandle, headers: &HeaderMap) -> bool {

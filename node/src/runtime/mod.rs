@@ -5,7 +5,7 @@
 //! (`crate::lease`).
 //!
 //! It decides nothing about replication, leases or catch-up — every such decision is the core's.
-//! It decides only plumbing: the clock mapping (std `Instant` → core [`Time`] from a per-process
+//! It decides only plumbing: the clock mapping (tokio's `Instant` → core [`Time`] from a per-process
 //! origin, `SystemTime` → [`WallMs`]), per-database I/O ordering, which connection carries a
 //! message to a peer, and how outcomes reach callers. It never blocks the node task on disk or
 //! network I/O (disk runs on tokio's blocking pool, one FIFO worker per database).
@@ -50,10 +50,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+// tokio's `Instant` is std's in production; under a paused or simulated tokio clock (turmoil
+// tests) the core's time and every runtime timer follow that clock instead of the machine's.
+use tokio::time::Instant;
 
 use ltxfs_core::ids::{DbName, Epoch, NodeId};
 use ltxfs_core::ltx::Pos;
@@ -1104,7 +1107,7 @@ impl<L: LeaseBackend> NodeTask<L> {
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

@@ -262,7 +262,10 @@ impl Db {
             pages = self.full_image_pages(page_size, commit, pages)?;
         }
         let started = Instant::now();
-        let outcome = rt.commit_blocking(db, page_size, commit, pages, wal);
+        // WAL-backed (LTX without its own fsync): frames synced, and not the first commit of
+        // this WAL generation (that one anchors start-up recovery's rebuild).
+        let wal_backed = wal.as_ref().is_some_and(|w| w.offset > WAL_HEADER_LEN) && !self.wal_unsynced;
+        let outcome = rt.commit_blocking(db, page_size, commit, pages, wal, wal_backed);
         stats::COMMIT_LATENCY.observe(started.elapsed());
         let outcome = outcome.map_err(|e| io::Error::other(e.to_string()))?;
         match outcome {
@@ -399,6 +402,16 @@ impl Db {
                 std::process::exit(99);
             }
         }
+    }
+
+    /// Before SQLite overwrites, truncates or deletes the WAL: the LTX files written from its
+    /// frames without an fsync must be durable first (`RuntimeHandle::commit_blocking`).
+    fn sync_wal_backed(&self, rt: &RuntimeHandle) -> Result<(), Errno> {
+        let db = self.db_name().map_err(|_| Errno::EIO)?;
+        rt.sync_wal_backed(&db).map(|_| ()).map_err(|err| {
+            tracing::error!(db = %self.name, %err, "cannot sync the LTX files of the WAL; SQLite's operation fails");
+            Errno::EIO
+        })
     }
 
     /// After the file operation that committed a transaction was carried out: `EIO` if the
@@ -1286,6 +1299,9 @@ impl Filesystem for LtxFs {
             if kind == Kind::Wal {
                 // SQLite's FSYNC after a truncation must reach the disk (see `fsync`).
                 db.wal_unsynced = true;
+                if let Err(err) = db.sync_wal_backed(rt) {
+                    return reply.error(err);
+                }
             }
             let result = db
                 .file(kind)
@@ -1333,6 +1349,9 @@ impl Filesystem for LtxFs {
             }
         }
         if kind == Kind::Wal {
+            if let Err(err) = db.sync_wal_backed(rt) {
+                return reply.error(err);
+            }
             *lock(&db.wal_index) = WalIndex::default();
         }
         db.files[kind as usize] = None;
@@ -1511,7 +1530,11 @@ impl Filesystem for LtxFs {
         }
         if kind == Kind::Wal && offset == 0 {
             // A new WAL header: SQLite restarts the WAL only after a complete checkpoint, so
-            // every committed page is in the database file now.
+            // every committed page is in the database file now — and the frames the
+            // WAL-backed LTX files could be rebuilt from are about to be overwritten.
+            if let Err(err) = db.sync_wal_backed(rt) {
+                return reply.error(err);
+            }
             *lock(&db.wal_index) = WalIndex::default();
         }
         if kind == Kind::Wal {

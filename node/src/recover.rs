@@ -6,9 +6,17 @@
 //! - a stale `-shm` is deleted (SQLite rebuilds it);
 //! - an LTX file whose rename to its final name a crash lost is renamed from its spare file
 //!   (the LTX writer fsyncs no directory per commit: `node::runtime::disk::promote_spares`);
+//! - WAL frames past the last LTX that form complete commits become one LTX file again: a
+//!   local WAL commit's LTX is written without an fsync once its frames are durable in the WAL
+//!   (`node::runtime::disk`, "WAL-backed"), so a power cut can take the LTX and leave the
+//!   frames. The first commit of each WAL generation is always fsynced, and the node syncs the
+//!   WAL-backed files before SQLite restarts, truncates or deletes the WAL, so the lost ones
+//!   are exactly the commits after the last LTX in a WAL with that LTX's salts. The rebuilt
+//!   file covers all of them (`min_txid..=max_txid`) and ends at the checksum of the database
+//!   SQLite would show;
 //! - a WAL whose salts are not those of the last LTX holds no transaction the LTX log knows:
 //!   it is set aside (`wal.removed`); a WAL with the last LTX's salts is cut back to the end of
-//!   that LTX's frames (frames after it were never made durable as LTX);
+//!   that LTX's frames;
 //! - a hot rollback journal is rolled back and the remaining WAL checkpointed — by SQLite itself
 //!   (the files are briefly given the names SQLite expects);
 //! - the last LTX file is written again (a crash between the LTX write and the database write
@@ -36,6 +44,8 @@ pub struct Recovered {
     pub ltx_reapplied: Option<u64>,
     /// LTX files renamed from their spare file (the rename was lost: see `promote_spares`).
     pub ltx_restored: usize,
+    /// `(min_txid, max_txid)` of the LTX rebuilt from WAL frames past the last LTX.
+    pub ltx_rebuilt: Option<(u64, u64)>,
 }
 
 /// Recovers every database under `<data>/dbs/`.
@@ -89,11 +99,11 @@ pub fn recover_db(dir: &Path, clean: bool) -> io::Result<Recovered> {
         // An LTX whose rename a crash lost is still complete in its spare file.
         done.ltx_restored = node::runtime::disk::promote_spares(&dir.join("ltx"))?;
     }
-    let last = match last_ltx(dir)? {
+    let mut last = match last_ltx(dir)? {
         Some(path) => {
             let bytes = fs::read(&path)?;
             match ltx::decode_slice(&bytes) {
-                Ok((header, pages, _)) => Some((header, pages)),
+                Ok((header, pages, trailer)) => Some((header, pages, trailer.post_apply_checksum)),
                 Err(err) => {
                     tracing::warn!(ltx = %path.display(), %err, "last LTX does not decode; not re-applied");
                     None
@@ -106,6 +116,15 @@ pub fn recover_db(dir: &Path, clean: bool) -> io::Result<Recovered> {
     let wal = dir.join("wal");
     let journal = dir.join("journal");
 
+    // 0. Commits in the WAL past the last LTX: rebuild their LTX.
+    if let Some((header, _, post)) = &last {
+        if let Some((rebuilt, pages)) = rebuild_from_wal(dir, header, *post)? {
+            done.ltx_rebuilt = Some((rebuilt.min_txid, rebuilt.max_txid));
+            tracing::warn!(min = rebuilt.min_txid, max = rebuilt.max_txid, "rebuilt the LTX of WAL commits a crash lost");
+            last = Some((rebuilt, pages, 0));
+        }
+    }
+
     // 1. The WAL against the last LTX.
     if wal.exists() {
         let len = fs::metadata(&wal)?.len();
@@ -113,7 +132,7 @@ pub fn recover_db(dir: &Path, clean: bool) -> io::Result<Recovered> {
         let readable = len >= 32 && File::open(&wal)?.read_exact_at(&mut head, 0).is_ok();
         let salts = (u32::from_be_bytes([head[16], head[17], head[18], head[19]]), u32::from_be_bytes([head[20], head[21], head[22], head[23]]));
         let keep_to = match &last {
-            Some((h, _)) if readable && h.wal_offset > 0 && (h.wal_salt1, h.wal_salt2) == salts => Some((h.wal_offset + h.wal_size) as u64),
+            Some((h, _, _)) if readable && h.wal_offset > 0 && (h.wal_salt1, h.wal_salt2) == salts => Some((h.wal_offset + h.wal_size) as u64),
             _ => None,
         };
         match keep_to {
@@ -153,7 +172,7 @@ pub fn recover_db(dir: &Path, clean: bool) -> io::Result<Recovered> {
     let _ = fs::remove_file(&wal);
 
     // 3. Write the last LTX again (a crash may have come between it and the database).
-    if let Some((header, pages)) = last {
+    if let Some((header, pages, _)) = last {
         let recovered_something = done != Recovered::default();
         if !clean || recovered_something {
             reapply(&database, &header, &pages)?;
@@ -161,6 +180,101 @@ pub fn recover_db(dir: &Path, clean: bool) -> io::Result<Recovered> {
         }
     }
     Ok(done)
+}
+
+/// Page number and content, ascending.
+type Pages = Vec<(u32, Vec<u8>)>;
+
+/// The LTX of the commits in `<dir>/wal` past the one `last` ends at (see the module docs), as
+/// one file written durably into `<dir>/ltx/`; `None` if the WAL holds none that continue it.
+fn rebuild_from_wal(dir: &Path, last: &Header, last_post: u64) -> io::Result<Option<(Header, Pages)>> {
+    use ltxfs_core::ltx::checksum::{lock_pgno, page_checksum, DbChecksum};
+    let wal = match fs::read(dir.join("wal")) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Ok(wal_header) = ltxfs_core::detect::wal::parse_header(&wal) else { return Ok(None) };
+    if last.wal_offset <= 0 || last.page_size != wal_header.page_size {
+        return Ok(None);
+    }
+    if (last.wal_salt1, last.wal_salt2) != (wal_header.salt1, wal_header.salt2) {
+        return Ok(None);
+    }
+    let base_end = u64::try_from(last.wal_offset + last.wal_size).unwrap_or(u64::MAX);
+    let Ok(commits) = ltxfs_core::detect::Detector::new(None).wal_data(0, &wal) else { return Ok(None) };
+    let after: Vec<&ltxfs_core::detect::Commit> = commits.iter().filter(|c| c.wal.is_some_and(|w| w.offset >= base_end)).collect();
+    let (Some(first), Some(final_commit)) = (after.first(), after.last()) else { return Ok(None) };
+    let (Some(first_wal), Some(last_wal)) = (first.wal, final_commit.wal) else { return Ok(None) };
+    if first_wal.offset != base_end {
+        return Ok(None); // not the frames right after the last LTX
+    }
+    // The database as SQLite would show it: the file, then every committed frame of this WAL.
+    let page_size = wal_header.page_size;
+    let ps = page_size as usize;
+    let mut latest: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for c in &commits {
+        for p in &c.pages {
+            if let Some(off) = p.wal_offset {
+                latest.insert(p.pgno, off);
+            }
+        }
+    }
+    let database = File::open(dir.join("database"))?;
+    let db_len = database.metadata()?.len();
+    let read_page = |pgno: u32| -> io::Result<Vec<u8>> {
+        let mut page = vec![0u8; ps];
+        if let Some(off) = latest.get(&pgno) {
+            let at = usize::try_from(*off).map_err(io::Error::other)?;
+            page.copy_from_slice(wal.get(at..at + ps).ok_or_else(|| io::Error::other("WAL frame past the end"))?);
+        } else {
+            let at = u64::from(pgno - 1) * u64::from(page_size);
+            if at + u64::from(page_size) <= db_len {
+                database.read_exact_at(&mut page, at)?;
+            }
+        }
+        Ok(page)
+    };
+    let commit = final_commit.commit;
+    let lock = lock_pgno(page_size);
+    let mut sum = DbChecksum::new();
+    for pgno in (1..=commit).filter(|p| *p != lock) {
+        sum.toggle(page_checksum(pgno, &read_page(pgno)?));
+    }
+    let changed: std::collections::BTreeSet<u32> =
+        after.iter().flat_map(|c| c.pages.iter().map(|p| p.pgno)).filter(|p| *p <= commit && *p != lock).collect();
+    let mut pages = Vec::with_capacity(changed.len());
+    for pgno in changed {
+        pages.push((pgno, read_page(pgno)?));
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let header = Header {
+        flags: 0,
+        page_size,
+        commit,
+        min_txid: last.max_txid + 1,
+        max_txid: last.max_txid + after.len() as u64,
+        timestamp_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+        pre_apply_checksum: last_post,
+        wal_offset: i64::try_from(base_end).map_err(io::Error::other)?,
+        wal_size: i64::try_from(last_wal.offset + last_wal.size - base_end).map_err(io::Error::other)?,
+        wal_salt1: wal_header.salt1,
+        wal_salt2: wal_header.salt2,
+        node_id: last.node_id,
+    };
+    let bytes = ltx::encode_to_vec(header, pages.iter().map(|(p, d)| (*p, d.as_slice())), sum.value())
+        .map_err(|e| io::Error::other(format!("rebuilding an LTX from the WAL: {e}")))?;
+    let ltx_dir = dir.join("ltx");
+    let name = ltx::file_name(header.min_txid, header.max_txid);
+    let tmp = ltx_dir.join(format!("{name}.rebuild"));
+    {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, ltx_dir.join(&name))?;
+    File::open(&ltx_dir)?.sync_all()?;
+    Ok(Some((header, pages)))
 }
 
 fn is_sqlite_file(path: &Path) -> bool {

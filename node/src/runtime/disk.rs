@@ -50,11 +50,17 @@ pub struct DataDir {
     root: PathBuf,
     /// Empty spare files whose names are durable, per LTX directory (see [`promote_spares`]).
     spares: Arc<Mutex<BTreeMap<PathBuf, Vec<PathBuf>>>>,
+    /// WAL-backed LTX files written without their fsync, per database, oldest first: (spare
+    /// name, final name) of one inode ([`DataDir::sync_wal_backed`]).
+    unsynced: Arc<Mutex<BTreeMap<DbName, Vec<SpareLink>>>>,
 }
+
+/// A WAL-backed LTX file before its sync: (spare name, final name) of one inode.
+type SpareLink = (PathBuf, PathBuf);
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
-        DataDir { root: root.into(), spares: Arc::default() }
+        DataDir { root: root.into(), spares: Arc::default(), unsynced: Arc::default() }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -158,7 +164,26 @@ impl DataDir {
     /// Executes one I/O command. `epoch` is the lineage epoch of the database's position when
     /// the command was emitted (persisted next to the checksum index).
     pub fn execute(&self, kind: &IoKind, epoch: Epoch, pos: Pos, hook: &dyn ApplyHook) -> Result<IoOutcome, IoErrorKind> {
+        self.execute_with(kind, epoch, pos, hook, false)
+    }
+
+    /// [`DataDir::execute`]; `wal_backed`: the command is the LTX of a local WAL-mode commit
+    /// whose frames the caller already made durable in the WAL — it is written without an
+    /// fsync (see [`DataDir::sync_wal_backed`] for the rule that makes this safe).
+    pub fn execute_with(&self, kind: &IoKind, epoch: Epoch, pos: Pos, hook: &dyn ApplyHook, wal_backed: bool) -> Result<IoOutcome, IoErrorKind> {
+        let lazy = wal_backed && matches!(kind, IoKind::WriteLtx { fsync: true, .. });
+        if !lazy && !matches!(kind, IoKind::ReadLtx { .. } | IoKind::ReadDatabase { .. }) {
+            // Anything durable that follows must not outlive the LTX files before it.
+            if let Err(e) = self.sync_wal_backed(kind.db()) {
+                tracing::warn!(db = %kind.db(), error = %e, "cannot sync WAL-backed LTX files");
+                return Err(io_error_kind(&e));
+            }
+        }
         let result = match kind {
+            IoKind::WriteLtx { db, min_txid, max_txid, bytes, fsync: _, epoch: ltx_epoch } if lazy => self
+                .record_ltx_epoch(db, *min_txid, *max_txid, bytes, *ltx_epoch, epoch, true)
+                .and_then(|()| self.write_ltx_wal_backed(db, *min_txid, *max_txid, bytes))
+                .map(|()| IoOutcome::Done),
             IoKind::WriteLtx { db, min_txid, max_txid, bytes, fsync, epoch: ltx_epoch } => self
                 .record_ltx_epoch(db, *min_txid, *max_txid, bytes, *ltx_epoch, epoch, *fsync)
                 .and_then(|()| self.write_ltx(db, *min_txid, *max_txid, bytes, *fsync))
@@ -282,6 +307,74 @@ impl DataDir {
         result
     }
 
+    /// The LTX of a local WAL-mode commit, without an fsync: the bytes go into a spare file
+    /// (durable name) that is hard-linked under the final name. Until
+    /// [`DataDir::sync_wal_backed`] syncs it and drops the spare name, the link count says the
+    /// file may not be durable: after a crash [`promote_spares`] checks it in full and drops it
+    /// (and everything after it) if it is torn, and start-up recovery rebuilds what is missing
+    /// from the WAL frames, which were durable before this file was written (`recover.rs`).
+    fn write_ltx_wal_backed(&self, db: &DbName, min: u64, max: u64, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.ltx_dir(db);
+        let spare = self.take_spare(&dir)?;
+        let fin = dir.join(ltx::file_name(min, max));
+        let result = (|| {
+            OpenOptions::new().write(true).open(&spare)?.write_all(bytes)?;
+            let _ = fs::remove_file(&fin);
+            fs::hard_link(&spare, &fin)
+        })();
+        match result {
+            Ok(()) => {
+                self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default().push((spare, fin));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&spare);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes every WAL-backed LTX file of `db` durable (fdatasync) and drops its spare name.
+    /// Must run before anything could destroy the WAL frames they were written from — SQLite
+    /// restarting or truncating the WAL (`fs.rs` calls it through
+    /// [`super::RuntimeHandle::sync_wal_backed`]) — before any durable write that follows them
+    /// (done in [`DataDir::execute_with`]) and at a clean shutdown. Returns how many it synced.
+    pub fn sync_wal_backed(&self, db: &DbName) -> io::Result<usize> {
+        let pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).remove(db).unwrap_or_default();
+        let mut synced = 0;
+        for (i, (spare, fin)) in pending.iter().enumerate() {
+            let result = match File::open(fin) {
+                Ok(f) => f.sync_data().map(|()| {
+                    stats::fsync(FsyncKind::Ltx);
+                    synced += 1;
+                }),
+                // Deleted since (retention, a snapshot): nothing to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                // Keep the rest for the next attempt, this one included.
+                let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = unsynced.entry(db.clone()).or_default();
+                let rest: Vec<_> = pending[i..].to_vec();
+                entry.splice(0..0, rest);
+                return Err(e);
+            }
+            let _ = fs::remove_file(spare);
+        }
+        Ok(synced)
+    }
+
+    /// [`DataDir::sync_wal_backed`] for every database (clean shutdown).
+    pub fn sync_all_wal_backed(&self) -> io::Result<usize> {
+        let dbs: Vec<DbName> = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let mut synced = 0;
+        for db in dbs {
+            synced += self.sync_wal_backed(&db)?;
+        }
+        Ok(synced)
+    }
+
     /// An empty spare file in `dir` whose name is durable.
     fn take_spare(&self, dir: &Path) -> io::Result<PathBuf> {
         let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,6 +468,51 @@ fn read_header_trailer(path: &Path) -> io::Result<(Header, Trailer, u64)> {
     Ok((header, trailer, size))
 }
 
+/// WAL-backed LTX files a crash caught before their sync ([`DataDir::write_ltx_wal_backed`]):
+/// a spare name still linked to a final name. Each is checked in full; a complete one keeps
+/// its final name (the spare name goes), a torn one goes under both names together with every
+/// LTX file after it (the chain is broken there; start-up recovery rebuilds the missing
+/// transactions from the WAL). Returns the first TXID dropped.
+fn drop_torn_wal_backed(dir: &Path) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut spares: Vec<(PathBuf, u64)> = Vec::new();
+    let mut named: Vec<(u64, u64, PathBuf)> = Vec::new(); // (min_txid, inode, path)
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let meta = entry.metadata()?;
+        if name.starts_with(SPARE_PREFIX) {
+            if meta.nlink() >= 2 {
+                spares.push((entry.path(), meta.ino()));
+            }
+        } else if let Some((min, _)) = ltx::parse_file_name(name) {
+            named.push((min, meta.ino(), entry.path()));
+        }
+    }
+    let mut cut: Option<u64> = None;
+    for (spare, ino) in spares {
+        let complete = fs::read(&spare).ok().is_some_and(|b| ltx::decode_slice(&b).is_ok());
+        if !complete {
+            for (min, _, path) in named.iter().filter(|(_, i, _)| *i == ino) {
+                tracing::warn!(ltx = %path.display(), "dropping a WAL-backed LTX file a crash left incomplete");
+                fs::remove_file(path)?;
+                cut = Some(cut.map_or(*min, |c| c.min(*min)));
+            }
+        }
+        fs::remove_file(&spare)?;
+    }
+    if let Some(cut) = cut {
+        for (_, _, path) in named.iter().filter(|(m, _, _)| *m > cut) {
+            if path.exists() {
+                tracing::warn!(ltx = %path.display(), from_txid = cut, "dropping an LTX file after a torn one");
+                fs::remove_file(path)?;
+            }
+        }
+    }
+    Ok(cut)
+}
+
 /// The recovery rule that lets [`DataDir`] write an LTX without a directory fsync. Run at
 /// start-up before the LTX files are read (`ltxfs` runs it in its crash recovery and again in
 /// [`DataDir::scan`]); idempotent.
@@ -389,6 +527,7 @@ fn read_header_trailer(path: &Path) -> io::Result<(Header, Trailer, u64)> {
 /// deletes every other spare (incomplete writes were never acknowledged; empty ones are unused).
 /// Returns how many LTX files were restored.
 pub fn promote_spares(dir: &Path) -> io::Result<usize> {
+    drop_torn_wal_backed(dir)?;
     let mut named: Option<(u64, PathBuf)> = None;
     let mut full: Vec<PathBuf> = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -587,6 +726,51 @@ mod tests {
         let open = data.scan(Time::ZERO).unwrap();
         assert_eq!(open[0].pos, pos(3, C | 0xa3), "the chain ends at the restored LTX");
         assert_eq!(open[0].files.len(), 3);
+    }
+
+    #[test]
+    fn wal_backed_ltx_files_are_synced_on_demand_and_a_torn_one_is_dropped_with_its_successors() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::new(tmp.path());
+        let db = DbName::new("a.db".to_string()).unwrap();
+        let dir = data.ltx_dir(&db);
+        const C: u64 = 0x8000_0000_0000_0000;
+        let s1 = ltx::checksum::db_checksum(&[1u8; 512], 512);
+        let files = [ltx_bytes(1, 1, 0, s1), ltx_bytes(2, 2, s1, C | 0xa2), ltx_bytes(3, 3, C | 0xa2, C | 0xa3), ltx_bytes(4, 4, C | 0xa3, C | 0xa4)];
+        let write_with = |data: &DataDir, txid: u64, wal_backed: bool| {
+            let kind = IoKind::WriteLtx { db: db.clone(), min_txid: txid, max_txid: txid, bytes: files[txid as usize - 1].clone(), fsync: true, epoch: Epoch(1) };
+            data.execute_with(&kind, Epoch(1), Pos::ZERO, &super::super::NoHook, wal_backed).unwrap();
+        };
+        let write = |txid: u64, wal_backed: bool| write_with(&data, txid, wal_backed);
+        let nlink = |txid: u64| fs::metadata(data.ltx_path(&db, txid, txid)).unwrap().nlink();
+        write(1, false);
+        write(2, true);
+        assert_eq!(nlink(1), 1, "an fsynced LTX has only its name");
+        assert_eq!(nlink(2), 2, "a WAL-backed LTX keeps its spare name until synced");
+        assert_eq!(data.sync_wal_backed(&db).unwrap(), 1);
+        assert_eq!(nlink(2), 1, "synced: the spare name is gone");
+        assert_eq!(data.sync_wal_backed(&db).unwrap(), 0, "nothing left to sync");
+
+        // Two more WAL-backed files; a power cut tears the first of them.
+        write(3, true);
+        write(4, true);
+        assert_eq!((nlink(3), nlink(4)), (2, 2));
+        fs::OpenOptions::new().write(true).open(data.ltx_path(&db, 3, 3)).unwrap().set_len(10).unwrap();
+        promote_spares(&dir).unwrap();
+        assert!(!data.ltx_path(&db, 3, 3).exists(), "the torn LTX is dropped");
+        assert!(!data.ltx_path(&db, 4, 4).exists(), "and the one after it (the chain breaks at 3)");
+        assert_eq!(fs::read(data.ltx_path(&db, 2, 2)).unwrap(), files[1]);
+        assert!(spares_in(&dir).is_empty());
+        let open = data.scan(Time::ZERO).unwrap();
+        assert_eq!(open[0].pos, pos(2, C | 0xa2));
+
+        // A durable write after WAL-backed ones syncs them first (a new process: new spares).
+        let data = DataDir::new(tmp.path());
+        write_with(&data, 3, true);
+        assert_eq!(nlink(3), 2);
+        write_with(&data, 4, false);
+        assert_eq!((nlink(3), nlink(4)), (1, 1), "the WAL-backed LTX before a durable one is synced first");
     }
 
 }

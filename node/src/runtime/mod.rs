@@ -14,7 +14,7 @@
 //! The FUSE layer detects commits and writes SQLite's pages into `<data>/dbs/<db>/database`
 //! (WAL mode: into `wal`); for each commit it calls, from its own thread,
 //! ```ignore
-//! let outcome = handle.commit_blocking(db, page_size, commit, pages, wal)?; // CommitOutcome
+//! let outcome = handle.commit_blocking(db, page_size, commit, pages, wal, wal_backed)?; // CommitOutcome
 //! ```
 //! and lets SQLite's commit complete only on [`CommitOutcome::Committed`] (anything else is an
 //! I/O error to SQLite). The first commit of a database carries every page (LTX snapshot).
@@ -46,7 +46,7 @@ pub mod disk;
 pub mod peers;
 pub mod stats;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -310,7 +310,8 @@ enum Cmd {
     IoDone { id: ltxfs_core::node::IoId, result: Result<IoOutcome, IoErrorKind> },
     LeaseReply { id: ltxfs_core::node::LeaseRequestId, result: LeaseResult },
     LeaseView(LeaseView),
-    Commit { commit: LocalCommit, reply: CommitReply },
+    /// `wal_backed`: see [`RuntimeHandle::commit_blocking`].
+    Commit { commit: LocalCommit, reply: CommitReply, wal_backed: bool },
     Handoff { to: NodeId, reply: oneshot::Sender<Result<(), RuntimeError>> },
     ReadDatabase { db: DbName, reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
     WriteDatabase { db: DbName, image: Vec<u8>, reply: oneshot::Sender<Result<(), RuntimeError>> },
@@ -329,7 +330,8 @@ struct NetMsg {
 
 /// A job for one database's I/O worker, run in order.
 enum DiskJob {
-    Io { command: IoCommand, epoch: Epoch, pos: Pos },
+    /// `wal_backed`: the LTX of a local WAL commit whose frames are durable ([`DataDir::execute_with`]).
+    Io { command: IoCommand, epoch: Epoch, pos: Pos, wal_backed: bool },
     Read { reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
     Write { image: Vec<u8>, reply: oneshot::Sender<Result<(), RuntimeError>> },
 }
@@ -346,6 +348,7 @@ pub struct RuntimeHandle {
     primary_target: watch::Receiver<Option<(NodeId, String)>>,
     ready: watch::Receiver<Readiness>,
     next_conn: Arc<AtomicU64>,
+    data: DataDir,
 }
 
 impl RuntimeHandle {
@@ -354,13 +357,17 @@ impl RuntimeHandle {
     pub async fn commit(&self, db: DbName, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>) -> Result<CommitOutcome, RuntimeError> {
         let (reply, rx) = oneshot::channel();
         let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now(), wal: None };
-        self.cmd.send(Cmd::Commit { commit, reply }).map_err(|_| RuntimeError::Stopped)?;
+        self.cmd.send(Cmd::Commit { commit, reply, wal_backed: false }).map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
     }
 
     /// [`RuntimeHandle::commit`] for a non-async caller (the FUSE thread). Must not be called
     /// from inside the tokio runtime. `wal`: in WAL mode, where the transaction's frames lie
-    /// (stamped into the LTX header).
+    /// (stamped into the LTX header). `wal_backed`: the caller made those frames durable (fsync
+    /// of the WAL) and they follow, in the same WAL generation, frames whose LTX was written
+    /// before (the first commit of each WAL generation is never WAL-backed: it anchors the
+    /// chain start-up recovery rebuilds from). The LTX is then written without its own fsync,
+    /// and the caller must call [`RuntimeHandle::sync_wal_backed`] before the frames can go.
     pub fn commit_blocking(
         &self,
         db: DbName,
@@ -368,11 +375,20 @@ impl RuntimeHandle {
         commit: u32,
         pages: Vec<(u32, Vec<u8>)>,
         wal: Option<WalFrames>,
+        wal_backed: bool,
     ) -> Result<CommitOutcome, RuntimeError> {
         let (reply, rx) = oneshot::channel();
+        let wal_backed = wal_backed && wal.is_some();
         let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now(), wal };
-        self.cmd.send(Cmd::Commit { commit, reply }).map_err(|_| RuntimeError::Stopped)?;
+        self.cmd.send(Cmd::Commit { commit, reply, wal_backed }).map_err(|_| RuntimeError::Stopped)?;
         rx.blocking_recv().map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Makes the WAL-backed LTX files of `db` durable now (blocking; the FUSE thread calls it
+    /// before SQLite restarts or truncates the WAL their frames are in). See
+    /// [`DataDir::sync_wal_backed`].
+    pub fn sync_wal_backed(&self, db: &DbName) -> std::io::Result<usize> {
+        self.data.sync_wal_backed(db)
     }
 
     /// The latest state snapshot.
@@ -487,6 +503,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         primary_target: target_rx,
         ready: ready_rx,
         next_conn: Arc::new(AtomicU64::new(1)),
+        data: data.clone(),
     };
     let mut watch_rx = lease.watch();
     let view_tx = cmd_tx.clone();
@@ -511,6 +528,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         peers: Peers::default(),
         workers: BTreeMap::new(),
         commits: BTreeMap::new(),
+        wal_backed: BTreeSet::new(),
         status,
         events,
         metrics,
@@ -598,6 +616,8 @@ struct NodeTask<L: LeaseBackend> {
     workers: BTreeMap<DbName, mpsc::UnboundedSender<DiskJob>>,
     /// The caller waiting for each database's commit in flight (one per database).
     commits: BTreeMap<DbName, CommitReply>,
+    /// Databases whose commit in flight came with durable WAL frames (not its first commit).
+    wal_backed: BTreeSet<DbName>,
     status: Arc<Mutex<Status>>,
     events: broadcast::Sender<RuntimeEvent>,
     metrics: Arc<Metrics>,
@@ -670,6 +690,9 @@ impl<L: LeaseBackend> NodeTask<L> {
         self.refresh_status();
         self.flush_replies();
         self.peers.close_all();
+        if let Err(e) = self.data.sync_all_wal_backed() {
+            tracing::error!(error = %e, "cannot sync WAL-backed LTX files at shutdown");
+        }
         if let Some(reply) = self.shutdown_reply.take() {
             let _ = reply.send(());
         }
@@ -722,7 +745,7 @@ impl<L: LeaseBackend> NodeTask<L> {
                 }
             }
             Cmd::LeaseView(view) => self.on_lease_view(view),
-            Cmd::Commit { commit, reply } => self.on_commit(commit, reply),
+            Cmd::Commit { commit, reply, wal_backed } => self.on_commit(commit, reply, wal_backed),
             Cmd::Handoff { to, reply } => {
                 let _ = reply.send(self.step_input(Input::Handoff { to }).map_err(RuntimeError::from));
             }
@@ -743,7 +766,7 @@ impl<L: LeaseBackend> NodeTask<L> {
         }
     }
 
-    fn on_commit(&mut self, commit: LocalCommit, reply: CommitReply) {
+    fn on_commit(&mut self, commit: LocalCommit, reply: CommitReply, wal_backed: bool) {
         let db = commit.db.clone();
         if self.commits.contains_key(&db) {
             Metrics::add(&self.metrics.commits_rejected, 1);
@@ -751,6 +774,11 @@ impl<L: LeaseBackend> NodeTask<L> {
             return;
         }
         self.commits.insert(db.clone(), reply);
+        // The first commit of a database (its snapshot LTX) is always fsynced: without any LTX
+        // start-up recovery has no chain to rebuild WAL frames onto.
+        if wal_backed && self.node.db_pos(&db).is_some_and(|p| p.pos.txid > 0) {
+            self.wal_backed.insert(db.clone());
+        }
         let now = self.now();
         let accepted_wall = wall_now().0;
         let deadline_wall = self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| {
@@ -759,6 +787,7 @@ impl<L: LeaseBackend> NodeTask<L> {
         });
         self.accepted.insert(db.clone(), (accepted_wall, deadline_wall));
         if let Err(e) = self.step_input(Input::LocalCommit(commit)) {
+            self.wal_backed.remove(&db);
             if let Some(reply) = self.commits.remove(&db) {
                 let _ = reply.send(Err(RuntimeError::Invalid(e)));
             }
@@ -826,8 +855,8 @@ impl<L: LeaseBackend> NodeTask<L> {
             while let Some(job) = rx.recv().await {
                 let (data, hook, name) = (data.clone(), hook.clone(), name.clone());
                 match job {
-                    DiskJob::Io { command, epoch, pos } => {
-                        let result = tokio::task::spawn_blocking(move || data.execute(&command.kind, epoch, pos, hook.as_ref()))
+                    DiskJob::Io { command, epoch, pos, wal_backed } => {
+                        let result = tokio::task::spawn_blocking(move || data.execute_with(&command.kind, epoch, pos, hook.as_ref(), wal_backed))
                             .await
                             .unwrap_or(Err(IoErrorKind::Failed));
                         let _ = cmd.send(Cmd::IoDone { id: command.id, result });
@@ -873,7 +902,10 @@ impl<L: LeaseBackend> NodeTask<L> {
                     let db = command.kind.db().clone();
                     let at = self.node.db_pos(&db).unwrap_or_default();
                     self.outstanding += 1;
-                    self.worker(&db).send(DiskJob::Io { command, epoch: at.epoch, pos: at.pos }).ok();
+                    // Only the commit's own LTX: while a local commit is in flight the core writes
+                    // no other LTX for its database.
+                    let wal_backed = matches!(command.kind, IoKind::WriteLtx { .. }) && self.wal_backed.contains(&db);
+                    self.worker(&db).send(DiskJob::Io { command, epoch: at.epoch, pos: at.pos, wal_backed }).ok();
                 }
                 Output::Lease(request) => {
                     self.outstanding += 1;
@@ -994,6 +1026,7 @@ impl<L: LeaseBackend> NodeTask<L> {
 
     /// Answers the commit waiting on `db` once the status reflects it (see `flush_replies`).
     fn resolve(&mut self, db: &DbName, outcome: Result<CommitOutcome, RuntimeError>) {
+        self.wal_backed.remove(db);
         if let Some(reply) = self.commits.remove(db) {
             self.replies.push((reply, outcome));
         }

@@ -16,7 +16,7 @@
 //! - `POST /handoff?nodeID=<16 hex>` (on the primary: move the lease to that connected
 //!   replica), `POST /promote` (on a replica: ask the primary to hand the lease to this node).
 //! - `GET /export?name=DB` (the SQLite file), `POST /import?name=DB` (body: a whole SQLite
-//!   file; becomes one LTX on the primary).
+//!   file; becomes one LTX on the primary). See "Import" below.
 //!
 //! With `http.auth-token` set, `/stream`, `/handoff`, `/promote`, `/import` and `/export` need
 //! `authorization: Bearer <token>` (401 otherwise). Malformed requests get 400, oversized ones
@@ -29,6 +29,19 @@
 //! `lease.ttl`, `lease.etcd.endpoints`, `lease.etcd.key`, `replication.sync`,
 //! `replication.cluster-size`, `replication.node-id`, `replication.members`,
 //! `replication.cluster-id`, `replication.heartbeat-interval` (see the binary's `config.rs`).
+//!
+//! # Import
+//! The body of `/import` is streamed to a temporary file `<data>/tmp/import-*` (never held whole
+//! in memory by this layer), then checked as a SQLite file (header magic, page size, whole
+//! pages, not shorter than the size its header records) and handed to
+//! [`RuntimeHandle::import_file`], which reads it once, page by page. The temporary file is
+//! removed whatever happens (success, refusal, a client that goes away mid-upload) and any left
+//! by a crash are removed when the API starts serving. A body over the limit gets 413, one that
+//! is not a whole SQLite file 400, an import on a replica 409; none of them changes anything.
+//! The limit is [`IMPORT_BYTES_MAX_DEFAULT`] (4 GiB); the environment variable
+//! `LTXFS_IMPORT_BYTES_MAX` ([`IMPORT_BYTES_MAX_ENV`], a number of bytes) sets another. The
+//! runtime still holds the pages in memory once while the core turns them into one LTX, so the
+//! limit also bounds the node's memory use for an import.
 //!
 //! This module decides only HTTP matters (status codes, auth, framing, limits). Replication
 //! decisions stay in the core; the runtime executes them.
@@ -59,8 +72,21 @@ use crate::runtime::{CommitOutcome, Metrics, RuntimeError, RuntimeHandle};
 
 /// Header naming the calling / answering node.
 pub const NODE_ID_HEADER: &str = "ltxfs-node-id";
-/// Largest `/import` body.
-pub const IMPORT_BYTES_MAX: usize = 1 << 30;
+/// Largest `/import` body unless [`IMPORT_BYTES_MAX_ENV`] says otherwise.
+pub const IMPORT_BYTES_MAX_DEFAULT: u64 = 4 << 30;
+/// Environment variable overriding [`IMPORT_BYTES_MAX_DEFAULT`] (bytes, decimal).
+pub const IMPORT_BYTES_MAX_ENV: &str = "LTXFS_IMPORT_BYTES_MAX";
+/// Directory of the data dir holding `/import` bodies while they arrive.
+pub const IMPORT_TMP_DIR: &str = "tmp";
+/// Name prefix of those files (anything with it in [`IMPORT_TMP_DIR`] is removed at start-up).
+const IMPORT_TMP_PREFIX: &str = "import-";
+/// Once an import is refused, at most this many more body bytes are read and discarded before
+/// answering, so an HTTP/1.1 client still sending sees the status instead of a reset connection.
+const IMPORT_DRAIN_BYTES_MAX: u64 = 64 << 20;
+/// Buffer between the request body and the temporary file.
+const IMPORT_WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Bytes of the SQLite file header that the checks read.
+const SQLITE_HEADER_BYTES: usize = 100;
 /// Messages queued per connection before the peer counts as too slow (the connection closes).
 pub const PEER_QUEUE_MAX: usize = 256;
 
@@ -68,11 +94,24 @@ pub const PEER_QUEUE_MAX: usize = 256;
 struct AppState {
     handle: RuntimeHandle,
     client: reqwest::Client,
+    import_bytes_max: u64,
+}
+
+/// The `/import` limit: [`IMPORT_BYTES_MAX_ENV`] if set to a number, else the default (a value
+/// that is not a number is reported and ignored).
+fn import_bytes_max() -> u64 {
+    match std::env::var(IMPORT_BYTES_MAX_ENV) {
+        Err(_) => IMPORT_BYTES_MAX_DEFAULT,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(value = %v, "{IMPORT_BYTES_MAX_ENV} is not a number of bytes: using {IMPORT_BYTES_MAX_DEFAULT}");
+            IMPORT_BYTES_MAX_DEFAULT
+        }),
+    }
 }
 
 /// The router of the node API (served by [`serve`]).
 pub fn router(handle: RuntimeHandle) -> Router {
-    let state = AppState { handle, client: reqwest::Client::new() };
+    let state = AppState { handle, client: reqwest::Client::new(), import_bytes_max: import_bytes_max() };
     Router::new()
         .route("/stream", post(stream))
         .route("/info", get(info))
@@ -81,7 +120,8 @@ pub fn router(handle: RuntimeHandle) -> Router {
         .route("/handoff", post(handoff))
         .route("/promote", post(promote))
         .route("/export", get(export))
-        .route("/import", post(import).layer(DefaultBodyLimit::max(IMPORT_BYTES_MAX)))
+        // `import` enforces its own limit while it streams the body to disk.
+        .route("/import", post(import).layer(DefaultBodyLimit::disable()))
         .with_state(state)
 }
 
@@ -102,6 +142,7 @@ where
     D: transport::Dialer,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    remove_import_leftovers(&handle.config().data_dir);
     tokio::spawn(client::connect_to_primary(handle.clone(), dialer));
     let app = router(handle.clone());
     let (ping_every, ping_timeout) = transport::keepalive(handle.config().core.heartbeat_interval);
@@ -383,24 +424,82 @@ async fn export(State(s): State<AppState>, headers: HeaderMap, q: Result<Query<N
     }
 }
 
-/// The page size of a SQLite file image, if it is one (header magic, valid page size, whole
-/// pages).
+/// The page size of a SQLite file image, if it is one (see [`sqlite_file_check`]).
 pub fn sqlite_page_size(image: &[u8]) -> Result<u32, &'static str> {
-    if image.len() < 100 || &image[..16] != b"SQLite format 3\0" {
+    sqlite_file_check(&image[..image.len().min(SQLITE_HEADER_BYTES)], image.len() as u64)
+}
+
+/// The page size of a SQLite file of `len` bytes that starts with `header` (its first 100
+/// bytes, or all of it if shorter), if it is one: header magic, valid page size, whole pages,
+/// and not shorter than the database size the header records when that field is valid (SQLite
+/// trusts it when the change counter matches the version-valid-for number, offsets 24 and 92).
+pub fn sqlite_file_check(header: &[u8], len: u64) -> Result<u32, &'static str> {
+    if len < SQLITE_HEADER_BYTES as u64 {
         return Err("not a SQLite database file");
     }
-    let raw = u32::from(u16::from_be_bytes([image[16], image[17]]));
-    let page_size = if raw == 1 { 65_536 } else { raw };
-    if !ltxfs_core::ltx::is_valid_page_size(page_size) {
-        return Err("invalid page size in the SQLite header");
-    }
-    if image.len() % page_size as usize != 0 {
+    let page_size = sqlite_header_page_size(header)?;
+    if len % u64::from(page_size) != 0 {
         return Err("file length is not a whole number of pages");
+    }
+    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let (pages_in_header, change_counter, valid_for) = (be32(28), be32(24), be32(92));
+    if pages_in_header != 0 && change_counter == valid_for && len / u64::from(page_size) < u64::from(pages_in_header) {
+        return Err("file is shorter than the database size in its header (truncated)");
     }
     Ok(page_size)
 }
 
-async fn import(State(s): State<AppState>, headers: HeaderMap, q: Result<Query<NameQuery>, QueryRejection>, body: Bytes) -> Response {
+/// The page size in a SQLite file header (its first 100 bytes), if it is one: header magic and
+/// a valid page size.
+pub fn sqlite_header_page_size(header: &[u8]) -> Result<u32, &'static str> {
+    if header.len() < SQLITE_HEADER_BYTES || &header[..16] != b"SQLite format 3\0" {
+        return Err("not a SQLite database file");
+    }
+    let raw = u32::from(u16::from_be_bytes([header[16], header[17]]));
+    let page_size = if raw == 1 { 65_536 } else { raw };
+    if !ltxfs_core::ltx::is_valid_page_size(page_size) {
+        return Err("invalid page size in the SQLite header");
+    }
+    Ok(page_size)
+}
+
+/// Removes `/import` bodies a previous process left in `<data>/tmp` (a crash mid-upload).
+fn remove_import_leftovers(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(IMPORT_TMP_DIR)) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(IMPORT_TMP_PREFIX) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(path = %entry.path().display(), "removed an unfinished import"),
+                Err(e) => tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an unfinished import"),
+            }
+        }
+    }
+}
+
+/// A temporary file removed when dropped (every way out of [`import`], a cancelled request
+/// included).
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), error = %e, "cannot remove an import's temporary file");
+            }
+        }
+    }
+}
+
+/// Distinguishes the temporary files of concurrent imports.
+static IMPORT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Why an import body was refused while it arrived.
+enum BodyRefusal {
+    TooLarge,
+    NotSqlite(&'static str),
+}
+
+async fn import(State(s): State<AppState>, headers: HeaderMap, q: Result<Query<NameQuery>, QueryRejection>, body: Body) -> Response {
     if !authorized(&s.handle, &headers) {
         return unauthorized();
     }
@@ -408,11 +507,83 @@ async fn import(State(s): State<AppState>, headers: HeaderMap, q: Result<Query<N
         Ok(db) => db,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let page_size = match sqlite_page_size(&body) {
+    let mut body = std::pin::pin!(body.into_data_stream());
+    if !s.handle.status().writable {
+        drain(&mut body, IMPORT_DRAIN_BYTES_MAX).await;
+        return error(StatusCode::CONFLICT, "not the primary");
+    }
+    let max = s.import_bytes_max;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        drain(&mut body, IMPORT_DRAIN_BYTES_MAX).await;
+        return too_large(max);
+    }
+    let dir = s.handle.config().data_dir.join(IMPORT_TMP_DIR);
+    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create {IMPORT_TMP_DIR}/ in the data dir: {e}"));
+    }
+    let seq = IMPORT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = TempFile(dir.join(format!("{IMPORT_TMP_PREFIX}{}-{seq}", std::process::id())));
+    let file = match tokio::fs::OpenOptions::new().write(true).create_new(true).open(&temp.0).await {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create a temporary file for the import: {e}")),
+    };
+    let mut out = tokio::io::BufWriter::with_capacity(IMPORT_WRITE_BUFFER_BYTES, file);
+    let mut head: Vec<u8> = Vec::with_capacity(SQLITE_HEADER_BYTES);
+    let mut len: u64 = 0;
+    let mut refusal = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            // The client went away or sent a broken body: nobody may be listening.
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("import body: {e}")),
+        };
+        len += chunk.len() as u64;
+        if len > max {
+            refusal = Some(BodyRefusal::TooLarge);
+            break;
+        }
+        if head.len() < SQLITE_HEADER_BYTES {
+            let take = (SQLITE_HEADER_BYTES - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            if head.len() == SQLITE_HEADER_BYTES {
+                // Refuse a body that is not SQLite at all before writing the rest of it.
+                if let Err(e) = sqlite_header_page_size(&head) {
+                    refusal = Some(BodyRefusal::NotSqlite(e));
+                    break;
+                }
+            }
+        }
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await {
+            return error(StatusCode::INSUFFICIENT_STORAGE, format!("cannot write the import to the data dir: {e}"));
+        }
+    }
+    match refusal {
+        Some(BodyRefusal::TooLarge) => {
+            drop(out);
+            drop(temp);
+            drain(&mut body, IMPORT_DRAIN_BYTES_MAX).await;
+            return too_large(max);
+        }
+        Some(BodyRefusal::NotSqlite(e)) => {
+            drop(out);
+            drop(temp);
+            drain(&mut body, IMPORT_DRAIN_BYTES_MAX).await;
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+        None => {}
+    }
+    if let Err(e) = tokio::io::AsyncWriteExt::flush(&mut out).await {
+        return error(StatusCode::INSUFFICIENT_STORAGE, format!("cannot write the import to the data dir: {e}"));
+    }
+    drop(out);
+    let page_size = match sqlite_file_check(&head, len) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match s.handle.import(db, page_size, body.to_vec()).await {
+    let result = s.handle.import_file(db, page_size, temp.0.clone()).await;
+    drop(temp);
+    match result {
         Ok(outcome @ CommitOutcome::Committed { .. }) => Json(outcome).into_response(),
         Ok(CommitOutcome::Rejected { reason: RejectReason::NotPrimary }) => error(StatusCode::CONFLICT, "not the primary"),
         Ok(other) => error(StatusCode::SERVICE_UNAVAILABLE, format!("import not committed: {other:?}")),
@@ -421,7 +592,63 @@ async fn import(State(s): State<AppState>, headers: HeaderMap, q: Result<Query<N
     }
 }
 
+fn too_large(max: u64) -> Response {
+    error(StatusCode::PAYLOAD_TOO_LARGE, format!("import larger than the limit of {max} bytes ({IMPORT_BYTES_MAX_ENV})"))
+}
+
+/// Reads and discards up to `budget` more bytes of a refused body (see
+/// [`IMPORT_DRAIN_BYTES_MAX`]); stops early at its end or on an error.
+async fn drain<S, E>(body: &mut std::pin::Pin<&mut S>, budget: u64)
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>>,
+{
+    let mut read: u64 = 0;
+    while read <= budget {
+        match body.next().await {
+            Some(Ok(chunk)) => read += chunk.len() as u64,
+            _ => return,
+        }
+    }
+}
+
 /// Shared by tests and the CLI: the peer client used for `/stream`.
 pub fn peer_client() -> reqwest::Client {
     reqwest::Client::builder().http2_prior_knowledge().build().unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header of a file of `pages` pages of 4096 bytes whose size field is valid.
+    fn header(pages: u32) -> Vec<u8> {
+        let mut h = vec![0u8; SQLITE_HEADER_BYTES];
+        h[..16].copy_from_slice(b"SQLite format 3\0");
+        h[16..18].copy_from_slice(&4096u16.to_be_bytes());
+        h[24..28].copy_from_slice(&7u32.to_be_bytes());
+        h[28..32].copy_from_slice(&pages.to_be_bytes());
+        h[92..96].copy_from_slice(&7u32.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn sqlite_file_check_refuses_what_is_not_a_whole_sqlite_file() {
+        assert_eq!(sqlite_file_check(&header(3), 3 * 4096), Ok(4096));
+        assert_eq!(sqlite_file_check(&header(3), 4 * 4096), Ok(4096), "a file longer than its header's size is SQLite's business");
+        assert!(sqlite_file_check(&header(3), 2 * 4096).unwrap_err().contains("truncated"));
+        assert!(sqlite_file_check(&header(3), 3 * 4096 - 1).unwrap_err().contains("whole number of pages"));
+        assert!(sqlite_file_check(&header(3), 50).is_err());
+        let mut stale = header(3);
+        stale[92..96].copy_from_slice(&6u32.to_be_bytes()); // size field not valid: not checked
+        assert_eq!(sqlite_file_check(&stale, 2 * 4096), Ok(4096));
+        let mut odd = header(3);
+        odd[16..18].copy_from_slice(&3000u16.to_be_bytes());
+        assert!(sqlite_header_page_size(&odd).unwrap_err().contains("page size"));
+        let mut big = header(1);
+        big[16..18].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(sqlite_header_page_size(&big), Ok(65_536));
+        assert!(sqlite_header_page_size(b"SQLite format 3\0").is_err(), "short header");
+        assert!(sqlite_header_page_size(&[b'x'; 100]).unwrap_err().contains("not a SQLite"));
+        assert_eq!(sqlite_page_size(&[0u8; 10]), Err("not a SQLite database file"));
+    }
 }

@@ -314,11 +314,13 @@ enum Cmd {
     Commit { commit: LocalCommit, reply: CommitReply, wal_backed: bool },
     Handoff { to: NodeId, reply: oneshot::Sender<Result<(), RuntimeError>> },
     ReadDatabase { db: DbName, reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
-    WriteDatabase { db: DbName, image: Vec<u8>, reply: oneshot::Sender<Result<(), RuntimeError>> },
+    /// Replace the database file with these pages (`/import`); the reply hands them back.
+    WritePages { db: DbName, page_size: u32, pages: Vec<(u32, Vec<u8>)>, reply: PagesReply },
     Shutdown { reply: oneshot::Sender<()> },
 }
 
 type CommitReply = oneshot::Sender<Result<CommitOutcome, RuntimeError>>;
+type PagesReply = oneshot::Sender<Result<Vec<(u32, Vec<u8>)>, RuntimeError>>;
 
 /// A network message for the node task; `None`: the connection ended. The end travels on the
 /// same queue as the messages, so every frame read before it reaches the core first.
@@ -333,7 +335,7 @@ enum DiskJob {
     /// `wal_backed`: the LTX of a local WAL commit whose frames are durable ([`DataDir::execute_with`]).
     Io { command: IoCommand, epoch: Epoch, pos: Pos, wal_backed: bool },
     Read { reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
-    Write { image: Vec<u8>, reply: oneshot::Sender<Result<(), RuntimeError>> },
+    WritePages { page_size: u32, pages: Vec<(u32, Vec<u8>)>, reply: PagesReply },
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -433,12 +435,32 @@ impl RuntimeHandle {
         if !self.status().writable {
             return Ok(CommitOutcome::Rejected { reason: RejectReason::NotPrimary });
         }
+        let pages = image.chunks(page_size as usize).enumerate().map(|(i, p)| ((i + 1) as u32, p.to_vec())).collect();
+        drop(image);
+        self.import_pages(db, page_size, pages).await
+    }
+
+    /// [`RuntimeHandle::import`] from a file (the HTTP layer's temporary copy of an upload),
+    /// read once, page by page: the pages are the only copy of the file in memory. The caller
+    /// validated the file (page size, length) and removes it afterwards. Refused unless
+    /// writable.
+    pub async fn import_file(&self, db: DbName, page_size: u32, path: PathBuf) -> Result<CommitOutcome, RuntimeError> {
+        if !self.status().writable {
+            return Ok(CommitOutcome::Rejected { reason: RejectReason::NotPrimary });
+        }
+        let pages = tokio::task::spawn_blocking(move || read_pages(&path, page_size))
+            .await
+            .map_err(|e| RuntimeError::Io(e.to_string()))?
+            .map_err(|e| RuntimeError::Io(e.to_string()))?;
+        self.import_pages(db, page_size, pages).await
+    }
+
+    /// Writes `pages` (1..=n, in order) as the whole database file, then commits them.
+    async fn import_pages(&self, db: DbName, page_size: u32, pages: Vec<(u32, Vec<u8>)>) -> Result<CommitOutcome, RuntimeError> {
         let (reply, rx) = oneshot::channel();
-        self.cmd.send(Cmd::WriteDatabase { db: db.clone(), image: image.clone(), reply }).map_err(|_| RuntimeError::Stopped)?;
-        rx.await.map_err(|_| RuntimeError::Stopped)??;
-        let ps = page_size as usize;
-        let pages: Vec<(u32, Vec<u8>)> = image.chunks(ps).enumerate().map(|(i, p)| ((i + 1) as u32, p.to_vec())).collect();
-        let commit = pages.len() as u32;
+        self.cmd.send(Cmd::WritePages { db: db.clone(), page_size, pages, reply }).map_err(|_| RuntimeError::Stopped)?;
+        let pages = rx.await.map_err(|_| RuntimeError::Stopped)??;
+        let commit = u32::try_from(pages.len()).map_err(|_| RuntimeError::Io("database has more than 2^32 pages".into()))?;
         self.commit(db, page_size, commit, pages).await
     }
 
@@ -725,7 +747,9 @@ impl<L: LeaseBackend> NodeTask<L> {
                 let _ = self.step_input(Input::PeerConnected { peer });
             }
             Cmd::PeerDown { peer, conn } => {
-                if self.peers.remove(peer, conn) {
+                // Only the end of the connection carrying the peer's messages resets the link
+                // (see `peers`: an older one ending changes nothing for the peer).
+                if self.peers.remove(peer, conn) == peers::Removed::Current {
                     let _ = self.step_input(Input::PeerDisconnected { peer });
                     if self.peers.is_connected(peer) {
                         let _ = self.step_input(Input::PeerConnected { peer });
@@ -756,8 +780,8 @@ impl<L: LeaseBackend> NodeTask<L> {
                     self.worker(&db).send(DiskJob::Read { reply }).ok();
                 }
             }
-            Cmd::WriteDatabase { db, image, reply } => {
-                self.worker(&db).send(DiskJob::Write { image, reply }).ok();
+            Cmd::WritePages { db, page_size, pages, reply } => {
+                self.worker(&db).send(DiskJob::WritePages { page_size, pages, reply }).ok();
             }
             Cmd::Shutdown { reply } => {
                 self.shutdown_reply = Some(reply);
@@ -871,10 +895,12 @@ impl<L: LeaseBackend> NodeTask<L> {
                             other => Err(RuntimeError::Io(format!("{other:?}"))),
                         });
                     }
-                    DiskJob::Write { image, reply } => {
-                        let result = tokio::task::spawn_blocking(move || data.write_database(&name, &image, hook.as_ref()))
-                            .await
-                            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                    DiskJob::WritePages { page_size, pages, reply } => {
+                        let result = tokio::task::spawn_blocking(move || {
+                            write_pages(&data, &name, page_size, &pages, hook.as_ref()).map(|()| pages)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                         let _ = reply.send(result.map_err(|e| RuntimeError::Io(e.to_string())));
                     }
                 }
@@ -1136,6 +1162,52 @@ impl<L: LeaseBackend> NodeTask<L> {
         s.recovery = self.recovery;
         s.writable_until = writable_until;
     }
+}
+
+/// Bytes buffered per write while an import replaces a database file.
+const IMPORT_WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// The pages of a SQLite file whose length is a whole number of `page_size` pages, numbered
+/// from 1, read in one pass.
+fn read_pages(path: &std::path::Path, page_size: u32) -> std::io::Result<Vec<(u32, Vec<u8>)>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let ps = u64::from(page_size);
+    if page_size == 0 || len % ps != 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "file length is not a whole number of pages"));
+    }
+    let count = u32::try_from(len / ps).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "more than 2^32 pages"))?;
+    let mut reader = std::io::BufReader::with_capacity(IMPORT_WRITE_BUFFER_BYTES, file);
+    let mut pages = Vec::with_capacity(count as usize);
+    for pgno in 1..=count {
+        let mut page = vec![0u8; page_size as usize];
+        reader.read_exact(&mut page)?;
+        pages.push((pgno, page));
+    }
+    Ok(pages)
+}
+
+/// Replaces `<data>/dbs/<db>/database` with `pages` (1..=n, in order), durably, inside the
+/// [`ApplyHook`] (the same steps as a whole-file apply: locks, write, truncate, fsync, cache
+/// invalidation).
+fn write_pages(data: &DataDir, db: &DbName, page_size: u32, pages: &[(u32, Vec<u8>)], hook: &dyn ApplyHook) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(data.db_dir(db))?;
+    hook.before_apply(db);
+    let result = (|| {
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(data.database_path(db))?;
+        let mut out = std::io::BufWriter::with_capacity(IMPORT_WRITE_BUFFER_BYTES, &file);
+        for (_, page) in pages {
+            out.write_all(page)?;
+        }
+        out.flush()?;
+        drop(out);
+        file.set_len(pages.len() as u64 * u64::from(page_size))?;
+        file.sync_all()
+    })();
+    hook.after_apply(db, &[], u32::try_from(pages.len()).unwrap_or(u32::MAX));
+    result
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -262,9 +262,9 @@ impl Db {
             pages = self.full_image_pages(page_size, commit, pages)?;
         }
         let started = Instant::now();
-        // WAL-backed (LTX without its own fsync): frames synced, and not the first commit of
-        // this WAL generation (that one anchors start-up recovery's rebuild).
-        let wal_backed = wal.as_ref().is_some_and(|w| w.offset > WAL_HEADER_LEN) && !self.wal_unsynced;
+        // WAL-backed (LTX without its own fsync): not the first commit of this WAL generation
+        // (that one anchors start-up recovery's rebuild); see `commit_wal`.
+        let wal_backed = wal.as_ref().is_some_and(|w| w.offset > WAL_HEADER_LEN);
         let outcome = rt.commit_blocking(db, page_size, commit, pages, wal, wal_backed);
         stats::COMMIT_LATENCY.observe(started.elapsed());
         let outcome = outcome.map_err(|e| io::Error::other(e.to_string()))?;
@@ -449,10 +449,14 @@ impl Db {
             self.record(&oplog::format_wal_data(offset, &bytes));
         }
         let commits = self.detector.wal_data(offset, &bytes).map_err(io::Error::other)?;
-        if !commits.is_empty() && self.wal_unsynced {
-            // The WAL frames must be durable before their LTX is (start-up recovery keeps WAL
-            // frames up to the last LTX): with synchronous=NORMAL SQLite does not sync them.
-            // With synchronous=FULL SQLite's FSYNC of the same frames came just before.
+        // A commit's LTX is WAL-backed (no fsync of its own; `submit`) unless it is the first of
+        // its WAL generation, the anchor start-up recovery rebuilds from. A WAL-backed LTX needs
+        // no WAL sync now: its frames become durable with SQLite's own FSYNC (synchronous=FULL)
+        // or, at the latest, when the node syncs the WAL and then the LTX files before SQLite
+        // restarts, truncates or deletes the WAL (`DataDir::sync_wal_backed`). An fsynced LTX
+        // needs its frames durable first (recovery keeps WAL frames up to the last LTX).
+        let anchor = commits.iter().any(|c| c.wal.is_none_or(|w| w.offset <= WAL_HEADER_LEN));
+        if anchor && self.wal_unsynced {
             if let Some(wal) = self.files[Kind::Wal as usize].as_ref() {
                 wal.sync_data()?;
                 stats::fsync(FsyncKind::Wal);

@@ -36,6 +36,8 @@ pub const DATABASE_FILE: &str = "database";
 pub const LTX_DIR: &str = "ltx";
 pub const CHECKSUM_INDEX_FILE: &str = "chkindex";
 pub const EPOCH_FILE: &str = "epoch";
+/// The WAL of a database in WAL mode (SQLite's `<db>-wal`, written through the mount).
+pub const WAL_FILE: &str = "wal";
 /// Most lines kept in the `epoch` journal.
 pub const EPOCH_LINES_MAX: usize = 8;
 
@@ -334,13 +336,28 @@ impl DataDir {
         }
     }
 
-    /// Makes every WAL-backed LTX file of `db` durable (fdatasync) and drops its spare name.
+    /// Makes every WAL-backed LTX file of `db` durable — the WAL first, then each file
+    /// (fdatasync) — and drops its spare name.
     /// Must run before anything could destroy the WAL frames they were written from — SQLite
     /// restarting or truncating the WAL (`fs.rs` calls it through
     /// [`super::RuntimeHandle::sync_wal_backed`]) — before any durable write that follows them
     /// (done in [`DataDir::execute_with`]) and at a clean shutdown. Returns how many it synced.
     pub fn sync_wal_backed(&self, db: &DbName) -> io::Result<usize> {
         let pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).remove(db).unwrap_or_default();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // Their frames first (synchronous=NORMAL never syncs them): an LTX must never be
+        // durable while the WAL frames of the commits before it are not.
+        let wal_sync = match File::open(self.db_dir(db).join(WAL_FILE)) {
+            Ok(f) => f.sync_data().map(|()| stats::fsync(FsyncKind::Wal)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = wal_sync {
+            self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default().splice(0..0, pending);
+            return Err(e);
+        }
         let mut synced = 0;
         for (i, (spare, fin)) in pending.iter().enumerate() {
             let result = match File::open(fin) {

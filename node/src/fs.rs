@@ -355,6 +355,13 @@ impl Db {
         result.map_err(|e| io::Error::other(format!("SQLite rollback of {}: {e}", database.display())))?;
         // The detector's transaction state (dirty pages, size) belonged to the rolled-back
         // transaction: start again from the file, keeping every lock held.
+        self.reset_detector();
+        tracing::warn!(db = %self.name, "rolled back a hot journal left by an interrupted transaction");
+        Ok(true)
+    }
+
+    /// A fresh detector for the database file as it is now, keeping every lock held.
+    fn reset_detector(&mut self) {
         let mut head = [0u8; 100];
         let header = self.files[Kind::Database as usize]
             .as_ref()
@@ -365,8 +372,6 @@ impl Db {
         self.detector = Detector::new(header);
         *self.detector.shell_locks(LockFile::Database) = db_locks;
         *self.detector.shell_locks(LockFile::Shm) = shm_locks;
-        tracing::warn!(db = %self.name, "rolled back a hot journal left by an interrupted transaction");
-        Ok(true)
     }
 
     /// WAL mode: when this write completed a commit frame, records the transaction now —
@@ -1036,6 +1041,18 @@ impl ApplyHook for Shared {
                 },
             };
             let d = &mut state.dbs[id];
+            if pages.is_empty() {
+                // The whole file was replaced (`/import`): frames left in the WAL belong to the
+                // old content (the node synced their LTX files before the import's LTX) and
+                // must neither be read over the new file nor recovered by SQLite later.
+                if let Some(w) = d.files[Kind::Wal as usize].as_ref() {
+                    if let Err(err) = w.set_len(0) {
+                        tracing::error!(%db, %err, "cannot empty the WAL after an import");
+                    }
+                }
+                *lock(&d.wal_index) = WalIndex::default();
+                d.reset_detector();
+            }
             let mut head = [0u8; 100];
             let header = d.files[0].as_ref().and_then(|f| f.read_exact_at(&mut head, 0).ok()).and_then(|()| DbHeader::parse(&head));
             let page_size = header.map_or(4096, |h| h.page_size);
@@ -1050,7 +1067,9 @@ impl ApplyHook for Shared {
                     Err(err) => tracing::warn!(%db, %err, "cannot create the replica's empty WAL"),
                 }
             }
-            let shm = wal_mode && d.files[Kind::Shm as usize].is_some();
+            // A whole-file replacement (`/import`) also tells open WAL connections (their cached
+            // pages and WAL index are stale) even if the new file is not in WAL mode.
+            let shm = (wal_mode || pages.is_empty()) && d.files[Kind::Shm as usize].is_some();
             let mut wal_header = None;
             if let Some(w) = d.files[Kind::Wal as usize].as_ref() {
                 let mut buf = [0u8; 32];
@@ -1092,6 +1111,13 @@ impl ApplyHook for Shared {
         // 3. Release SQLite's locks.
         let mut state = self.state();
         release_apply_locks(&mut state.dbs[id].detector);
+    }
+
+    fn abort_apply(&self, db: &DbName) {
+        let mut state = self.state();
+        if let Some(&id) = state.by_name.get(db.as_str()) {
+            release_apply_locks(&mut state.dbs[id].detector);
+        }
     }
 
     fn before_read(&self, db: &DbName) {

@@ -230,3 +230,48 @@ fn an_upload_is_streamed_to_disk_and_a_client_that_goes_away_leaves_nothing_behi
     wait_until("the aborted upload's temporary file to be removed", || temp_files(primary).is_empty());
     assert_eq!(snapshot(&cluster, DB, work.path()), before, "nothing changed");
 }
+
+/// An import over a WAL-mode database whose WAL still holds frames (a connection is open, so
+/// SQLite has not checkpointed and deleted it): those frames belong to the old content and
+/// must not be read over the imported file — not by the open connection, not by a new one,
+/// not by SQLite's WAL recovery after a restart — and writes continue on top of the import.
+#[test]
+fn an_import_over_a_wal_database_with_frames_replaces_it_entirely() {
+    let mut cluster = Cluster::new();
+    cluster.start_all();
+    let db = cluster.primary().db(DB);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB); CREATE TABLE old(x);").unwrap();
+    for i in 0..50 {
+        conn.execute("INSERT INTO old VALUES (?1)", [i]).unwrap();
+    }
+    cluster.wait_converged(DB);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source.db");
+    make_db(&source, 30);
+    rusqlite::Connection::open(&source).unwrap().execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+    let (ok, _, err) = ltxfs(&["import", "--url", &cluster.primary().url, "--name", DB, source.to_str().unwrap()]);
+    assert!(ok, "import: {err}");
+
+    // A new connection and the one that was open both see exactly the imported database.
+    assert_eq!(sqlite3_ok(&db, "PRAGMA integrity_check; SELECT count(*) FROM big; SELECT count(*) FROM sqlite_master WHERE name = 'old';"), "ok\n30\n0\n");
+    let n: i64 = conn.query_row("SELECT count(*) FROM big", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 30, "the open connection sees the import");
+    conn.execute("INSERT INTO big(b) VALUES (x'00')", []).unwrap();
+    drop(conn);
+    cluster.wait_converged(DB);
+    for n in &cluster.nodes {
+        assert_eq!(sqlite3_ok(&n.db(DB), "PRAGMA integrity_check; SELECT count(*) FROM big;"), "ok\n31\n", "{}", n.name);
+    }
+
+    // After a crash SQLite's WAL recovery must not bring the old frames back either.
+    cluster.nodes[0].kill9();
+    cluster.nodes[0].start();
+    for r in &cluster.nodes[1..] {
+        wait_until(&format!("{} reconnected", r.name), || r.info()["connectedToPrimary"] == serde_json::Value::Bool(true));
+    }
+    assert_eq!(sqlite3_ok(&cluster.primary().db(DB), "PRAGMA integrity_check; SELECT count(*) FROM big;"), "ok\n31\n");
+    sqlite3_ok(&cluster.primary().db(DB), "INSERT INTO big(b) VALUES (x'01');");
+    cluster.wait_converged(DB);
+}

@@ -138,6 +138,9 @@ pub trait ApplyHook: Send + Sync + 'static {
     /// page cache for `pages` and the size (`commit` pages), rewrite the WAL index if needed,
     /// release the locks. `pages` empty means the whole file was replaced (`/import`).
     fn after_apply(&self, _db: &DbName, _pages: &[u32], _commit: u32) {}
+    /// After [`ApplyHook::before_apply`] when nothing was written after all (an `/import` the
+    /// core refused): release the locks.
+    fn abort_apply(&self, _db: &DbName) {}
     /// Before the whole database file is read (snapshot for a peer, `/export`): take a read lock.
     /// Must not wait without bound: the read runs in the database's I/O queue, ahead of a commit
     /// the FUSE layer may be waiting for (an image that is not at the node's position is
@@ -314,13 +317,10 @@ enum Cmd {
     Commit { commit: LocalCommit, reply: CommitReply, wal_backed: bool },
     Handoff { to: NodeId, reply: oneshot::Sender<Result<(), RuntimeError>> },
     ReadDatabase { db: DbName, reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
-    /// Replace the database file with these pages (`/import`); the reply hands them back.
-    WritePages { db: DbName, page_size: u32, pages: Vec<(u32, Vec<u8>)>, reply: PagesReply },
     Shutdown { reply: oneshot::Sender<()> },
 }
 
 type CommitReply = oneshot::Sender<Result<CommitOutcome, RuntimeError>>;
-type PagesReply = oneshot::Sender<Result<Vec<(u32, Vec<u8>)>, RuntimeError>>;
 
 /// A network message for the node task; `None`: the connection ended. The end travels on the
 /// same queue as the messages, so every frame read before it reaches the core first.
@@ -335,7 +335,6 @@ enum DiskJob {
     /// `wal_backed`: the LTX of a local WAL commit whose frames are durable ([`DataDir::execute_with`]).
     Io { command: IoCommand, epoch: Epoch, pos: Pos, wal_backed: bool },
     Read { reply: oneshot::Sender<Result<Vec<u8>, RuntimeError>> },
-    WritePages { page_size: u32, pages: Vec<(u32, Vec<u8>)>, reply: PagesReply },
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -351,6 +350,7 @@ pub struct RuntimeHandle {
     ready: watch::Receiver<Readiness>,
     next_conn: Arc<AtomicU64>,
     data: DataDir,
+    hook: Arc<dyn ApplyHook>,
 }
 
 impl RuntimeHandle {
@@ -455,13 +455,39 @@ impl RuntimeHandle {
         self.import_pages(db, page_size, pages).await
     }
 
-    /// Writes `pages` (1..=n, in order) as the whole database file, then commits them.
+    /// Commits `pages` (1..=n, in order) as the whole database, then writes them as its file —
+    /// under SQLite's locks from before the commit to after the write, so that no local
+    /// transaction runs in between and a refused import changes nothing. A crash between the
+    /// durable LTX and the file write is repaired at start-up (the last LTX is re-applied).
     async fn import_pages(&self, db: DbName, page_size: u32, pages: Vec<(u32, Vec<u8>)>) -> Result<CommitOutcome, RuntimeError> {
-        let (reply, rx) = oneshot::channel();
-        self.cmd.send(Cmd::WritePages { db: db.clone(), page_size, pages, reply }).map_err(|_| RuntimeError::Stopped)?;
-        let pages = rx.await.map_err(|_| RuntimeError::Stopped)??;
         let commit = u32::try_from(pages.len()).map_err(|_| RuntimeError::Io("database has more than 2^32 pages".into()))?;
-        self.commit(db, page_size, commit, pages).await
+        let (hook, name) = (self.hook.clone(), db.clone());
+        tokio::task::spawn_blocking(move || hook.before_apply(&name)).await.map_err(|e| RuntimeError::Io(e.to_string()))?;
+        // The core takes the pages; the file is written from the copy it hands back.
+        let (reply, rx) = oneshot::channel();
+        let local = LocalCommit { db: db.clone(), page_size, commit, pages: pages.clone(), wall: wall_now(), wal: None };
+        let outcome = match self.cmd.send(Cmd::Commit { commit: local, reply, wal_backed: false }) {
+            Ok(()) => rx.await.unwrap_or(Err(RuntimeError::Stopped)),
+            Err(_) => Err(RuntimeError::Stopped),
+        };
+        let (hook, data, name) = (self.hook.clone(), self.data.clone(), db.clone());
+        if !matches!(outcome, Ok(CommitOutcome::Committed { .. })) {
+            tokio::task::spawn_blocking(move || hook.abort_apply(&name)).await.map_err(|e| RuntimeError::Io(e.to_string()))?;
+            return outcome;
+        }
+        let written = tokio::task::spawn_blocking(move || {
+            let result = write_pages(&data, &name, page_size, &pages);
+            hook.after_apply(&name, &[], commit);
+            result
+        })
+        .await
+        .map_err(|e| RuntimeError::Io(e.to_string()))?;
+        if let Err(e) = written {
+            // The LTX is durable: start-up recovery writes it into the file again.
+            tracing::error!(%db, error = %e, "imported LTX is durable but the database file could not be written");
+            return Err(RuntimeError::Io(e.to_string()));
+        }
+        outcome
     }
 
     /// Stops the node cleanly (releases the lease, persists checksum indexes).
@@ -526,6 +552,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         ready: ready_rx,
         next_conn: Arc::new(AtomicU64::new(1)),
         data: data.clone(),
+        hook: hook.clone(),
     };
     let mut watch_rx = lease.watch();
     let view_tx = cmd_tx.clone();
@@ -780,9 +807,6 @@ impl<L: LeaseBackend> NodeTask<L> {
                     self.worker(&db).send(DiskJob::Read { reply }).ok();
                 }
             }
-            Cmd::WritePages { db, page_size, pages, reply } => {
-                self.worker(&db).send(DiskJob::WritePages { page_size, pages, reply }).ok();
-            }
             Cmd::Shutdown { reply } => {
                 self.shutdown_reply = Some(reply);
                 let _ = self.step_input(Input::Shutdown);
@@ -894,14 +918,6 @@ impl<L: LeaseBackend> NodeTask<L> {
                             Ok(IoOutcome::Database(image)) => Ok(image),
                             other => Err(RuntimeError::Io(format!("{other:?}"))),
                         });
-                    }
-                    DiskJob::WritePages { page_size, pages, reply } => {
-                        let result = tokio::task::spawn_blocking(move || {
-                            write_pages(&data, &name, page_size, &pages, hook.as_ref()).map(|()| pages)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-                        let _ = reply.send(result.map_err(|e| RuntimeError::Io(e.to_string())));
                     }
                 }
             }
@@ -1191,23 +1207,20 @@ fn read_pages(path: &std::path::Path, page_size: u32) -> std::io::Result<Vec<(u3
 /// Replaces `<data>/dbs/<db>/database` with `pages` (1..=n, in order), durably, inside the
 /// [`ApplyHook`] (the same steps as a whole-file apply: locks, write, truncate, fsync, cache
 /// invalidation).
-fn write_pages(data: &DataDir, db: &DbName, page_size: u32, pages: &[(u32, Vec<u8>)], hook: &dyn ApplyHook) -> std::io::Result<()> {
+/// Writes `pages` (1..=n, in order) as the whole database file, fsynced. The caller holds
+/// SQLite's locks ([`ApplyHook::before_apply`]).
+fn write_pages(data: &DataDir, db: &DbName, page_size: u32, pages: &[(u32, Vec<u8>)]) -> std::io::Result<()> {
     use std::io::Write as _;
     std::fs::create_dir_all(data.db_dir(db))?;
-    hook.before_apply(db);
-    let result = (|| {
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(data.database_path(db))?;
-        let mut out = std::io::BufWriter::with_capacity(IMPORT_WRITE_BUFFER_BYTES, &file);
-        for (_, page) in pages {
-            out.write_all(page)?;
-        }
-        out.flush()?;
-        drop(out);
-        file.set_len(pages.len() as u64 * u64::from(page_size))?;
-        file.sync_all()
-    })();
-    hook.after_apply(db, &[], u32::try_from(pages.len()).unwrap_or(u32::MAX));
-    result
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(data.database_path(db))?;
+    let mut out = std::io::BufWriter::with_capacity(IMPORT_WRITE_BUFFER_BYTES, &file);
+    for (_, page) in pages {
+        out.write_all(page)?;
+    }
+    out.flush()?;
+    drop(out);
+    file.set_len(pages.len() as u64 * u64::from(page_size))?;
+    file.sync_all()
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -116,13 +116,12 @@ impl Checker {
 
     /// One node event, in the order the node emitted it.
     pub fn on_event(&mut self, now: TrueUs, node: NodeIdx, event: &MachineEvent, lease: &LeaseService) {
-        let name = format!("n{}", node + 1);
         match event {
             MachineEvent::Role { primary: true, writable: true, epoch } => {
                 self.writable_epochs.insert(*epoch);
             }
             MachineEvent::CommitDecided { db, txid, pre, post, epoch } => {
-                self.check_lease(now, node, *epoch, &format!("{name} decided {db} txid {txid}"), lease);
+                self.check_lease(now, node, *epoch, || format!("n{} decided {db} txid {txid}", node + 1), lease);
                 self.check_continuity(now, node, db, *txid, *txid, *pre, *post, "decided");
                 self.produced.insert((db.clone(), *txid, *post), (*pre, *epoch));
                 let track = &mut self.nodes[usize::from(node)];
@@ -153,15 +152,16 @@ impl Checker {
     /// true instant at which its local write deadline falls is not after `valid_until(E)`: its
     /// belief never outlives what the service guarantees, whatever its clock does.
     pub fn check_writable(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, deadline_true: Option<TrueUs>, lease: &LeaseService) {
-        let what = format!("n{} writable", node + 1);
-        self.check_lease(now, node, epoch, &what, lease);
+        let what = || format!("n{} writable", node + 1);
+        self.check_lease(now, node, epoch, what, lease);
         if let (Some(deadline), Some(record)) = (deadline_true, lease.epochs.get(&epoch)) {
             if deadline > record.valid_until_us {
                 self.fail(
                     Invariant::SplitBrain,
                     now,
                     format!(
-                        "{what} under epoch {epoch} until {deadline}us, but the lease service guarantees it only until {}us",
+                        "{} under epoch {epoch} until {deadline}us, but the lease service guarantees it only until {}us",
+                        what(),
                         record.valid_until_us
                     ),
                 );
@@ -177,20 +177,24 @@ impl Checker {
     /// [`crate::lease`]). The service grants a new epoch only after the previous one's
     /// `valid_until`, so validity windows are disjoint and at no true instant can two nodes make a
     /// commit durable for the same database.
-    fn check_lease(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, what: &str, lease: &LeaseService) {
+    /// `what` names the decision; it is only called to describe a violation.
+    fn check_lease(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, what: impl Fn() -> String, lease: &LeaseService) {
         match lease.epochs.get(&epoch) {
-            None => self.fail(Invariant::SplitBrain, now, format!("{what} under epoch {epoch}, which was never granted")),
+            None => self.fail(Invariant::SplitBrain, now, format!("{} under epoch {epoch}, which was never granted", what())),
             Some(record) if record.holder != node => self.fail(
                 Invariant::SplitBrain,
                 now,
-                format!("{what} under epoch {epoch}, which the lease service granted to n{}", record.holder + 1),
+                format!("{} under epoch {epoch}, which the lease service granted to n{}", what(), record.holder + 1),
             ),
             Some(record) if now < record.granted_us || now >= record.valid_until_us => self.fail(
                 Invariant::SplitBrain,
                 now,
                 format!(
-                    "{what} under epoch {epoch} at {}us, outside its validity [{}us, {}us)",
-                    now, record.granted_us, record.valid_until_us
+                    "{} under epoch {epoch} at {}us, outside its validity [{}us, {}us)",
+                    what(),
+                    now,
+                    record.granted_us,
+                    record.valid_until_us
                 ),
             ),
             Some(_) => {}

@@ -59,7 +59,12 @@ pub const PLANTED_ENABLED: bool = cfg!(feature = "core-planted-bugs");
 
 /// Where the simulated shell keeps the LTX file `min..=max` of `db`.
 pub fn ltx_path(db: &str, min_txid: u64, max_txid: u64) -> String {
-    format!("{db}/ltx/{}", ltx::file_name(min_txid, max_txid))
+    const DIR: &str = "/ltx/";
+    let mut path = String::with_capacity(db.len() + DIR.len() + ltx::FILE_NAME_LEN);
+    path.push_str(db);
+    path.push_str(DIR);
+    ltx::push_file_name(&mut path, min_txid, max_txid);
+    path
 }
 
 /// Where the simulated shell keeps the persisted checksum index of `db`.

@@ -18,7 +18,7 @@ mod error;
 
 pub use compact::compact;
 pub use decoder::{decode_slice, Decoder};
-pub use encoder::{encode_to_vec, Encoder};
+pub use encoder::{encode_to_vec, encode_to_vec_with, EncodeScratch, Encoder};
 pub use error::LtxError;
 
 use checksum::CHECKSUM_FLAG;

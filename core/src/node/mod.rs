@@ -121,6 +121,8 @@ pub struct Node {
     retention_at: Time,
     persist_at: Time,
     outputs: VecDeque<Output>,
+    /// LZ4 buffers reused by every local commit's LTX encode (speed only: same bytes).
+    ltx_scratch: crate::ltx::EncodeScratch,
 }
 
 impl Node {
@@ -151,6 +153,7 @@ impl Node {
             acquire_at: None,
             stream_retry_at: None,
             outputs: VecDeque::new(),
+            ltx_scratch: crate::ltx::EncodeScratch::default(),
         };
         node.start_lease_role();
         node

@@ -21,21 +21,44 @@ struct FileState {
     undo: Option<Option<Vec<u8>>>,
 }
 
+/// One database page: its bytes and their LTX page checksum (CRC-64 of page number and bytes),
+/// computed once when the page is written. A page never changes after that (a write makes a new
+/// `Page`; undo and crash move old ones back), so the stored checksum always belongs to the
+/// bytes, and recomputing a database's checksum XORs stored page checksums instead of hashing
+/// every page again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    data: Vec<u8>,
+    checksum: u64,
+}
+
+impl Page {
+    pub fn new(pgno: u32, data: Vec<u8>) -> Page {
+        let checksum = checksum::page_checksum(pgno, &data);
+        Page { data, checksum }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 /// A database file as pages (1-based page numbers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DbFile {
     pub page_size: u32,
     pub commit: u32,
-    pub pages: BTreeMap<u32, Vec<u8>>,
+    pub pages: BTreeMap<u32, Page>,
     /// Durable value of every page changed since the last fsync (None = absent), and the
     /// durable commit size.
-    undo_pages: BTreeMap<u32, Option<Vec<u8>>>,
+    undo_pages: BTreeMap<u32, Option<Page>>,
     undo_commit: Option<u32>,
 }
 
 impl DbFile {
     /// The database checksum of what a reader sees now (lock page and pages past `commit`
-    /// excluded; missing pages read as zeros).
+    /// excluded; missing pages read as zeros): the XOR of the page checksums of pages
+    /// `1..=commit` ([`Page`] holds each page's, computed from its bytes when written).
     pub fn checksum(&self) -> u64 {
         if self.commit == 0 {
             return checksum::CHECKSUM_EMPTY;
@@ -43,14 +66,17 @@ impl DbFile {
         // A file whose page size was never set cannot hold pages; use the smallest size.
         let page_size = if self.page_size.is_power_of_two() { self.page_size } else { 512 };
         let lock = checksum::lock_pgno(page_size);
-        let zero = vec![0u8; page_size as usize];
+        let mut zero: Option<Vec<u8>> = None;
         let mut sum = checksum::DbChecksum::new();
         for pgno in 1..=self.commit {
             if pgno == lock {
                 continue;
             }
-            let page = self.pages.get(&pgno).unwrap_or(&zero);
-            sum.toggle(checksum::page_checksum(pgno, page));
+            let page_sum = match self.pages.get(&pgno) {
+                Some(page) => page.checksum,
+                None => checksum::page_checksum(pgno, zero.get_or_insert_with(|| vec![0u8; page_size as usize])),
+            };
+            sum.toggle(page_sum);
         }
         sum.value()
     }
@@ -64,7 +90,7 @@ impl DbFile {
         let mut image = vec![0u8; page_size * self.commit as usize];
         for (pgno, page) in self.pages.range(1..=self.commit) {
             let at = (*pgno as usize - 1) * page_size;
-            image[at..at + page_size].copy_from_slice(page);
+            image[at..at + page_size].copy_from_slice(&page.data);
         }
         image
     }
@@ -78,7 +104,7 @@ pub struct DbUndo {
     /// (page size, commit, durable commit) before; `None`: the file did not exist.
     file: Option<(u32, u32, Option<u32>)>,
     #[allow(clippy::type_complexity)]
-    touched: Vec<(u32, Option<Vec<u8>>, Option<Option<Vec<u8>>>)>,
+    touched: Vec<(u32, Option<Page>, Option<Option<Page>>)>,
     last_unsynced: Option<(String, bool)>,
 }
 
@@ -203,7 +229,7 @@ impl SimDisk {
             file.undo_commit = Some(file.commit);
         }
         for (pgno, data) in pages {
-            let old = file.pages.insert(*pgno, data.clone());
+            let old = file.pages.insert(*pgno, Page::new(*pgno, data.clone()));
             file.undo_pages.entry(*pgno).or_insert(old);
         }
         file.commit = commit;
@@ -401,7 +427,7 @@ mod tests {
         assert_eq!(disk.db("db").cloned(), before);
         // The durable state is intact too: a crash now goes back to the synced pages.
         disk.crash();
-        assert_eq!(disk.db("db").map(|f| f.pages.get(&2).cloned()), Some(Some(page(2))));
+        assert_eq!(disk.db("db").map(|f| f.pages.get(&2).map(|p| p.bytes().to_vec())), Some(Some(page(2))));
         assert_eq!(disk.db("db").map(|f| f.commit), Some(4));
     }
 
@@ -467,11 +493,45 @@ mod tests {
         assert_eq!(disk.take_failure(), None);
     }
 
+    /// The stored page checksums stay those of the bytes through every way a page changes:
+    /// writes (also growing past missing pages and truncating), undo, rollback, sync and crash.
+    #[test]
+    fn stored_page_checksums_match_a_recomputation_from_the_image() {
+        let mut rng = crate::rng::Rng::new(7, "disk-test");
+        let mut disk = SimDisk::default();
+        for step in 0..400u32 {
+            let commit = disk.db("db").map_or(0, |f| f.commit);
+            match rng.below(6) {
+                0 | 1 => {
+                    let new_commit = rng.range(1, 12) as u32;
+                    let pgno = rng.range(1, u64::from(new_commit)) as u32;
+                    disk.write_pages("db", 512, new_commit, &[(pgno, vec![(step % 251) as u8 + 1; 512])]);
+                }
+                2 => {
+                    let pgno = rng.range(1, u64::from(commit + 1)) as u32;
+                    let undo = disk.write_pages_undoable("db", 512, commit.max(pgno), &[(pgno, vec![7; 512])]);
+                    if rng.chance(0.5) {
+                        disk.undo_pages(undo);
+                    }
+                }
+                3 => disk.rollback_db("db"),
+                4 => disk.sync_db("db"),
+                _ => disk.crash(),
+            }
+            if let Some(file) = disk.db("db") {
+                let image = file.image();
+                let expected = if image.is_empty() { checksum::CHECKSUM_EMPTY } else { checksum::db_checksum(&image, 512) };
+                assert_eq!(file.checksum(), expected, "step {step}");
+                assert_eq!(disk.db_checksum("db"), expected, "step {step}");
+            }
+        }
+    }
+
     #[test]
     fn db_checksum_matches_core_whole_image_checksum() {
         let mut file = DbFile { page_size: 512, commit: 2, ..DbFile::default() };
-        file.pages.insert(1, vec![9; 512]);
-        file.pages.insert(2, vec![8; 512]);
+        file.pages.insert(1, Page::new(1, vec![9; 512]));
+        file.pages.insert(2, Page::new(2, vec![8; 512]));
         let mut image = vec![9u8; 512];
         image.extend_from_slice(&[8u8; 512]);
         assert_eq!(file.checksum(), checksum::db_checksum(&image, 512));

@@ -13,7 +13,7 @@ use ltxfs_core::ltx::checksum::CHECKSUM_EMPTY;
 use crate::clock::TrueUs;
 use crate::disk::SimDisk;
 use crate::lease::LeaseService;
-use crate::machine::{MachineEvent, MachineView, NodeIdx};
+use crate::machine::{DbId, MachineEvent, MachineView, NodeIdx};
 use crate::workload::{History, OpKind, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,9 +69,9 @@ pub struct Violation {
 struct NodeTrack {
     /// Position per db as of the node's last step (from its view), advanced by events within a
     /// step.
-    pos: BTreeMap<String, (u64, u64)>,
+    pos: BTreeMap<DbId, (u64, u64)>,
     /// txid → checksum since the node's last snapshot reset.
-    chain: BTreeMap<String, BTreeMap<u64, u64>>,
+    chain: BTreeMap<DbId, BTreeMap<u64, u64>>,
     /// Highest epoch of any frame the node applied.
     max_applied_epoch: u64,
 }
@@ -81,7 +81,7 @@ struct NodeTrack {
 pub struct Checker {
     nodes: Vec<NodeTrack>,
     /// Every state a primary decided: (db, txid, post) → (pre, epoch).
-    produced: BTreeMap<(String, u64, u64), (u64, u64)>,
+    produced: BTreeMap<(DbId, u64, u64), (u64, u64)>,
     pub violation: Option<Violation>,
     /// Writable epochs seen (for the failover count).
     pub writable_epochs: BTreeSet<u64>,
@@ -125,14 +125,14 @@ impl Checker {
                 self.check_continuity(now, node, db, *txid, *txid, *pre, *post, "decided");
                 self.produced.insert((db.clone(), *txid, *post), (*pre, *epoch));
                 let track = &mut self.nodes[usize::from(node)];
-                track.chain.entry(db.clone()).or_default().insert(*txid, *post);
+                chain_of(&mut track.chain, db).insert(*txid, *post);
             }
             MachineEvent::Applied { db, min_txid, txid, pre, post, epoch } => {
                 self.check_epoch(now, node, *epoch);
                 self.check_continuity(now, node, db, *min_txid, *txid, *pre, *post, "applied");
                 self.check_prefix(now, node, db, *txid, *post, *epoch, lease);
                 let track = &mut self.nodes[usize::from(node)];
-                track.chain.entry(db.clone()).or_default().insert(*txid, *post);
+                chain_of(&mut track.chain, db).insert(*txid, *post);
             }
             MachineEvent::SnapshotReset { db, txid, checksum, epoch } => {
                 self.check_epoch(now, node, *epoch);
@@ -223,9 +223,9 @@ impl Checker {
     /// where `position` is the node's position before it (as its view showed after its previous
     /// step, advanced by the events of the current step; the empty database before TXID 1).
     #[allow(clippy::too_many_arguments)]
-    fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &str, min_txid: u64, txid: u64, pre: u64, post: u64, what: &str) {
+    fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, min_txid: u64, txid: u64, pre: u64, post: u64, what: &str) {
         let track = &mut self.nodes[usize::from(node)];
-        let (pos_txid, pos_checksum) = track.pos.get(db).copied().unwrap_or((0, CHECKSUM_EMPTY));
+        let (pos_txid, pos_checksum) = track.pos.get(&**db).copied().unwrap_or((0, CHECKSUM_EMPTY));
         if min_txid != pos_txid + 1 || pre != pos_checksum {
             self.fail(
                 Invariant::ChecksumContinuity,
@@ -237,7 +237,12 @@ impl Checker {
             );
             return;
         }
-        track.pos.insert(db.to_string(), (txid, post));
+        match track.pos.get_mut(&**db) {
+            Some(pos) => *pos = (txid, post),
+            None => {
+                track.pos.insert(db.clone(), (txid, post));
+            }
+        }
     }
 
     /// Invariant 3 (prefix consistency): a replica's history is a prefix of the history of the
@@ -247,8 +252,8 @@ impl Checker {
     /// has at that txid in its own history, if it still has that txid. With continuity
     /// (invariant 2) this makes every replica history a chain of the primary's states.
     #[allow(clippy::too_many_arguments)]
-    fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
-        match self.produced.get(&(db.to_string(), txid, checksum)) {
+    fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
+        match self.produced.get(&(db.clone(), txid, checksum)) {
             None => {
                 self.fail(
                     Invariant::PrefixConsistency,
@@ -271,7 +276,7 @@ impl Checker {
         if holder == node {
             return;
         }
-        let theirs = self.nodes[usize::from(holder)].chain.get(db).and_then(|c| c.get(&txid)).copied();
+        let theirs = self.nodes[usize::from(holder)].chain.get(&**db).and_then(|c| c.get(&txid)).copied();
         if let Some(theirs) = theirs {
             if theirs != checksum {
                 self.fail(
@@ -293,21 +298,21 @@ impl Checker {
         let track = &mut self.nodes[usize::from(node)];
         // Incremental: the same map as rebuilding it from the view, without allocating a key
         // per database on every step (positions rarely change between two steps of one node).
-        if track.pos.len() != view.positions.len() || view.positions.iter().any(|(db, ..)| !track.pos.contains_key(db)) {
+        if track.pos.len() != view.positions.len() || view.positions.iter().any(|(db, ..)| !track.pos.contains_key(&**db)) {
             track.pos.retain(|db, _| view.positions.iter().any(|(d, ..)| d == db));
         }
         for (db, txid, checksum) in &view.positions {
-            match track.pos.get_mut(db) {
+            match track.pos.get_mut(&**db) {
                 Some(pos) => *pos = (*txid, *checksum),
                 None => {
                     track.pos.insert(db.clone(), (*txid, *checksum));
                 }
             }
         }
-        debug_assert!(track.pos.iter().map(|(d, p)| (d.as_str(), *p)).eq(view_sorted(view)), "incremental position map");
+        debug_assert!(track.pos.iter().map(|(d, p)| (&**d, *p)).eq(view_sorted(view)), "incremental position map");
         if restarted {
             for (db, txid, checksum) in &view.positions {
-                let chain = track.chain.entry(db.clone()).or_default();
+                let chain = chain_of(&mut track.chain, db);
                 chain.retain(|t, _| t <= txid);
                 if chain.get(txid) != Some(checksum) {
                     chain.clear();
@@ -339,12 +344,12 @@ impl Checker {
 
     /// Reads: a read of a quiescent node must observe a state some primary produced (or the
     /// empty database) — no torn or phantom state is ever visible.
-    pub fn on_read(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, checksum: u64) {
+    pub fn on_read(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, txid: u64, checksum: u64) {
         self.reads_checked += 1;
         if txid == 0 || checksum == CHECKSUM_EMPTY {
             return;
         }
-        if !self.produced.contains_key(&(db.to_string(), txid, checksum)) {
+        if !self.produced.contains_key(&(db.clone(), txid, checksum)) {
             self.fail(
                 Invariant::PrefixConsistency,
                 now,
@@ -358,7 +363,7 @@ impl Checker {
     /// live nodes agree on every txid they share. Two different LTX for one (db, txid) on two
     /// read-serving nodes would show up as a disagreement.
     pub fn check_no_divergence(&mut self, now: TrueUs, live: &[NodeIdx]) {
-        let mut seen: BTreeMap<(String, u64), (u64, NodeIdx)> = BTreeMap::new();
+        let mut seen: BTreeMap<(DbId, u64), (u64, NodeIdx)> = BTreeMap::new();
         for node in live {
             let chains = self.nodes[usize::from(*node)].chain.clone();
             for (db, chain) in chains {
@@ -392,8 +397,8 @@ impl Checker {
     /// states (each state's parent is its pre-apply checksum at txid − 1). With
     /// `sync_replicas ≥ 1` a lost acknowledged write is a violation; in async mode lost writes are
     /// counted in [`Checker::lost_acked_writes`].
-    pub fn check_durability(&mut self, now: TrueUs, history: &History, finals: &[(String, u64, u64)], sync_replicas: u8) {
-        let mut survivors: BTreeSet<(String, u64, u64)> = BTreeSet::new();
+    pub fn check_durability(&mut self, now: TrueUs, history: &History, finals: &[(DbId, u64, u64)], sync_replicas: u8) {
+        let mut survivors: BTreeSet<(DbId, u64, u64)> = BTreeSet::new();
         for (db, txid, checksum) in finals {
             let (mut txid, mut checksum) = (*txid, *checksum);
             // Bounded by the txid: each step goes one txid down.
@@ -411,7 +416,7 @@ impl Checker {
         let mut lost = Vec::new();
         for op in &history.ops {
             if let (OpKind::Write { db }, Outcome::Ok { txid, checksum }) = (&op.kind, &op.outcome) {
-                if !survivors.contains(&(db.clone(), *txid, *checksum)) {
+                if !survivors.contains(&(DbId::from(db.as_str()), *txid, *checksum)) {
                     lost.push((op.id, db.clone(), *txid));
                 }
             }
@@ -427,9 +432,17 @@ impl Checker {
     }
 }
 
+/// The history map of `db`, created empty on first use (without cloning the name when it exists).
+fn chain_of<'a>(chains: &'a mut BTreeMap<DbId, BTreeMap<u64, u64>>, db: &DbId) -> &'a mut BTreeMap<u64, u64> {
+    if !chains.contains_key(&**db) {
+        chains.insert(db.clone(), BTreeMap::new());
+    }
+    chains.get_mut(&**db).expect("inserted above")
+}
+
 /// The view's positions as the checker's map would list them (sorted by database).
 fn view_sorted(view: &MachineView) -> impl Iterator<Item = (&str, (u64, u64))> {
-    let mut all: Vec<(&str, (u64, u64))> = view.positions.iter().map(|(d, t, c)| (d.as_str(), (*t, *c))).collect();
+    let mut all: Vec<(&str, (u64, u64))> = view.positions.iter().map(|(d, t, c)| (&**d, (*t, *c))).collect();
     all.sort_unstable();
     all.into_iter()
 }

@@ -39,7 +39,7 @@ use ltxfs_core::time::{Time, WallMs};
 use crate::disk::SimDisk;
 use crate::machine::{
     IoError, IoKind, IoValue, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
-    MachineView, NodeIdx,
+    MachineView, NodeIdx, DbId,
 };
 use crate::trace::digest;
 
@@ -135,7 +135,9 @@ pub struct CoreNode {
     now_us: u64,
     out: VecDeque<MachineOutput<Vec<u8>>>,
     io: BTreeMap<u64, Answer>,
-    applying: BTreeMap<String, Applying>,
+    applying: BTreeMap<DbName, Applying>,
+    /// One shared [`DbId`] per database name, handed out in events and views.
+    names: std::cell::RefCell<BTreeMap<DbName, DbId>>,
 }
 
 impl CoreNode {
@@ -272,10 +274,9 @@ impl CoreNode {
         match kind {
             CoreIo::WriteLtx { db, min_txid, max_txid, bytes, fsync, epoch } => {
                 let (header, trailer) = header_trailer(&bytes).expect("the core writes valid LTX files");
-                let name = db.as_str().to_string();
                 if local_commit {
                     self.out.push_back(MachineOutput::Event(MachineEvent::CommitDecided {
-                        db: name.clone(),
+                        db: self.id(&db),
                         txid: max_txid,
                         pre: pre_checksum(&header),
                         post: trailer.post_apply_checksum,
@@ -290,12 +291,13 @@ impl CoreNode {
                         snapshot: header.is_snapshot(),
                         epoch: epoch.0,
                     };
-                    self.applying.insert(name.clone(), applying);
+                    self.applying.insert(db.clone(), applying);
                 }
-                let mut data = epoch.0.to_be_bytes().to_vec();
+                let mut data = Vec::with_capacity(EPOCH_PREFIX + bytes.len());
+                data.extend_from_slice(&epoch.0.to_be_bytes());
                 data.extend_from_slice(&bytes);
-                let path = ltx_path(&name, min_txid, max_txid);
-                let commit_of = local_commit.then_some(name);
+                let path = ltx_path(db.as_str(), min_txid, max_txid);
+                let commit_of = local_commit.then(|| db.as_str().to_string());
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
             }
             CoreIo::ApplyPages { db, page_size, commit, pages } => {
@@ -317,6 +319,16 @@ impl CoreNode {
         }
     }
 
+    /// The shared name of `db`.
+    fn id(&self, db: &DbName) -> DbId {
+        if let Some(id) = self.names.borrow().get(db) {
+            return id.clone();
+        }
+        let id = DbId::from(db.as_str());
+        self.names.borrow_mut().insert(db.clone(), id.clone());
+        id
+    }
+
     /// The epoch a primary puts on its commits, else the highest it accepted.
     fn epoch(&self) -> u64 {
         self.node.lease_epoch().unwrap_or(self.node.highest_epoch()).0
@@ -330,27 +342,26 @@ impl CoreNode {
                 epoch: epoch.0,
             },
             Event::Committed { db, pos } => {
-                MachineEvent::Committed { db: db.as_str().to_string(), txid: pos.txid, checksum: pos.checksum, epoch: self.epoch() }
+                MachineEvent::Committed { db: self.id(&db), txid: pos.txid, checksum: pos.checksum, epoch: self.epoch() }
             }
-            Event::CommitOutcomeUnknown { db, .. } => MachineEvent::CommitUnknown { db: db.as_str().to_string() },
+            Event::CommitOutcomeUnknown { db, .. } => MachineEvent::CommitUnknown { db: self.id(&db) },
             Event::CommitFailed { db, error } => {
-                MachineEvent::WriteRejected { db: db.as_str().to_string(), reason: format!("commit failed: {error:?}") }
+                MachineEvent::WriteRejected { db: self.id(&db), reason: format!("commit failed: {error:?}") }
             }
             Event::WriteRejected { db, reason } => {
-                MachineEvent::WriteRejected { db: db.as_str().to_string(), reason: format!("{reason:?}") }
+                MachineEvent::WriteRejected { db: self.id(&db), reason: format!("{reason:?}") }
             }
             Event::Applied { db, pos, .. } => {
-                let name = db.as_str().to_string();
-                let a = self.applying.remove(&name).expect("the core applies only what it wrote");
+                let a = self.applying.remove(&db).expect("the core applies only what it wrote");
                 assert_eq!((a.max_txid, a.post), (pos.txid, pos.checksum), "Applied reports the written file's position");
                 if a.snapshot {
-                    MachineEvent::SnapshotReset { db: name, txid: pos.txid, checksum: pos.checksum, epoch: a.epoch }
+                    MachineEvent::SnapshotReset { db: self.id(&db), txid: pos.txid, checksum: pos.checksum, epoch: a.epoch }
                 } else {
-                    MachineEvent::Applied { db: name, min_txid: a.min_txid, txid: a.max_txid, pre: a.pre, post: a.post, epoch: a.epoch }
+                    MachineEvent::Applied { db: self.id(&db), min_txid: a.min_txid, txid: a.max_txid, pre: a.pre, post: a.post, epoch: a.epoch }
                 }
             }
             Event::StaleEpochRejected { epoch, highest, .. } => MachineEvent::StaleEpochRejected { epoch: epoch.0, highest: highest.0 },
-            Event::ChecksumMismatch { db, .. } => MachineEvent::ChecksumMismatch { db: db.as_str().to_string() },
+            Event::ChecksumMismatch { db, .. } => MachineEvent::ChecksumMismatch { db: self.id(&db) },
             Event::ClusterMismatch { peer, .. } => MachineEvent::ClusterMismatch { peer: node_idx(peer) },
             other => MachineEvent::Note(format!("{other:?}")),
         })
@@ -363,7 +374,15 @@ impl Machine for CoreNode {
 
     fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &SimDisk) -> Self {
         let node = Node::new(CoreNode::config(config, id), node_id(id), time(now_us));
-        let mut me = CoreNode { node, index: id, now_us, out: VecDeque::new(), io: BTreeMap::new(), applying: BTreeMap::new() };
+        let mut me = CoreNode {
+            node,
+            index: id,
+            now_us,
+            out: VecDeque::new(),
+            io: BTreeMap::new(),
+            applying: BTreeMap::new(),
+            names: std::cell::RefCell::new(BTreeMap::new()),
+        };
         me.drain(false);
         let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.clone()).collect();
         for (path, _) in disk.files() {
@@ -460,11 +479,11 @@ impl Machine for CoreNode {
         let role = self.node.role();
         let mut positions = Vec::new();
         let mut halted = Vec::new();
-        for (db, p) in self.node.positions() {
-            if self.node.is_halted(&db) {
-                halted.push(db.as_str().to_string());
+        for (db, p, is_halted) in self.node.db_states() {
+            if is_halted {
+                halted.push(self.id(db));
             } else if p.pos.txid > 0 {
-                positions.push((db.as_str().to_string(), p.pos.txid, p.pos.checksum));
+                positions.push((self.id(db), p.pos.txid, p.pos.checksum));
             }
         }
         MachineView {

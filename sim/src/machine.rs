@@ -15,6 +15,10 @@ use crate::disk::SimDisk;
 /// A node index, 0-based (`n1` is 0).
 pub type NodeIdx = u8;
 
+/// A database name in events and views: shared, so that passing one on costs a reference count,
+/// not an allocation (views are taken after every step of every node).
+pub type DbId = std::sync::Arc<str>;
+
 /// Something that can send or receive over the simulated network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
@@ -126,20 +130,20 @@ pub enum MachineEvent {
     /// Role change; `writable` is true once a primary may accept local commits.
     Role { primary: bool, writable: bool, epoch: u64 },
     /// The primary decided to make this commit durable (it issued the LTX write).
-    CommitDecided { db: String, txid: u64, pre: u64, post: u64, epoch: u64 },
+    CommitDecided { db: DbId, txid: u64, pre: u64, post: u64, epoch: u64 },
     /// The local commit is durable and acknowledged to the writer.
-    Committed { db: String, txid: u64, checksum: u64, epoch: u64 },
+    Committed { db: DbId, txid: u64, checksum: u64, epoch: u64 },
     /// The writer must not assume either outcome.
-    CommitUnknown { db: String },
+    CommitUnknown { db: DbId },
     /// The local commit was refused and nothing was made durable.
-    WriteRejected { db: String, reason: String },
+    WriteRejected { db: DbId, reason: String },
     /// A node applied an LTX covering `min_txid..=txid` (pre-apply checksum `pre`, the empty
     /// checksum when `min_txid` is 1) received in a frame of `epoch`.
-    Applied { db: String, min_txid: u64, txid: u64, pre: u64, post: u64, epoch: u64 },
+    Applied { db: DbId, min_txid: u64, txid: u64, pre: u64, post: u64, epoch: u64 },
     /// A replica replaced its database with a snapshot at (`txid`, `checksum`).
-    SnapshotReset { db: String, txid: u64, checksum: u64, epoch: u64 },
+    SnapshotReset { db: DbId, txid: u64, checksum: u64, epoch: u64 },
     StaleEpochRejected { epoch: u64, highest: u64 },
-    ChecksumMismatch { db: String },
+    ChecksumMismatch { db: DbId },
     /// A peer of another cluster tried to stream with this node, or refused it for that reason.
     ClusterMismatch { peer: NodeIdx },
     Note(String),
@@ -164,9 +168,9 @@ pub struct MachineView {
     /// While primary: the local clock time (µs) until which it believes its lease lets it write.
     pub deadline_local_us: Option<u64>,
     /// (txid, checksum) per database with a known position (txid > 0), halted ones excluded.
-    pub positions: Vec<(String, u64, u64)>,
+    pub positions: Vec<(DbId, u64, u64)>,
     /// Databases that stopped (checksum mismatch, I/O failure) until the node restarts.
-    pub halted: Vec<String>,
+    pub halted: Vec<DbId>,
 }
 
 /// A sans-IO node the world can drive. Times are the node's local clock in microseconds.

@@ -17,7 +17,7 @@ use crate::clock::{NodeClock, TrueUs};
 use crate::disk::SimDisk;
 use crate::lease::LeaseService;
 use crate::machine::{
-    IoKind, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
+    DbId, IoKind, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
     MachineView, NodeIdx, Peer,
 };
 use crate::net::Network;
@@ -60,7 +60,7 @@ enum Ev<Msg> {
     Heal,
     Probe,
     /// SQLite's write lock is free again on (node, db): hand over the next waiting write.
-    WriteReady { node: NodeIdx, db: String },
+    WriteReady { node: NodeIdx, db: DbId },
     /// The lease client gives up on request `id`.
     LeaseTimeout { node: NodeIdx, inc: u32, id: u64 },
     /// The lease service's watch fires (periodically, and reports changes).
@@ -630,7 +630,7 @@ impl<M: Machine> World<M> {
             MachineEvent::WriteRejected { db, reason } => {
                 // Refused on the spot: SQLite rolls its pages back from the journal.
                 if let Some((n, name, before)) = self.commit_undo.take() {
-                    if n == node && name == *db {
+                    if n == node && *name == **db {
                         self.slots[usize::from(node)].disk.undo_pages(before);
                     } else {
                         self.commit_undo = Some((n, name, before));
@@ -641,7 +641,7 @@ impl<M: Machine> World<M> {
             _ => return,
         };
         let slot = &mut self.slots[usize::from(node)];
-        let Some(op) = slot.writes_in_node.get_mut(db).and_then(|q| q.pop_front()) else { return };
+        let Some(op) = slot.writes_in_node.get_mut(&**db).and_then(|q| q.pop_front()) else { return };
         self.finish_write(op, outcome);
         // Not re-entrantly: the node is still in the middle of its step.
         self.push(self.now, Ev::WriteReady { node, db: db.clone() });
@@ -662,13 +662,18 @@ impl<M: Machine> World<M> {
         self.sessions[session].outstanding = None;
     }
 
-    fn next_waiting_write(&mut self, node: NodeIdx, db: String) {
+    fn next_waiting_write(&mut self, node: NodeIdx, db: DbId) {
         let slot = &mut self.slots[usize::from(node)];
-        if slot.writes_in_node.get(&db).is_some_and(|q| !q.is_empty()) {
+        if slot.writes_in_node.get(&*db).is_some_and(|q| !q.is_empty()) {
             return;
         }
-        let Some((op, input)) = slot.writes_waiting.get_mut(&db).and_then(|q| q.pop_front()) else { return };
-        slot.writes_in_node.entry(db).or_default().push_back(op);
+        let Some((op, input)) = slot.writes_waiting.get_mut(&*db).and_then(|q| q.pop_front()) else { return };
+        match slot.writes_in_node.get_mut(&*db) {
+            Some(queue) => queue.push_back(op),
+            None => {
+                slot.writes_in_node.insert(db.to_string(), VecDeque::from([op]));
+            }
+        }
         self.input(node, input);
     }
 
@@ -719,11 +724,12 @@ impl<M: Machine> World<M> {
         let slot = &self.slots[usize::from(node)];
         let view = slot.machine.as_ref().expect("running").view();
         let checksum = slot.disk.db_checksum(db);
-        let txid = view.positions.iter().find(|(d, ..)| d == db).map(|(_, t, c)| if *c == checksum { *t } else { 0 });
+        let position = view.positions.iter().find(|(d, ..)| **d == *db);
+        let txid = position.map(|(_, t, c)| if *c == checksum { *t } else { 0 });
         let op = self.history.invoke(session, node, OpKind::Read { db: db.to_string() }, self.now);
         self.history.complete(op, Outcome::Ok { txid: txid.unwrap_or(0), checksum }, self.now);
-        if let Some(txid) = txid.filter(|t| *t > 0) {
-            self.checker.on_read(self.now, node, db, txid, checksum);
+        if let (Some((id, ..)), Some(txid)) = (position, txid.filter(|t| *t > 0)) {
+            self.checker.on_read(self.now, node, id, txid, checksum);
         }
     }
 

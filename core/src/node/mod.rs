@@ -255,6 +255,11 @@ impl Node {
     pub fn positions(&self) -> BTreeMap<DbName, DbPos> {
         self.dbs.iter().map(|(n, d)| (n.clone(), DbPos { epoch: d.pos_epoch, pos: d.pos })).collect()
     }
+    /// Every database with its position and whether it is halted ([`Node::is_halted`]), in name
+    /// order, without copying names: for a driver that looks after every step.
+    pub fn db_states(&self) -> impl Iterator<Item = (&DbName, DbPos, bool)> + '_ {
+        self.dbs.iter().map(|(n, d)| (n, DbPos { epoch: d.pos_epoch, pos: d.pos }, d.is_halted()))
+    }
     /// Whether `db` stopped applying after a checksum mismatch or I/O failure.
     pub fn is_halted(&self, db: &DbName) -> bool {
         self.dbs.get(db).is_some_and(|d| d.is_halted())

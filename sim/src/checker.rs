@@ -363,33 +363,35 @@ impl Checker {
     /// live nodes agree on every txid they share. Two different LTX for one (db, txid) on two
     /// read-serving nodes would show up as a disagreement.
     pub fn check_no_divergence(&mut self, now: TrueUs, live: &[NodeIdx]) {
-        let mut seen: BTreeMap<(DbId, u64), (u64, NodeIdx)> = BTreeMap::new();
+        if let Some(detail) = self.first_divergence(live) {
+            self.fail(Invariant::DivergentHistories, now, detail);
+        }
+    }
+
+    /// The first (db, txid) on which two of `live` disagree, described.
+    fn first_divergence(&self, live: &[NodeIdx]) -> Option<String> {
+        let mut seen: BTreeMap<(&DbId, u64), (u64, NodeIdx)> = BTreeMap::new();
         for node in live {
-            let chains = self.nodes[usize::from(*node)].chain.clone();
-            for (db, chain) in chains {
+            for (db, chain) in &self.nodes[usize::from(*node)].chain {
                 // txid 0 marks "position unknown" (e.g. after a torn write), not a transaction.
-                for (txid, checksum) in chain.into_iter().filter(|(t, _)| *t > 0) {
-                    match seen.get(&(db.clone(), txid)) {
+                for (&txid, &checksum) in chain.iter().filter(|(t, _)| **t > 0) {
+                    match seen.get(&(db, txid)) {
                         Some((other, other_node)) if *other != checksum => {
-                            self.fail(
-                                Invariant::DivergentHistories,
-                                now,
-                                format!(
-                                    "{db} txid {txid}: n{} has {checksum:016x}, n{} has {other:016x}",
-                                    node + 1,
-                                    other_node + 1
-                                ),
-                            );
-                            return;
+                            return Some(format!(
+                                "{db} txid {txid}: n{} has {checksum:016x}, n{} has {other:016x}",
+                                node + 1,
+                                other_node + 1
+                            ));
                         }
                         Some(_) => {}
                         None => {
-                            seen.insert((db.clone(), txid), (checksum, *node));
+                            seen.insert((db, txid), (checksum, *node));
                         }
                     }
                 }
             }
         }
+        None
     }
 
     /// Invariant 4 (durability), checked at the end: an acknowledged write (db, txid, checksum)

@@ -10,7 +10,8 @@
 //! This module decides the order of events and carries out faults; it never decides anything a
 //! node decides, and it never reads the host's clock or entropy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crate::checker::{Checker, Invariant, Violation};
 use crate::clock::{NodeClock, TrueUs};
@@ -68,6 +69,35 @@ enum Ev<Msg> {
     LeaseObserved { to: NodeIdx, inc: u32, holder: Option<NodeIdx>, epoch: u64 },
 }
 
+/// A scheduled event. Events run in (true time, sequence number) order; sequence numbers are
+/// unique, so the order is total. The ordering is reversed for [`BinaryHeap`] (a max-heap): the
+/// earliest event is the greatest.
+struct Queued<Msg> {
+    at: TrueUs,
+    seq: u64,
+    ev: Ev<Msg>,
+}
+
+impl<Msg> PartialEq for Queued<Msg> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl<Msg> Eq for Queued<Msg> {}
+
+impl<Msg> PartialOrd for Queued<Msg> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<Msg> Ord for Queued<Msg> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
 /// How long the lease client waits for an answer before reporting an error.
 const LEASE_TIMEOUT_US: u64 = 500_000;
 /// Period of the lease watch; every tenth tick re-sends the state even if unchanged.
@@ -118,7 +148,7 @@ pub struct World<M: Machine> {
     scenario: Scenario,
     now: TrueUs,
     seq: u64,
-    queue: BTreeMap<(TrueUs, u64), Ev<M::Msg>>,
+    queue: BinaryHeap<Queued<M::Msg>>,
     slots: Vec<Slot<M>>,
     net: Network,
     lease: LeaseService,
@@ -198,7 +228,7 @@ impl<M: Machine> World<M> {
             trace: Trace::new(trace_full, trace_tail),
             now: 0,
             seq: 0,
-            queue: BTreeMap::new(),
+            queue: BinaryHeap::new(),
             slots,
             healed: false,
             converged: false,
@@ -232,7 +262,7 @@ impl<M: Machine> World<M> {
 
     fn push(&mut self, at: TrueUs, ev: Ev<M::Msg>) {
         self.seq += 1;
-        self.queue.insert((at.max(self.now), self.seq), ev);
+        self.queue.push(Queued { at: at.max(self.now), seq: self.seq, ev });
     }
 
     fn local(&self, node: NodeIdx) -> u64 {
@@ -259,7 +289,7 @@ impl<M: Machine> World<M> {
     pub fn run(mut self) -> RunReport {
         let deadline = ms(self.scenario.duration_ms + self.scenario.liveness_ms);
         while self.checker.violation.is_none() && !self.converged {
-            let Some(((at, _), ev)) = self.queue.pop_first() else { break };
+            let Some(Queued { at, ev, .. }) = self.queue.pop() else { break };
             if at > deadline {
                 break;
             }
@@ -546,7 +576,7 @@ impl<M: Machine> World<M> {
                     self.seq += 1;
                     let token = self.seq;
                     self.slots[n].timer = Some((at, token));
-                    self.queue.insert((at.max(self.now), token), Ev::Timer { node, token });
+                    self.queue.push(Queued { at: at.max(self.now), seq: token, ev: Ev::Timer { node, token } });
                 }
                 None => self.slots[n].timer = None,
             }
@@ -572,8 +602,12 @@ impl<M: Machine> World<M> {
                     // Lost on a stream: the connection breaks (not re-entrantly).
                     self.push(self.now, Ev::StreamBreak { a: node, b: to });
                 }
-                for at in arrivals {
-                    self.push(at, Ev::Deliver { from: node, from_inc: inc, to, to_inc, gen, msg: msg.clone() });
+                // Duplicates get copies; the last arrival takes the message itself.
+                let mut msg = Some(msg);
+                let count = arrivals.len();
+                for (i, at) in arrivals.into_iter().enumerate() {
+                    let msg = if i + 1 == count { msg.take().expect("moved once") } else { msg.clone().expect("not yet moved") };
+                    self.push(at, Ev::Deliver { from: node, from_inc: inc, to, to_inc, gen, msg });
                 }
             }
             MachineOutput::Lease { id, op } => {

@@ -80,8 +80,9 @@ struct NodeTrack {
 #[derive(Debug, Clone)]
 pub struct Checker {
     nodes: Vec<NodeTrack>,
-    /// Every state a primary decided: (db, txid, post) → (pre, epoch).
-    produced: BTreeMap<(DbId, u64, u64), (u64, u64)>,
+    /// Every state a primary decided: (txid, post, db) → (pre, epoch). The numbers lead the key
+    /// so that a lookup compares names only on a (txid, checksum) tie.
+    produced: BTreeMap<(u64, u64, DbId), (u64, u64)>,
     pub violation: Option<Violation>,
     /// Writable epochs seen (for the failover count).
     pub writable_epochs: BTreeSet<u64>,
@@ -123,7 +124,7 @@ impl Checker {
             MachineEvent::CommitDecided { db, txid, pre, post, epoch } => {
                 self.check_lease(now, node, *epoch, || format!("n{} decided {db} txid {txid}", node + 1), lease);
                 self.check_continuity(now, node, db, *txid, *txid, *pre, *post, "decided");
-                self.produced.insert((db.clone(), *txid, *post), (*pre, *epoch));
+                self.produced.insert((*txid, *post, db.clone()), (*pre, *epoch));
                 let track = &mut self.nodes[usize::from(node)];
                 chain_of(&mut track.chain, db).insert(*txid, *post);
             }
@@ -253,7 +254,7 @@ impl Checker {
     /// (invariant 2) this makes every replica history a chain of the primary's states.
     #[allow(clippy::too_many_arguments)]
     fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
-        match self.produced.get(&(db.clone(), txid, checksum)) {
+        match self.produced.get(&(txid, checksum, db.clone())) {
             None => {
                 self.fail(
                     Invariant::PrefixConsistency,
@@ -298,14 +299,22 @@ impl Checker {
         let track = &mut self.nodes[usize::from(node)];
         // Incremental: the same map as rebuilding it from the view, without allocating a key
         // per database on every step (positions rarely change between two steps of one node).
-        if track.pos.len() != view.positions.len() || view.positions.iter().any(|(db, ..)| !track.pos.contains_key(&**db)) {
+        // Fast path: the view lists the same databases as the map, in the same (name) order —
+        // names are shared, so equal names are usually the same allocation.
+        let same_names = track.pos.len() == view.positions.len()
+            && track.pos.keys().zip(&view.positions).all(|(have, (db, ..))| DbId::ptr_eq(have, db) || have == db);
+        if same_names {
+            for (pos, (_, txid, checksum)) in track.pos.values_mut().zip(&view.positions) {
+                *pos = (*txid, *checksum);
+            }
+        } else {
             track.pos.retain(|db, _| view.positions.iter().any(|(d, ..)| d == db));
-        }
-        for (db, txid, checksum) in &view.positions {
-            match track.pos.get_mut(&**db) {
-                Some(pos) => *pos = (*txid, *checksum),
-                None => {
-                    track.pos.insert(db.clone(), (*txid, *checksum));
+            for (db, txid, checksum) in &view.positions {
+                match track.pos.get_mut(&**db) {
+                    Some(pos) => *pos = (*txid, *checksum),
+                    None => {
+                        track.pos.insert(db.clone(), (*txid, *checksum));
+                    }
                 }
             }
         }
@@ -349,7 +358,7 @@ impl Checker {
         if txid == 0 || checksum == CHECKSUM_EMPTY {
             return;
         }
-        if !self.produced.contains_key(&(db.clone(), txid, checksum)) {
+        if !self.produced.contains_key(&(txid, checksum, db.clone())) {
             self.fail(
                 Invariant::PrefixConsistency,
                 now,
@@ -406,7 +415,7 @@ impl Checker {
             // Bounded by the txid: each step goes one txid down.
             while txid > 0 {
                 survivors.insert((db.clone(), txid, checksum));
-                match self.produced.get(&(db.clone(), txid, checksum)) {
+                match self.produced.get(&(txid, checksum, db.clone())) {
                     Some((pre, _)) => {
                         checksum = *pre;
                         txid -= 1;

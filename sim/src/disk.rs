@@ -189,18 +189,28 @@ impl SimDisk {
     /// Carries out the write phase of a command (visible, not yet durable). Reads happen at
     /// completion ([`SimDisk::read`]).
     pub fn write(&mut self, kind: &IoKind) -> Result<IoValue, IoError> {
+        self.write_taking(&mut kind.clone())
+    }
+
+    /// [`SimDisk::write`] that moves a file write's bytes out of `kind` instead of copying them
+    /// (its `data` is empty afterwards; the world needs only the rest of a command to complete
+    /// it).
+    pub fn write_taking(&mut self, kind: &mut IoKind) -> Result<IoValue, IoError> {
         match kind {
             IoKind::WriteFile { path, data, atomic, .. } => {
-                let durable = match self.files.get(path) {
-                    Some(file) if file.undo.is_some() => None,
-                    Some(file) => Some(Some(file.data.clone())),
-                    None => Some(None),
-                };
-                let entry = self.files.entry(path.clone()).or_default();
-                if let Some(durable) = durable {
-                    entry.undo = Some(durable);
+                let data = std::mem::take(data);
+                match self.files.get_mut(path.as_str()) {
+                    Some(file) => {
+                        let old = std::mem::replace(&mut file.data, data);
+                        // The durable content is the one before the first unsynced write.
+                        if file.undo.is_none() {
+                            file.undo = Some(Some(old));
+                        }
+                    }
+                    None => {
+                        self.files.insert(path.clone(), FileState { data, undo: Some(None) });
+                    }
                 }
-                entry.data = data.clone();
                 // A temp file renamed into place is never torn.
                 self.last_unsynced = if *atomic { None } else { Some((path.clone(), false)) };
                 Ok(IoValue::Done)
@@ -223,7 +233,10 @@ impl SimDisk {
     /// before its commit point, and the first half of a replica's apply).
     pub fn write_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) {
         self.checksums.get_mut().remove(db);
-        let file = self.dbs.entry(db.to_string()).or_default();
+        if !self.dbs.contains_key(db) {
+            self.dbs.insert(db.to_string(), DbFile::default());
+        }
+        let file = self.dbs.get_mut(db).expect("inserted above");
         file.page_size = page_size;
         if file.undo_commit.is_none() {
             file.undo_commit = Some(file.commit);
@@ -233,12 +246,14 @@ impl SimDisk {
             file.undo_pages.entry(*pgno).or_insert(old);
         }
         file.commit = commit;
-        let past_end: Vec<u32> = file.pages.range(commit + 1..).map(|(p, _)| *p).collect();
-        for pgno in past_end {
+        // Bounded by the pages the file holds past the new end.
+        while let Some((&pgno, _)) = file.pages.range(commit + 1..).next() {
             let old = file.pages.remove(&pgno);
             file.undo_pages.entry(pgno).or_insert(old);
         }
-        self.last_unsynced = Some((db.to_string(), true));
+        if !self.is_last_unsynced(db, true) {
+            self.last_unsynced = Some((db.to_string(), true));
+        }
     }
 
     /// The read phase of a read command, at its completion.
@@ -260,7 +275,7 @@ impl SimDisk {
                 if let Some(file) = self.files.get_mut(path) {
                     file.undo = None;
                 }
-                if self.last_unsynced.as_ref() == Some(&(path.clone(), false)) {
+                if self.is_last_unsynced(path, false) {
                     self.last_unsynced = None;
                 }
             }
@@ -269,13 +284,18 @@ impl SimDisk {
         }
     }
 
+    /// Whether the most recent unsynced write is to `name` (a database if `is_db`, else a file).
+    fn is_last_unsynced(&self, name: &str, is_db: bool) -> bool {
+        matches!(&self.last_unsynced, Some((last, db)) if *db == is_db && last == name)
+    }
+
     /// Makes every change of database `db` durable.
     pub fn sync_db(&mut self, db: &str) {
         if let Some(file) = self.dbs.get_mut(db) {
             file.undo_pages.clear();
             file.undo_commit = None;
         }
-        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+        if self.is_last_unsynced(db, true) {
             self.last_unsynced = None;
         }
     }
@@ -298,7 +318,7 @@ impl SimDisk {
                 file.commit = commit;
             }
         }
-        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+        if self.is_last_unsynced(db, true) {
             self.last_unsynced = None;
         }
     }

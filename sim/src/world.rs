@@ -454,8 +454,8 @@ impl<M: Machine> World<M> {
                 if slot.incarnation != inc {
                     return;
                 }
-                let Some(kind) = slot.io.get(&id) else { return };
-                let result = slot.disk.write(kind);
+                let Some(kind) = slot.io.get_mut(&id) else { return };
+                let result = slot.disk.write_taking(kind);
                 self.push(done_at, Ev::IoDone { node, inc, id, failed: result.err() });
             }
             Ev::IoDone { node, inc, id, failed } => {

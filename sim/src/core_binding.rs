@@ -136,8 +136,9 @@ pub struct CoreNode {
     out: VecDeque<MachineOutput<Vec<u8>>>,
     io: BTreeMap<u64, Answer>,
     applying: BTreeMap<DbName, Applying>,
-    /// One shared [`DbId`] per database name, handed out in events and views.
-    names: std::cell::RefCell<BTreeMap<DbName, DbId>>,
+    /// One shared [`DbId`] per database name, handed out in events and views (a node has a
+    /// handful of databases: a list beats a map).
+    names: std::cell::RefCell<Vec<DbId>>,
 }
 
 impl CoreNode {
@@ -321,11 +322,11 @@ impl CoreNode {
 
     /// The shared name of `db`.
     fn id(&self, db: &DbName) -> DbId {
-        if let Some(id) = self.names.borrow().get(db) {
+        if let Some(id) = self.names.borrow().iter().find(|id| ***id == *db.as_str()) {
             return id.clone();
         }
         let id = DbId::from(db.as_str());
-        self.names.borrow_mut().insert(db.clone(), id.clone());
+        self.names.borrow_mut().push(id.clone());
         id
     }
 
@@ -381,7 +382,7 @@ impl Machine for CoreNode {
             out: VecDeque::new(),
             io: BTreeMap::new(),
             applying: BTreeMap::new(),
-            names: std::cell::RefCell::new(BTreeMap::new()),
+            names: std::cell::RefCell::new(Vec::new()),
         };
         me.drain(false);
         let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.clone()).collect();
@@ -476,24 +477,32 @@ impl Machine for CoreNode {
     }
 
     fn view(&self) -> MachineView {
-        let role = self.node.role();
-        let mut positions = Vec::new();
-        let mut halted = Vec::new();
+        let mut view = MachineView::default();
+        self.view_into(&mut view);
+        view
+    }
+
+    fn view_into(&self, out: &mut MachineView) {
+        out.primary = matches!(self.node.role(), Role::Recovering | Role::Primary);
+        out.writable = self.node.is_writable(time(self.now_us));
+        out.epoch = self.epoch();
+        out.deadline_local_us = self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| d.as_nanos() / 1000);
+        out.halted.clear();
+        let mut kept = 0;
         for (db, p, is_halted) in self.node.db_states() {
             if is_halted {
-                halted.push(self.id(db));
+                out.halted.push(self.id(db));
             } else if p.pos.txid > 0 {
-                positions.push((self.id(db), p.pos.txid, p.pos.checksum));
+                // Keep the entry (and its shared name) when it names the same database.
+                match out.positions.get_mut(kept) {
+                    Some(entry) if *entry.0 == *db.as_str() => (entry.1, entry.2) = (p.pos.txid, p.pos.checksum),
+                    Some(entry) => *entry = (self.id(db), p.pos.txid, p.pos.checksum),
+                    None => out.positions.push((self.id(db), p.pos.txid, p.pos.checksum)),
+                }
+                kept += 1;
             }
         }
-        MachineView {
-            primary: matches!(role, Role::Recovering | Role::Primary),
-            writable: self.node.is_writable(time(self.now_us)),
-            epoch: self.epoch(),
-            deadline_local_us: self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| d.as_nanos() / 1000),
-            positions,
-            halted,
-        }
+        out.positions.truncate(kept);
     }
 
     fn msg_digest(msg: &Vec<u8>) -> u64 {

@@ -187,6 +187,10 @@ pub trait Machine: Sized {
     fn poll_output(&mut self) -> Option<MachineOutput<Self::Msg>>;
     fn poll_timeout(&self) -> Option<u64>;
     fn view(&self) -> MachineView;
+    /// [`Machine::view`] into `out`, reusing its buffers (the world asks after every step).
+    fn view_into(&self, out: &mut MachineView) {
+        *out = self.view();
+    }
     /// A short digest of a message for the trace hash.
     fn msg_digest(msg: &Self::Msg) -> u64;
     /// A message as text, for traces.

@@ -175,6 +175,8 @@ pub struct World<M: Machine> {
     /// Per directed node link: messages arriving before this instant wait for it (a held
     /// message of an ordered stream holds back the ones behind it).
     stream_hold: BTreeMap<(NodeIdx, NodeIdx), TrueUs>,
+    /// The view taken after each step (a buffer reused across steps).
+    step_view: MachineView,
 }
 
 fn ms(value: u64) -> u64 {
@@ -239,6 +241,7 @@ impl<M: Machine> World<M> {
             commit_undo: None,
             commit_seq: 0,
             stream_hold: BTreeMap::new(),
+            step_view: MachineView::default(),
             scenario,
         };
         // Faults happen before `duration_ms` only; a step at or after it is ignored (the world
@@ -563,8 +566,9 @@ impl<M: Machine> World<M> {
         }
         let slot = &self.slots[n];
         let machine = slot.machine.as_ref().expect("machine present");
-        let view = machine.view();
-        self.checker.after_step(node, &view, restarted);
+        let view = &mut self.step_view;
+        machine.view_into(view);
+        self.checker.after_step(node, view, restarted);
         if view.writable {
             let deadline = view.deadline_local_us.map(|local| slot.clock.true_at(self.now, local));
             self.checker.check_writable(self.now, node, view.epoch, deadline, &self.lease);

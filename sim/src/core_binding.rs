@@ -159,6 +159,7 @@ impl CoreNode {
         c.retention_interval = Duration::from_secs(2);
         c.retention.age_max = Duration::from_secs(5);
         c.checksum_index_persist_interval = Duration::from_secs(1);
+        c.compress_ltx = config.compress_ltx;
         #[cfg(feature = "core-planted-bugs")]
         if let Some(name) = &config.planted {
             let bug = ltxfs_core::planted::PlantedBug::from_name(name)

@@ -48,6 +48,8 @@ pub struct MachineConfig {
     /// Nodes configured with another cluster id than the rest (scenario key `other_cluster`).
     /// They are not lease candidates: a misconfigured replica trying to join.
     pub other_cluster: Vec<NodeIdx>,
+    /// Whether LTX files are LZ4-compressed (scenario key `compress_ltx`, default true).
+    pub compress_ltx: bool,
 }
 
 /// A lease-service operation, as carried over the simulated network.

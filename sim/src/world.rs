@@ -195,6 +195,7 @@ impl<M: Machine> World<M> {
             seed: Rng::new(seed, "node").next_u64(),
             planted: scenario.planted.clone(),
             other_cluster: scenario.other_cluster.clone(),
+            compress_ltx: scenario.compress_ltx,
         };
         let slots = (0..nodes)
             .map(|_| Slot {

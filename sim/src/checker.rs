@@ -377,25 +377,25 @@ impl Checker {
         }
     }
 
-    /// The first (db, txid) on which two of `live` disagree, described.
+    /// The first (db, txid) on which two of `live` disagree, described: walking the nodes in
+    /// order, each entry is compared with the first earlier node that has that (db, txid).
     fn first_divergence(&self, live: &[NodeIdx]) -> Option<String> {
-        let mut seen: BTreeMap<(&DbId, u64), (u64, NodeIdx)> = BTreeMap::new();
-        for node in live {
+        for (k, node) in live.iter().enumerate() {
             for (db, chain) in &self.nodes[usize::from(*node)].chain {
+                let earlier_chains: Vec<(NodeIdx, &BTreeMap<u64, u64>)> = live[..k]
+                    .iter()
+                    .filter_map(|other| Some((*other, self.nodes[usize::from(*other)].chain.get(&**db)?)))
+                    .collect();
                 // txid 0 marks "position unknown" (e.g. after a torn write), not a transaction.
                 for (&txid, &checksum) in chain.iter().filter(|(t, _)| **t > 0) {
-                    match seen.get(&(db, txid)) {
-                        Some((other, other_node)) if *other != checksum => {
-                            return Some(format!(
-                                "{db} txid {txid}: n{} has {checksum:016x}, n{} has {other:016x}",
-                                node + 1,
-                                other_node + 1
-                            ));
-                        }
-                        Some(_) => {}
-                        None => {
-                            seen.insert((db, txid), (checksum, *node));
-                        }
+                    let earlier =
+                        earlier_chains.iter().find_map(|(other, theirs)| Some((*theirs.get(&txid)?, *other)));
+                    if let Some((other, other_node)) = earlier.filter(|(other, _)| *other != checksum) {
+                        return Some(format!(
+                            "{db} txid {txid}: n{} has {checksum:016x}, n{} has {other:016x}",
+                            node + 1,
+                            other_node + 1
+                        ));
                     }
                 }
             }
@@ -409,12 +409,14 @@ impl Checker {
     /// `sync_replicas ≥ 1` a lost acknowledged write is a violation; in async mode lost writes are
     /// counted in [`Checker::lost_acked_writes`].
     pub fn check_durability(&mut self, now: TrueUs, history: &History, finals: &[(DbId, u64, u64)], sync_replicas: u8) {
-        let mut survivors: BTreeSet<(DbId, u64, u64)> = BTreeSet::new();
+        // Per database: the surviving (txid, checksum) states.
+        let mut survivors: BTreeMap<&str, BTreeSet<(u64, u64)>> = BTreeMap::new();
         for (db, txid, checksum) in finals {
             let (mut txid, mut checksum) = (*txid, *checksum);
+            let states = survivors.entry(&**db).or_default();
             // Bounded by the txid: each step goes one txid down.
             while txid > 0 {
-                survivors.insert((db.clone(), txid, checksum));
+                states.insert((txid, checksum));
                 match self.produced.get(&(txid, checksum, db.clone())) {
                     Some((pre, _)) => {
                         checksum = *pre;
@@ -427,7 +429,7 @@ impl Checker {
         let mut lost = Vec::new();
         for op in &history.ops {
             if let (OpKind::Write { db }, Outcome::Ok { txid, checksum }) = (&op.kind, &op.outcome) {
-                if !survivors.contains(&(DbId::from(db.as_str()), *txid, *checksum)) {
+                if !survivors.get(db.as_str()).is_some_and(|states| states.contains(&(*txid, *checksum))) {
                     lost.push((op.id, db.clone(), *txid));
                 }
             }
@@ -456,4 +458,32 @@ fn view_sorted(view: &MachineView) -> impl Iterator<Item = (&str, (u64, u64))> {
     let mut all: Vec<(&str, (u64, u64))> = view.positions.iter().map(|(d, t, c)| (&**d, (*t, *c))).collect();
     all.sort_unstable();
     all.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(entries: &[(u64, u64)]) -> BTreeMap<u64, u64> {
+        entries.iter().copied().collect()
+    }
+
+    /// Invariant 1 (no divergent survivors): a disagreement is found between any two live nodes
+    /// that share a txid, even when the first node lacks it; agreeing and dead nodes pass.
+    #[test]
+    fn divergence_is_found_between_any_two_live_nodes_sharing_a_txid() {
+        let db = DbId::from("db");
+        let mut checker = Checker::new(4);
+        checker.nodes[0].chain.insert(db.clone(), chain(&[(0, 99), (1, 10), (2, 20)]));
+        checker.nodes[1].chain.insert(db.clone(), chain(&[(0, 98), (2, 20), (3, 30)]));
+        checker.nodes[2].chain.insert(db.clone(), chain(&[(3, 31)]));
+        checker.nodes[3].chain.insert(db.clone(), chain(&[(1, 11)]));
+        // n4 is not live: its different txid 1 does not count; txid 0 never counts.
+        checker.check_no_divergence(7, &[0, 1]);
+        assert_eq!(checker.violation, None);
+        checker.check_no_divergence(7, &[0, 1, 2]);
+        let v = checker.violation.expect("n3 disagrees with n2 on txid 3");
+        assert_eq!(v.invariant, Invariant::DivergentHistories);
+        assert!(v.detail.contains("txid 3") && v.detail.contains("n3 has") && v.detail.contains("n2 has"), "{}", v.detail);
+    }
 }

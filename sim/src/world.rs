@@ -226,7 +226,10 @@ impl<M: Machine> World<M> {
             rng_work,
             config,
             sessions,
-            history: History::default(),
+            // Sized for the whole run: every client request of the safety phase is recorded.
+            history: History::with_capacity(
+                (u64::from(scenario.workload.writes_per_s) + u64::from(scenario.workload.reads_per_s)) * scenario.duration_ms / 1000,
+            ),
             checker: Checker::new(nodes),
             trace: Trace::new(trace_full, trace_tail),
             now: 0,
@@ -761,7 +764,8 @@ impl<M: Machine> World<M> {
         let db = workload::DBS[usize::from(self.rng_work.chance(0.3))];
         let session = self.rng_work.below(u64::from(SESSIONS)) as u32;
         let slot = &self.slots[usize::from(node)];
-        let view = slot.machine.as_ref().expect("running").view();
+        let view = &mut self.step_view;
+        slot.machine.as_ref().expect("running").view_into(view);
         let checksum = slot.disk.db_checksum(db);
         let position = view.positions.iter().find(|(d, ..)| **d == *db);
         let txid = position.map(|(_, t, c)| if *c == checksum { *t } else { 0 });

@@ -39,7 +39,7 @@ use ltxfs_core::time::{Time, WallMs};
 use crate::disk::SimDisk;
 use crate::machine::{
     IoError, IoKind, IoValue, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
-    MachineView, NodeIdx, DbId,
+    MachineView, NodeIdx, DbId, FilePath,
 };
 use crate::trace::digest;
 
@@ -57,19 +57,14 @@ pub const PLANTED_NAMES: [&str; 6] =
 /// Whether this build can switch planted bugs on (`--features core-planted-bugs`).
 pub const PLANTED_ENABLED: bool = cfg!(feature = "core-planted-bugs");
 
-/// Where the simulated shell keeps the LTX file `min..=max` of `db`.
-pub fn ltx_path(db: &str, min_txid: u64, max_txid: u64) -> String {
-    const DIR: &str = "/ltx/";
-    let mut path = String::with_capacity(db.len() + DIR.len() + ltx::FILE_NAME_LEN);
-    path.push_str(db);
-    path.push_str(DIR);
-    ltx::push_file_name(&mut path, min_txid, max_txid);
-    path
+/// Where the simulated shell keeps the LTX file `min..=max` of `db` (`DB/ltx/MIN-MAX.ltx`).
+pub fn ltx_path(db: DbId, min_txid: u64, max_txid: u64) -> FilePath {
+    FilePath::ltx(db, min_txid, max_txid)
 }
 
 /// Where the simulated shell keeps the persisted checksum index of `db`.
-pub fn index_path(db: &str) -> String {
-    format!("{db}/checksum-index")
+pub fn index_path(db: &str) -> FilePath {
+    FilePath::Other(format!("{db}/checksum-index"))
 }
 
 fn node_id(index: NodeIdx) -> NodeId {
@@ -175,11 +170,13 @@ impl CoreNode {
 
     /// What the simulated disk says about one database at start-up.
     fn open_db(disk: &SimDisk, db: &str, now: Time) -> Option<OpenDb> {
-        let prefix = format!("{db}/ltx/");
         let mut files: BTreeMap<(u64, u64), (LtxFileMeta, u64, u32)> = BTreeMap::new();
         for (path, data) in disk.files() {
-            let Some(name) = path.strip_prefix(&prefix) else { continue };
-            let Some(range) = ltx::parse_file_name(name) else { continue };
+            let FilePath::Ltx { min_txid, max_txid, db: dir } = path else { continue };
+            if **dir != *db {
+                continue;
+            }
+            let range = (*min_txid, *max_txid);
             if data.len() < EPOCH_PREFIX {
                 continue;
             }
@@ -298,7 +295,7 @@ impl CoreNode {
                 let mut data = Vec::with_capacity(EPOCH_PREFIX + bytes.len());
                 data.extend_from_slice(&epoch.0.to_be_bytes());
                 data.extend_from_slice(&bytes);
-                let path = ltx_path(db.as_str(), min_txid, max_txid);
+                let path = ltx_path(self.id(&db), min_txid, max_txid);
                 let commit_of = local_commit.then(|| db.as_str().to_string());
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
             }
@@ -306,12 +303,14 @@ impl CoreNode {
                 (IoKind::WritePages { db: db.as_str().to_string(), page_size, commit, pages, fsync: true }, Answer::Done)
             }
             CoreIo::ReadLtx { db, files } => {
-                let paths = files.iter().map(|(min, max)| ltx_path(db.as_str(), *min, *max)).collect();
+                let id = self.id(&db);
+                let paths = files.iter().map(|(min, max)| ltx_path(id.clone(), *min, *max)).collect();
                 (IoKind::ReadFiles { paths }, Answer::LtxFiles)
             }
             CoreIo::ReadDatabase { db } => (IoKind::ReadDb { db: db.as_str().to_string() }, Answer::Database),
             CoreIo::DeleteLtx { db, files } => {
-                let paths = files.iter().map(|(min, max)| ltx_path(db.as_str(), *min, *max)).collect();
+                let id = self.id(&db);
+                let paths = files.iter().map(|(min, max)| ltx_path(id.clone(), *min, *max)).collect();
                 (IoKind::DeleteFiles { paths }, Answer::Done)
             }
             CoreIo::WriteChecksumIndex { db, bytes } => {
@@ -388,7 +387,7 @@ impl Machine for CoreNode {
         me.drain(false);
         let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.clone()).collect();
         for (path, _) in disk.files() {
-            if let Some((db, _)) = path.split_once('/') {
+            if let Some(db) = path.dir() {
                 names.insert(db.to_string());
             }
         }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use ltxfs_core::ltx::checksum;
 
-use crate::machine::{IoError, IoKind, IoValue};
+use crate::machine::{FilePath, IoError, IoKind, IoValue};
 
 #[derive(Debug, Clone, Default)]
 struct FileState {
@@ -105,7 +105,14 @@ pub struct DbUndo {
     file: Option<(u32, u32, Option<u32>)>,
     #[allow(clippy::type_complexity)]
     touched: Vec<(u32, Option<Page>, Option<Option<Page>>)>,
-    last_unsynced: Option<(String, bool)>,
+    last_unsynced: Option<Unsynced>,
+}
+
+/// The target of the most recent unsynced write (the one a torn-write fault tears).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unsynced {
+    File(FilePath),
+    Db(String),
 }
 
 /// Which fault the next command meets.
@@ -119,13 +126,13 @@ pub enum DiskFault {
 
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
-    files: BTreeMap<String, FileState>,
+    files: BTreeMap<FilePath, FileState>,
     dbs: BTreeMap<String, DbFile>,
     /// Commands still to fail with an injected error.
     failing: Option<(DiskFault, u32)>,
     torn_next_crash: bool,
-    /// The most recent unsynced write, for tearing: (file path or db name, is_db).
-    last_unsynced: Option<(String, bool)>,
+    /// The most recent unsynced write, for tearing.
+    last_unsynced: Option<Unsynced>,
     /// [`DbFile::checksum`] of each database as it is now, computed on first use after a change
     /// (every method that changes a database's pages or size forgets its entry): reads and the
     /// recomputation check ask far more often than databases change.
@@ -133,11 +140,11 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
-    pub fn file(&self, path: &str) -> Option<&[u8]> {
+    pub fn file(&self, path: &FilePath) -> Option<&[u8]> {
         self.files.get(path).map(|f| f.data.as_slice())
     }
 
-    pub fn files(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+    pub fn files(&self) -> impl Iterator<Item = (&FilePath, &Vec<u8>)> {
         self.files.iter().map(|(path, f)| (path, &f.data))
     }
 
@@ -199,7 +206,7 @@ impl SimDisk {
         match kind {
             IoKind::WriteFile { path, data, atomic, .. } => {
                 let data = std::mem::take(data);
-                match self.files.get_mut(path.as_str()) {
+                match self.files.get_mut(path) {
                     Some(file) => {
                         let old = std::mem::replace(&mut file.data, data);
                         // The durable content is the one before the first unsynced write.
@@ -212,7 +219,7 @@ impl SimDisk {
                     }
                 }
                 // A temp file renamed into place is never torn.
-                self.last_unsynced = if *atomic { None } else { Some((path.clone(), false)) };
+                self.last_unsynced = if *atomic { None } else { Some(Unsynced::File(path.clone())) };
                 Ok(IoValue::Done)
             }
             IoKind::WritePages { db, page_size, commit, pages, .. } => {
@@ -251,8 +258,8 @@ impl SimDisk {
             let old = file.pages.remove(&pgno);
             file.undo_pages.entry(pgno).or_insert(old);
         }
-        if !self.is_last_unsynced(db, true) {
-            self.last_unsynced = Some((db.to_string(), true));
+        if !self.is_last_unsynced_db(db) {
+            self.last_unsynced = Some(Unsynced::Db(db.to_string()));
         }
     }
 
@@ -275,7 +282,7 @@ impl SimDisk {
                 if let Some(file) = self.files.get_mut(path) {
                     file.undo = None;
                 }
-                if self.is_last_unsynced(path, false) {
+                if matches!(&self.last_unsynced, Some(Unsynced::File(last)) if last == path) {
                     self.last_unsynced = None;
                 }
             }
@@ -284,9 +291,9 @@ impl SimDisk {
         }
     }
 
-    /// Whether the most recent unsynced write is to `name` (a database if `is_db`, else a file).
-    fn is_last_unsynced(&self, name: &str, is_db: bool) -> bool {
-        matches!(&self.last_unsynced, Some((last, db)) if *db == is_db && last == name)
+    /// Whether the most recent unsynced write is to database `db`.
+    fn is_last_unsynced_db(&self, db: &str) -> bool {
+        matches!(&self.last_unsynced, Some(Unsynced::Db(last)) if last == db)
     }
 
     /// Makes every change of database `db` durable.
@@ -295,7 +302,7 @@ impl SimDisk {
             file.undo_pages.clear();
             file.undo_commit = None;
         }
-        if self.is_last_unsynced(db, true) {
+        if self.is_last_unsynced_db(db) {
             self.last_unsynced = None;
         }
     }
@@ -318,7 +325,7 @@ impl SimDisk {
                 file.commit = commit;
             }
         }
-        if self.is_last_unsynced(db, true) {
+        if self.is_last_unsynced_db(db) {
             self.last_unsynced = None;
         }
     }
@@ -369,7 +376,7 @@ impl SimDisk {
     }
 
     /// Whether `path` exists with content that a crash would lose.
-    pub fn is_unsynced(&self, path: &str) -> bool {
+    pub fn is_unsynced(&self, path: &FilePath) -> bool {
         self.files.get(path).is_some_and(|f| f.undo.is_some())
     }
 
@@ -383,7 +390,7 @@ impl SimDisk {
         let mut removed = Vec::new();
         for (path, file) in self.files.iter_mut() {
             if let Some(undo) = file.undo.take() {
-                if torn.as_ref() == Some(&(path.clone(), false)) {
+                if matches!(&torn, Some(Unsynced::File(last)) if last == path) {
                     let keep = file.data.len() / 2;
                     file.data.truncate(keep);
                 } else {
@@ -399,7 +406,7 @@ impl SimDisk {
         }
         for (name, file) in self.dbs.iter_mut() {
             let undo = std::mem::take(&mut file.undo_pages);
-            let tear = torn.as_ref() == Some(&(name.clone(), true));
+            let tear = matches!(&torn, Some(Unsynced::Db(last)) if last == name);
             let keep_count = if tear { undo.len() / 2 } else { 0 };
             for (index, (pgno, old)) in undo.into_iter().enumerate() {
                 if index < keep_count {
@@ -462,10 +469,10 @@ mod tests {
         disk.write(&a).unwrap();
         disk.fsync(&a);
         disk.write(&write_file("b.ltx", b"bbbb")).unwrap();
-        assert_eq!(disk.file("b.ltx"), Some(&b"bbbb"[..]));
+        assert_eq!(disk.file(&"b.ltx".into()), Some(&b"bbbb"[..]));
         disk.crash();
-        assert_eq!(disk.file("a.ltx"), Some(&b"aaaa"[..]));
-        assert_eq!(disk.file("b.ltx"), None);
+        assert_eq!(disk.file(&"a.ltx".into()), Some(&b"aaaa"[..]));
+        assert_eq!(disk.file(&"b.ltx".into()), None);
     }
 
     #[test]
@@ -501,7 +508,7 @@ mod tests {
         disk.arm(DiskFault::TornWrite, 1);
         disk.write(&write_file("c.ltx", b"12345678")).unwrap();
         disk.crash();
-        assert_eq!(disk.file("c.ltx"), Some(&b"1234"[..]));
+        assert_eq!(disk.file(&"c.ltx".into()), Some(&b"1234"[..]));
     }
 
     #[test]

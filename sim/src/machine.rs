@@ -35,6 +35,47 @@ impl Peer {
     }
 }
 
+/// A path on a simulated disk. LTX files in the core binding's layout (`DB/ltx/MIN-MAX.ltx`) are
+/// kept as their numbers, so that naming and finding one costs no formatting and no string
+/// comparison (the binding names every LTX file this way; the same text given as `Other` would be
+/// another key). Any other path is text. `Display` gives the path as text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FilePath {
+    Ltx { min_txid: u64, max_txid: u64, db: DbId },
+    Other(String),
+}
+
+impl FilePath {
+    pub fn ltx(db: DbId, min_txid: u64, max_txid: u64) -> FilePath {
+        FilePath::Ltx { min_txid, max_txid, db }
+    }
+
+    /// The first component of the path (the database directory).
+    pub fn dir(&self) -> Option<&str> {
+        match self {
+            FilePath::Ltx { db, .. } => Some(db),
+            FilePath::Other(path) => path.split_once('/').map(|(dir, _)| dir),
+        }
+    }
+}
+
+impl From<&str> for FilePath {
+    fn from(path: &str) -> FilePath {
+        FilePath::Other(path.to_string())
+    }
+}
+
+impl std::fmt::Display for FilePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilePath::Ltx { min_txid, max_txid, db } => {
+                write!(f, "{db}/ltx/{}", ltxfs_core::ltx::file_name(*min_txid, *max_txid))
+            }
+            FilePath::Other(path) => f.write_str(path),
+        }
+    }
+}
+
 /// What the world needs to know to start a node.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -85,13 +126,13 @@ pub enum IoKind {
     /// `commit_of`: this is the LTX of a local commit of that database — its completion is the
     /// commit point (SQLite deletes its journal), so the database pages the client wrote become
     /// durable then, or are rolled back (hot journal) if the write failed.
-    WriteFile { path: String, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<String> },
+    WriteFile { path: FilePath, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<String> },
     /// Writes pages into a database file and sets its size to `commit` pages.
     WritePages { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, fsync: bool },
     /// Deletes files (a journaled unlink: durable at once; a missing file is not an error).
-    DeleteFiles { paths: Vec<String> },
+    DeleteFiles { paths: Vec<FilePath> },
     /// Reads whole files, in order; answers [`IoValue::Files`].
-    ReadFiles { paths: Vec<String> },
+    ReadFiles { paths: Vec<FilePath> },
     /// Reads a database file as an image of `commit` pages; answers [`IoValue::Data`].
     ReadDb { db: String },
 }

@@ -651,7 +651,7 @@ impl<M: Machine> World<M> {
                 }
                 if let MachineEvent::Committed { db, txid, .. } = &event {
                     // Invariant 4 at its source: an acknowledged commit's LTX is durable.
-                    let path = crate::core_binding::ltx_path(db, *txid, *txid);
+                    let path = crate::core_binding::ltx_path(db.clone(), *txid, *txid);
                     if self.slots[usize::from(node)].disk.is_unsynced(&path) {
                         let detail = format!("n{} acknowledged {db} txid {txid} before its LTX file was durable", node + 1);
                         self.checker.fail(Invariant::Durability, self.now, detail);

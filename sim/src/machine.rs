@@ -17,7 +17,7 @@ pub type NodeIdx = u8;
 
 /// A database name in events and views: shared, so that passing one on costs a reference count,
 /// not an allocation (views are taken after every step of every node).
-pub type DbId = std::sync::Arc<str>;
+pub type DbId = std::rc::Rc<str>;
 
 /// Something that can send or receive over the simulated network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

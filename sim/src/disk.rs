@@ -223,7 +223,8 @@ impl SimDisk {
                 Ok(IoValue::Done)
             }
             IoKind::WritePages { db, page_size, commit, pages, .. } => {
-                self.write_pages(db, *page_size, *commit, pages);
+                let pages = std::mem::take(pages).into_iter().map(|(pgno, data)| (pgno, Page::new(pgno, data)));
+                self.put_pages(db, *page_size, *commit, pages);
                 Ok(IoValue::Done)
             }
             IoKind::DeleteFiles { paths } => {
@@ -239,6 +240,11 @@ impl SimDisk {
     /// Writes pages into a database file without syncing (what SQLite does through the mount
     /// before its commit point, and the first half of a replica's apply).
     pub fn write_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) {
+        self.put_pages(db, page_size, commit, pages.iter().map(|(pgno, data)| (*pgno, Page::new(*pgno, data.clone()))));
+    }
+
+    /// [`SimDisk::write_pages`] of pages already made.
+    fn put_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: impl IntoIterator<Item = (u32, Page)>) {
         self.checksums.get_mut().remove(db);
         if !self.dbs.contains_key(db) {
             self.dbs.insert(db.to_string(), DbFile::default());
@@ -248,9 +254,9 @@ impl SimDisk {
         if file.undo_commit.is_none() {
             file.undo_commit = Some(file.commit);
         }
-        for (pgno, data) in pages {
-            let old = file.pages.insert(*pgno, Page::new(*pgno, data.clone()));
-            file.undo_pages.entry(*pgno).or_insert(old);
+        for (pgno, page) in pages {
+            let old = file.pages.insert(pgno, page);
+            file.undo_pages.entry(pgno).or_insert(old);
         }
         file.commit = commit;
         // Bounded by the pages the file holds past the new end.

@@ -189,7 +189,12 @@ impl Message {
     /// exceeds when building messages (a chunk over [`LTX_CHUNK_BYTES_MAX`], an error detail over
     /// [`ERROR_DETAIL_BYTES_MAX`], more than [`STREAM_DBS_MAX`] databases): that is a bug.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::default();
+        // Sized up front so that an LTX chunk is copied once, not through repeated growth.
+        let capacity = match self {
+            Message::Ltx { db, bytes, .. } => 64 + db.as_str().len() + bytes.len(),
+            _ => 128,
+        };
+        let mut w = Writer { buf: Vec::with_capacity(capacity) };
         w.u8(MSG_VERSION);
         w.u8(self.tag());
         w.u64(self.epoch().0);

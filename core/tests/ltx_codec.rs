@@ -4,8 +4,8 @@ mod ltx_support;
 
 use ltx_support::*;
 use ltxfs_core::ltx::{
-    compact, decode_slice, encode_to_vec, Decoder, Encoder, Header, LtxError, Trailer,
-    HEADER_FLAG_COMPRESS_LZ4, HEADER_SIZE,
+    compact, decode_slice, encode_to_vec, encode_to_vec_with, Decoder, EncodeScratch, Encoder,
+    Header, LtxError, Trailer, HEADER_FLAG_COMPRESS_LZ4, HEADER_SIZE,
 };
 use std::io::{Cursor, Read};
 
@@ -124,6 +124,39 @@ fn compressed_file_has_litefs_frame_descriptor_and_decodes() {
     let (hdr, got, _) = decode_slice(&ours).unwrap();
     assert_eq!(hdr, h);
     assert_eq!(got, pages);
+}
+
+/// One `EncodeScratch` reused across files — multi-block compressed, small compressed,
+/// uncompressed, a refused page in between — writes exactly what a fresh encoder writes.
+#[test]
+fn reused_encode_scratch_writes_the_same_bytes_as_fresh_encodes() {
+    let mut scratch = EncodeScratch::default();
+    let lz4 = |h: Header| Header {
+        flags: HEADER_FLAG_COMPRESS_LZ4,
+        ..h
+    };
+    // 40 pages of 4 KiB: more than one 64 KiB LZ4 block.
+    let (big, big_sum) = snapshot_pages(4096, 40, 3);
+    let (small, small_sum) = snapshot_pages(512, 3, 9);
+    let (other, other_sum) = snapshot_pages(4096, 20, 5);
+    let files = [
+        (lz4(snapshot_header(4096, 40)), &big, big_sum),
+        (lz4(snapshot_header(512, 3)), &small, small_sum),
+        (snapshot_header(512, 3), &small, small_sum),
+        (lz4(snapshot_header(4096, 20)), &other, other_sum),
+        (lz4(snapshot_header(4096, 40)), &big, big_sum),
+    ];
+    for (round, (h, pages, sum)) in files.iter().enumerate() {
+        let refs = || pages.iter().map(|(p, d)| (*p, d.as_slice()));
+        let fresh = encode_to_vec(*h, refs(), *sum).unwrap();
+        let reused = encode_to_vec_with(&mut scratch, *h, refs(), *sum).unwrap();
+        assert_eq!(reused, fresh, "file {round}");
+        assert_eq!(decode_slice(&reused).unwrap().1, **pages);
+        // An encode refused at the end (after every page went into the frame) in between
+        // leaves the next one unaffected.
+        let refused = encode_to_vec_with(&mut scratch, *h, refs(), *sum ^ 2);
+        assert!(matches!(refused, Err(LtxError::SnapshotChecksumMismatch { .. })), "{refused:?}");
+    }
 }
 
 /// Any standard frame must decode, not only the options we write: block checksums, linked

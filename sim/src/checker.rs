@@ -13,7 +13,7 @@ use ltxfs_core::ltx::checksum::CHECKSUM_EMPTY;
 use crate::clock::TrueUs;
 use crate::disk::SimDisk;
 use crate::lease::LeaseService;
-use crate::machine::{MachineEvent, MachineView, NodeIdx};
+use crate::machine::{DbId, MachineEvent, MachineView, NodeIdx};
 use crate::workload::{History, OpKind, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,9 +69,9 @@ pub struct Violation {
 struct NodeTrack {
     /// Position per db as of the node's last step (from its view), advanced by events within a
     /// step.
-    pos: BTreeMap<String, (u64, u64)>,
+    pos: BTreeMap<DbId, (u64, u64)>,
     /// txid → checksum since the node's last snapshot reset.
-    chain: BTreeMap<String, BTreeMap<u64, u64>>,
+    chain: BTreeMap<DbId, BTreeMap<u64, u64>>,
     /// Highest epoch of any frame the node applied.
     max_applied_epoch: u64,
 }
@@ -80,8 +80,9 @@ struct NodeTrack {
 #[derive(Debug, Clone)]
 pub struct Checker {
     nodes: Vec<NodeTrack>,
-    /// Every state a primary decided: (db, txid, post) → (pre, epoch).
-    produced: BTreeMap<(String, u64, u64), (u64, u64)>,
+    /// Every state a primary decided: (txid, post, db) → (pre, epoch). The numbers lead the key
+    /// so that a lookup compares names only on a (txid, checksum) tie.
+    produced: BTreeMap<(u64, u64, DbId), (u64, u64)>,
     pub violation: Option<Violation>,
     /// Writable epochs seen (for the failover count).
     pub writable_epochs: BTreeSet<u64>,
@@ -116,24 +117,23 @@ impl Checker {
 
     /// One node event, in the order the node emitted it.
     pub fn on_event(&mut self, now: TrueUs, node: NodeIdx, event: &MachineEvent, lease: &LeaseService) {
-        let name = format!("n{}", node + 1);
         match event {
             MachineEvent::Role { primary: true, writable: true, epoch } => {
                 self.writable_epochs.insert(*epoch);
             }
             MachineEvent::CommitDecided { db, txid, pre, post, epoch } => {
-                self.check_lease(now, node, *epoch, &format!("{name} decided {db} txid {txid}"), lease);
+                self.check_lease(now, node, *epoch, || format!("n{} decided {db} txid {txid}", node + 1), lease);
                 self.check_continuity(now, node, db, *txid, *txid, *pre, *post, "decided");
-                self.produced.insert((db.clone(), *txid, *post), (*pre, *epoch));
+                self.produced.insert((*txid, *post, db.clone()), (*pre, *epoch));
                 let track = &mut self.nodes[usize::from(node)];
-                track.chain.entry(db.clone()).or_default().insert(*txid, *post);
+                chain_of(&mut track.chain, db).insert(*txid, *post);
             }
             MachineEvent::Applied { db, min_txid, txid, pre, post, epoch } => {
                 self.check_epoch(now, node, *epoch);
                 self.check_continuity(now, node, db, *min_txid, *txid, *pre, *post, "applied");
                 self.check_prefix(now, node, db, *txid, *post, *epoch, lease);
                 let track = &mut self.nodes[usize::from(node)];
-                track.chain.entry(db.clone()).or_default().insert(*txid, *post);
+                chain_of(&mut track.chain, db).insert(*txid, *post);
             }
             MachineEvent::SnapshotReset { db, txid, checksum, epoch } => {
                 self.check_epoch(now, node, *epoch);
@@ -153,15 +153,16 @@ impl Checker {
     /// true instant at which its local write deadline falls is not after `valid_until(E)`: its
     /// belief never outlives what the service guarantees, whatever its clock does.
     pub fn check_writable(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, deadline_true: Option<TrueUs>, lease: &LeaseService) {
-        let what = format!("n{} writable", node + 1);
-        self.check_lease(now, node, epoch, &what, lease);
+        let what = || format!("n{} writable", node + 1);
+        self.check_lease(now, node, epoch, what, lease);
         if let (Some(deadline), Some(record)) = (deadline_true, lease.epochs.get(&epoch)) {
             if deadline > record.valid_until_us {
                 self.fail(
                     Invariant::SplitBrain,
                     now,
                     format!(
-                        "{what} under epoch {epoch} until {deadline}us, but the lease service guarantees it only until {}us",
+                        "{} under epoch {epoch} until {deadline}us, but the lease service guarantees it only until {}us",
+                        what(),
                         record.valid_until_us
                     ),
                 );
@@ -177,20 +178,24 @@ impl Checker {
     /// [`crate::lease`]). The service grants a new epoch only after the previous one's
     /// `valid_until`, so validity windows are disjoint and at no true instant can two nodes make a
     /// commit durable for the same database.
-    fn check_lease(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, what: &str, lease: &LeaseService) {
+    /// `what` names the decision; it is only called to describe a violation.
+    fn check_lease(&mut self, now: TrueUs, node: NodeIdx, epoch: u64, what: impl Fn() -> String, lease: &LeaseService) {
         match lease.epochs.get(&epoch) {
-            None => self.fail(Invariant::SplitBrain, now, format!("{what} under epoch {epoch}, which was never granted")),
+            None => self.fail(Invariant::SplitBrain, now, format!("{} under epoch {epoch}, which was never granted", what())),
             Some(record) if record.holder != node => self.fail(
                 Invariant::SplitBrain,
                 now,
-                format!("{what} under epoch {epoch}, which the lease service granted to n{}", record.holder + 1),
+                format!("{} under epoch {epoch}, which the lease service granted to n{}", what(), record.holder + 1),
             ),
             Some(record) if now < record.granted_us || now >= record.valid_until_us => self.fail(
                 Invariant::SplitBrain,
                 now,
                 format!(
-                    "{what} under epoch {epoch} at {}us, outside its validity [{}us, {}us)",
-                    now, record.granted_us, record.valid_until_us
+                    "{} under epoch {epoch} at {}us, outside its validity [{}us, {}us)",
+                    what(),
+                    now,
+                    record.granted_us,
+                    record.valid_until_us
                 ),
             ),
             Some(_) => {}
@@ -219,9 +224,9 @@ impl Checker {
     /// where `position` is the node's position before it (as its view showed after its previous
     /// step, advanced by the events of the current step; the empty database before TXID 1).
     #[allow(clippy::too_many_arguments)]
-    fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &str, min_txid: u64, txid: u64, pre: u64, post: u64, what: &str) {
+    fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, min_txid: u64, txid: u64, pre: u64, post: u64, what: &str) {
         let track = &mut self.nodes[usize::from(node)];
-        let (pos_txid, pos_checksum) = track.pos.get(db).copied().unwrap_or((0, CHECKSUM_EMPTY));
+        let (pos_txid, pos_checksum) = track.pos.get(&**db).copied().unwrap_or((0, CHECKSUM_EMPTY));
         if min_txid != pos_txid + 1 || pre != pos_checksum {
             self.fail(
                 Invariant::ChecksumContinuity,
@@ -233,7 +238,12 @@ impl Checker {
             );
             return;
         }
-        track.pos.insert(db.to_string(), (txid, post));
+        match track.pos.get_mut(&**db) {
+            Some(pos) => *pos = (txid, post),
+            None => {
+                track.pos.insert(db.clone(), (txid, post));
+            }
+        }
     }
 
     /// Invariant 3 (prefix consistency): a replica's history is a prefix of the history of the
@@ -243,8 +253,8 @@ impl Checker {
     /// has at that txid in its own history, if it still has that txid. With continuity
     /// (invariant 2) this makes every replica history a chain of the primary's states.
     #[allow(clippy::too_many_arguments)]
-    fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
-        match self.produced.get(&(db.to_string(), txid, checksum)) {
+    fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
+        match self.produced.get(&(txid, checksum, db.clone())) {
             None => {
                 self.fail(
                     Invariant::PrefixConsistency,
@@ -267,7 +277,7 @@ impl Checker {
         if holder == node {
             return;
         }
-        let theirs = self.nodes[usize::from(holder)].chain.get(db).and_then(|c| c.get(&txid)).copied();
+        let theirs = self.nodes[usize::from(holder)].chain.get(&**db).and_then(|c| c.get(&txid)).copied();
         if let Some(theirs) = theirs {
             if theirs != checksum {
                 self.fail(
@@ -289,21 +299,29 @@ impl Checker {
         let track = &mut self.nodes[usize::from(node)];
         // Incremental: the same map as rebuilding it from the view, without allocating a key
         // per database on every step (positions rarely change between two steps of one node).
-        if track.pos.len() != view.positions.len() || view.positions.iter().any(|(db, ..)| !track.pos.contains_key(db)) {
+        // Fast path: the view lists the same databases as the map, in the same (name) order —
+        // names are shared, so equal names are usually the same allocation.
+        let same_names = track.pos.len() == view.positions.len()
+            && track.pos.keys().zip(&view.positions).all(|(have, (db, ..))| DbId::ptr_eq(have, db) || have == db);
+        if same_names {
+            for (pos, (_, txid, checksum)) in track.pos.values_mut().zip(&view.positions) {
+                *pos = (*txid, *checksum);
+            }
+        } else {
             track.pos.retain(|db, _| view.positions.iter().any(|(d, ..)| d == db));
-        }
-        for (db, txid, checksum) in &view.positions {
-            match track.pos.get_mut(db) {
-                Some(pos) => *pos = (*txid, *checksum),
-                None => {
-                    track.pos.insert(db.clone(), (*txid, *checksum));
+            for (db, txid, checksum) in &view.positions {
+                match track.pos.get_mut(&**db) {
+                    Some(pos) => *pos = (*txid, *checksum),
+                    None => {
+                        track.pos.insert(db.clone(), (*txid, *checksum));
+                    }
                 }
             }
         }
-        debug_assert!(track.pos.iter().map(|(d, p)| (d.as_str(), *p)).eq(view_sorted(view)), "incremental position map");
+        debug_assert!(track.pos.iter().map(|(d, p)| (&**d, *p)).eq(view_sorted(view)), "incremental position map");
         if restarted {
             for (db, txid, checksum) in &view.positions {
-                let chain = track.chain.entry(db.clone()).or_default();
+                let chain = chain_of(&mut track.chain, db);
                 chain.retain(|t, _| t <= txid);
                 if chain.get(txid) != Some(checksum) {
                     chain.clear();
@@ -335,12 +353,12 @@ impl Checker {
 
     /// Reads: a read of a quiescent node must observe a state some primary produced (or the
     /// empty database) — no torn or phantom state is ever visible.
-    pub fn on_read(&mut self, now: TrueUs, node: NodeIdx, db: &str, txid: u64, checksum: u64) {
+    pub fn on_read(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, txid: u64, checksum: u64) {
         self.reads_checked += 1;
         if txid == 0 || checksum == CHECKSUM_EMPTY {
             return;
         }
-        if !self.produced.contains_key(&(db.to_string(), txid, checksum)) {
+        if !self.produced.contains_key(&(txid, checksum, db.clone())) {
             self.fail(
                 Invariant::PrefixConsistency,
                 now,
@@ -354,33 +372,35 @@ impl Checker {
     /// live nodes agree on every txid they share. Two different LTX for one (db, txid) on two
     /// read-serving nodes would show up as a disagreement.
     pub fn check_no_divergence(&mut self, now: TrueUs, live: &[NodeIdx]) {
-        let mut seen: BTreeMap<(String, u64), (u64, NodeIdx)> = BTreeMap::new();
-        for node in live {
-            let chains = self.nodes[usize::from(*node)].chain.clone();
-            for (db, chain) in chains {
+        if let Some(detail) = self.first_divergence(live) {
+            self.fail(Invariant::DivergentHistories, now, detail);
+        }
+    }
+
+    /// The first (db, txid) on which two of `live` disagree, described: walking the nodes in
+    /// order, each entry is compared with the first earlier node that has that (db, txid).
+    fn first_divergence(&self, live: &[NodeIdx]) -> Option<String> {
+        for (k, node) in live.iter().enumerate() {
+            for (db, chain) in &self.nodes[usize::from(*node)].chain {
+                let earlier_chains: Vec<(NodeIdx, &BTreeMap<u64, u64>)> = live[..k]
+                    .iter()
+                    .filter_map(|other| Some((*other, self.nodes[usize::from(*other)].chain.get(&**db)?)))
+                    .collect();
                 // txid 0 marks "position unknown" (e.g. after a torn write), not a transaction.
-                for (txid, checksum) in chain.into_iter().filter(|(t, _)| *t > 0) {
-                    match seen.get(&(db.clone(), txid)) {
-                        Some((other, other_node)) if *other != checksum => {
-                            self.fail(
-                                Invariant::DivergentHistories,
-                                now,
-                                format!(
-                                    "{db} txid {txid}: n{} has {checksum:016x}, n{} has {other:016x}",
-                                    node + 1,
-                                    other_node + 1
-                                ),
-                            );
-                            return;
-                        }
-                        Some(_) => {}
-                        None => {
-                            seen.insert((db.clone(), txid), (checksum, *node));
-                        }
+                for (&txid, &checksum) in chain.iter().filter(|(t, _)| **t > 0) {
+                    let earlier =
+                        earlier_chains.iter().find_map(|(other, theirs)| Some((*theirs.get(&txid)?, *other)));
+                    if let Some((other, other_node)) = earlier.filter(|(other, _)| *other != checksum) {
+                        return Some(format!(
+                            "{db} txid {txid}: n{} has {checksum:016x}, n{} has {other:016x}",
+                            node + 1,
+                            other_node + 1
+                        ));
                     }
                 }
             }
         }
+        None
     }
 
     /// Invariant 4 (durability), checked at the end: an acknowledged write (db, txid, checksum)
@@ -388,14 +408,16 @@ impl Checker {
     /// states (each state's parent is its pre-apply checksum at txid − 1). With
     /// `sync_replicas ≥ 1` a lost acknowledged write is a violation; in async mode lost writes are
     /// counted in [`Checker::lost_acked_writes`].
-    pub fn check_durability(&mut self, now: TrueUs, history: &History, finals: &[(String, u64, u64)], sync_replicas: u8) {
-        let mut survivors: BTreeSet<(String, u64, u64)> = BTreeSet::new();
+    pub fn check_durability(&mut self, now: TrueUs, history: &History, finals: &[(DbId, u64, u64)], sync_replicas: u8) {
+        // Per database: the surviving (txid, checksum) states.
+        let mut survivors: BTreeMap<&str, BTreeSet<(u64, u64)>> = BTreeMap::new();
         for (db, txid, checksum) in finals {
             let (mut txid, mut checksum) = (*txid, *checksum);
+            let states = survivors.entry(&**db).or_default();
             // Bounded by the txid: each step goes one txid down.
             while txid > 0 {
-                survivors.insert((db.clone(), txid, checksum));
-                match self.produced.get(&(db.clone(), txid, checksum)) {
+                states.insert((txid, checksum));
+                match self.produced.get(&(txid, checksum, db.clone())) {
                     Some((pre, _)) => {
                         checksum = *pre;
                         txid -= 1;
@@ -407,7 +429,7 @@ impl Checker {
         let mut lost = Vec::new();
         for op in &history.ops {
             if let (OpKind::Write { db }, Outcome::Ok { txid, checksum }) = (&op.kind, &op.outcome) {
-                if !survivors.contains(&(db.clone(), *txid, *checksum)) {
+                if !survivors.get(db.as_str()).is_some_and(|states| states.contains(&(*txid, *checksum))) {
                     lost.push((op.id, db.clone(), *txid));
                 }
             }
@@ -423,9 +445,45 @@ impl Checker {
     }
 }
 
+/// The history map of `db`, created empty on first use (without cloning the name when it exists).
+fn chain_of<'a>(chains: &'a mut BTreeMap<DbId, BTreeMap<u64, u64>>, db: &DbId) -> &'a mut BTreeMap<u64, u64> {
+    if !chains.contains_key(&**db) {
+        chains.insert(db.clone(), BTreeMap::new());
+    }
+    chains.get_mut(&**db).expect("inserted above")
+}
+
 /// The view's positions as the checker's map would list them (sorted by database).
 fn view_sorted(view: &MachineView) -> impl Iterator<Item = (&str, (u64, u64))> {
-    let mut all: Vec<(&str, (u64, u64))> = view.positions.iter().map(|(d, t, c)| (d.as_str(), (*t, *c))).collect();
+    let mut all: Vec<(&str, (u64, u64))> = view.positions.iter().map(|(d, t, c)| (&**d, (*t, *c))).collect();
     all.sort_unstable();
     all.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(entries: &[(u64, u64)]) -> BTreeMap<u64, u64> {
+        entries.iter().copied().collect()
+    }
+
+    /// Invariant 1 (no divergent survivors): a disagreement is found between any two live nodes
+    /// that share a txid, even when the first node lacks it; agreeing and dead nodes pass.
+    #[test]
+    fn divergence_is_found_between_any_two_live_nodes_sharing_a_txid() {
+        let db = DbId::from("db");
+        let mut checker = Checker::new(4);
+        checker.nodes[0].chain.insert(db.clone(), chain(&[(0, 99), (1, 10), (2, 20)]));
+        checker.nodes[1].chain.insert(db.clone(), chain(&[(0, 98), (2, 20), (3, 30)]));
+        checker.nodes[2].chain.insert(db.clone(), chain(&[(3, 31)]));
+        checker.nodes[3].chain.insert(db.clone(), chain(&[(1, 11)]));
+        // n4 is not live: its different txid 1 does not count; txid 0 never counts.
+        checker.check_no_divergence(7, &[0, 1]);
+        assert_eq!(checker.violation, None);
+        checker.check_no_divergence(7, &[0, 1, 2]);
+        let v = checker.violation.expect("n3 disagrees with n2 on txid 3");
+        assert_eq!(v.invariant, Invariant::DivergentHistories);
+        assert!(v.detail.contains("txid 3") && v.detail.contains("n3 has") && v.detail.contains("n2 has"), "{}", v.detail);
+    }
 }

@@ -37,9 +37,17 @@ impl NodeClock {
     /// Local time at true instant `t` (`t` must not precede the last re-anchoring).
     pub fn local(&self, t: TrueUs) -> u64 {
         assert!(t >= self.anchor_true_us, "clock asked about the past");
-        let elapsed = (t - self.anchor_true_us) as i128;
-        let skew = elapsed * i128::from(self.drift_ppm) / 1_000_000;
-        let local = i128::from(self.anchor_local_us) + elapsed + skew;
+        let elapsed_us = t - self.anchor_true_us;
+        if self.drift_ppm == 0 {
+            return self.anchor_local_us + elapsed_us;
+        }
+        // 64-bit arithmetic while the product fits (runs of under ~200 simulated days), the same
+        // truncating division as the 128-bit fallback.
+        let skew = match i64::try_from(elapsed_us).ok().and_then(|e| e.checked_mul(self.drift_ppm)) {
+            Some(product) => i128::from(product / 1_000_000),
+            None => i128::from(elapsed_us) * i128::from(self.drift_ppm) / 1_000_000,
+        };
+        let local = i128::from(self.anchor_local_us) + i128::from(elapsed_us) + skew;
         assert!(local >= i128::from(self.anchor_local_us));
         local as u64
     }
@@ -49,6 +57,9 @@ impl NodeClock {
         let local_now = self.local(now);
         if local_us <= local_now {
             return now;
+        }
+        if self.drift_ppm == 0 {
+            return now + (local_us - local_now);
         }
         let need = i128::from(local_us - local_now);
         let rate = 1_000_000 + i128::from(self.drift_ppm);
@@ -100,6 +111,26 @@ mod tests {
         let t = clock.true_at(0, 500_000);
         assert!(clock.local(t) >= 500_000);
         assert!(clock.local(t - 1) < 500_000);
+    }
+
+    /// The 64-bit and zero-drift fast paths give what the exact 128-bit formula gives.
+    #[test]
+    fn fast_paths_match_the_exact_formula() {
+        let exact = |anchor_local: u64, elapsed: u64, drift: i64| -> u64 {
+            let elapsed = i128::from(elapsed);
+            (i128::from(anchor_local) + elapsed + elapsed * i128::from(drift) / 1_000_000) as u64
+        };
+        for drift in [-DRIFT_PPM_LIMIT, -1_000, -1, 0, 1, 777, DRIFT_PPM_LIMIT] {
+            let clock = NodeClock::new(123_456, drift);
+            for t in [0, 1, 999_999, 1_000_001, 86_400_000_000, 1 << 45, u64::MAX / 4] {
+                assert_eq!(clock.local(t), exact(123_456, t, drift), "drift {drift} t {t}");
+            }
+            let t = clock.true_at(5_000, 9_000_000);
+            assert!(clock.local(t) >= 9_000_000);
+            if drift == 0 {
+                assert_eq!(t, 5_000 + (9_000_000 - clock.local(5_000)));
+            }
+        }
     }
 
     #[test]

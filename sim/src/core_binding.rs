@@ -39,7 +39,7 @@ use ltxfs_core::time::{Time, WallMs};
 use crate::disk::SimDisk;
 use crate::machine::{
     IoError, IoKind, IoValue, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
-    MachineView, NodeIdx,
+    MachineView, NodeIdx, DbId, FilePath,
 };
 use crate::trace::digest;
 
@@ -57,14 +57,14 @@ pub const PLANTED_NAMES: [&str; 6] =
 /// Whether this build can switch planted bugs on (`--features core-planted-bugs`).
 pub const PLANTED_ENABLED: bool = cfg!(feature = "core-planted-bugs");
 
-/// Where the simulated shell keeps the LTX file `min..=max` of `db`.
-pub fn ltx_path(db: &str, min_txid: u64, max_txid: u64) -> String {
-    format!("{db}/ltx/{}", ltx::file_name(min_txid, max_txid))
+/// Where the simulated shell keeps the LTX file `min..=max` of `db` (`DB/ltx/MIN-MAX.ltx`).
+pub fn ltx_path(db: DbId, min_txid: u64, max_txid: u64) -> FilePath {
+    FilePath::ltx(db, min_txid, max_txid)
 }
 
 /// Where the simulated shell keeps the persisted checksum index of `db`.
-pub fn index_path(db: &str) -> String {
-    format!("{db}/checksum-index")
+pub fn index_path(db: &str) -> FilePath {
+    FilePath::Other(format!("{db}/checksum-index"))
 }
 
 fn node_id(index: NodeIdx) -> NodeId {
@@ -130,7 +130,10 @@ pub struct CoreNode {
     now_us: u64,
     out: VecDeque<MachineOutput<Vec<u8>>>,
     io: BTreeMap<u64, Answer>,
-    applying: BTreeMap<String, Applying>,
+    applying: BTreeMap<DbName, Applying>,
+    /// One shared [`DbId`] per database name, handed out in events and views (a node has a
+    /// handful of databases: a list beats a map).
+    names: std::cell::RefCell<Vec<DbId>>,
 }
 
 impl CoreNode {
@@ -151,6 +154,7 @@ impl CoreNode {
         c.retention_interval = Duration::from_secs(2);
         c.retention.age_max = Duration::from_secs(5);
         c.checksum_index_persist_interval = Duration::from_secs(1);
+        c.compress_ltx = config.compress_ltx;
         #[cfg(feature = "core-planted-bugs")]
         if let Some(name) = &config.planted {
             let bug = ltxfs_core::planted::PlantedBug::from_name(name)
@@ -166,11 +170,13 @@ impl CoreNode {
 
     /// What the simulated disk says about one database at start-up.
     fn open_db(disk: &SimDisk, db: &str, now: Time) -> Option<OpenDb> {
-        let prefix = format!("{db}/ltx/");
         let mut files: BTreeMap<(u64, u64), (LtxFileMeta, u64, u32)> = BTreeMap::new();
         for (path, data) in disk.files() {
-            let Some(name) = path.strip_prefix(&prefix) else { continue };
-            let Some(range) = ltx::parse_file_name(name) else { continue };
+            let FilePath::Ltx { min_txid, max_txid, db: dir } = path else { continue };
+            if **dir != *db {
+                continue;
+            }
+            let range = (*min_txid, *max_txid);
             if data.len() < EPOCH_PREFIX {
                 continue;
             }
@@ -267,10 +273,9 @@ impl CoreNode {
         match kind {
             CoreIo::WriteLtx { db, min_txid, max_txid, bytes, fsync, epoch } => {
                 let (header, trailer) = header_trailer(&bytes).expect("the core writes valid LTX files");
-                let name = db.as_str().to_string();
                 if local_commit {
                     self.out.push_back(MachineOutput::Event(MachineEvent::CommitDecided {
-                        db: name.clone(),
+                        db: self.id(&db),
                         txid: max_txid,
                         pre: pre_checksum(&header),
                         post: trailer.post_apply_checksum,
@@ -285,24 +290,27 @@ impl CoreNode {
                         snapshot: header.is_snapshot(),
                         epoch: epoch.0,
                     };
-                    self.applying.insert(name.clone(), applying);
+                    self.applying.insert(db.clone(), applying);
                 }
-                let mut data = epoch.0.to_be_bytes().to_vec();
+                let mut data = Vec::with_capacity(EPOCH_PREFIX + bytes.len());
+                data.extend_from_slice(&epoch.0.to_be_bytes());
                 data.extend_from_slice(&bytes);
-                let path = ltx_path(&name, min_txid, max_txid);
-                let commit_of = local_commit.then_some(name);
+                let path = ltx_path(self.id(&db), min_txid, max_txid);
+                let commit_of = local_commit.then(|| db.as_str().to_string());
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
             }
             CoreIo::ApplyPages { db, page_size, commit, pages } => {
                 (IoKind::WritePages { db: db.as_str().to_string(), page_size, commit, pages, fsync: true }, Answer::Done)
             }
             CoreIo::ReadLtx { db, files } => {
-                let paths = files.iter().map(|(min, max)| ltx_path(db.as_str(), *min, *max)).collect();
+                let id = self.id(&db);
+                let paths = files.iter().map(|(min, max)| ltx_path(id.clone(), *min, *max)).collect();
                 (IoKind::ReadFiles { paths }, Answer::LtxFiles)
             }
             CoreIo::ReadDatabase { db } => (IoKind::ReadDb { db: db.as_str().to_string() }, Answer::Database),
             CoreIo::DeleteLtx { db, files } => {
-                let paths = files.iter().map(|(min, max)| ltx_path(db.as_str(), *min, *max)).collect();
+                let id = self.id(&db);
+                let paths = files.iter().map(|(min, max)| ltx_path(id.clone(), *min, *max)).collect();
                 (IoKind::DeleteFiles { paths }, Answer::Done)
             }
             CoreIo::WriteChecksumIndex { db, bytes } => {
@@ -310,6 +318,16 @@ impl CoreNode {
                 (IoKind::WriteFile { path, data: bytes, fsync: true, atomic: true, commit_of: None }, Answer::Done)
             }
         }
+    }
+
+    /// The shared name of `db`.
+    fn id(&self, db: &DbName) -> DbId {
+        if let Some(id) = self.names.borrow().iter().find(|id| ***id == *db.as_str()) {
+            return id.clone();
+        }
+        let id = DbId::from(db.as_str());
+        self.names.borrow_mut().push(id.clone());
+        id
     }
 
     /// The epoch a primary puts on its commits, else the highest it accepted.
@@ -325,27 +343,26 @@ impl CoreNode {
                 epoch: epoch.0,
             },
             Event::Committed { db, pos } => {
-                MachineEvent::Committed { db: db.as_str().to_string(), txid: pos.txid, checksum: pos.checksum, epoch: self.epoch() }
+                MachineEvent::Committed { db: self.id(&db), txid: pos.txid, checksum: pos.checksum, epoch: self.epoch() }
             }
-            Event::CommitOutcomeUnknown { db, .. } => MachineEvent::CommitUnknown { db: db.as_str().to_string() },
+            Event::CommitOutcomeUnknown { db, .. } => MachineEvent::CommitUnknown { db: self.id(&db) },
             Event::CommitFailed { db, error } => {
-                MachineEvent::WriteRejected { db: db.as_str().to_string(), reason: format!("commit failed: {error:?}") }
+                MachineEvent::WriteRejected { db: self.id(&db), reason: format!("commit failed: {error:?}") }
             }
             Event::WriteRejected { db, reason } => {
-                MachineEvent::WriteRejected { db: db.as_str().to_string(), reason: format!("{reason:?}") }
+                MachineEvent::WriteRejected { db: self.id(&db), reason: format!("{reason:?}") }
             }
             Event::Applied { db, pos, .. } => {
-                let name = db.as_str().to_string();
-                let a = self.applying.remove(&name).expect("the core applies only what it wrote");
+                let a = self.applying.remove(&db).expect("the core applies only what it wrote");
                 assert_eq!((a.max_txid, a.post), (pos.txid, pos.checksum), "Applied reports the written file's position");
                 if a.snapshot {
-                    MachineEvent::SnapshotReset { db: name, txid: pos.txid, checksum: pos.checksum, epoch: a.epoch }
+                    MachineEvent::SnapshotReset { db: self.id(&db), txid: pos.txid, checksum: pos.checksum, epoch: a.epoch }
                 } else {
-                    MachineEvent::Applied { db: name, min_txid: a.min_txid, txid: a.max_txid, pre: a.pre, post: a.post, epoch: a.epoch }
+                    MachineEvent::Applied { db: self.id(&db), min_txid: a.min_txid, txid: a.max_txid, pre: a.pre, post: a.post, epoch: a.epoch }
                 }
             }
             Event::StaleEpochRejected { epoch, highest, .. } => MachineEvent::StaleEpochRejected { epoch: epoch.0, highest: highest.0 },
-            Event::ChecksumMismatch { db, .. } => MachineEvent::ChecksumMismatch { db: db.as_str().to_string() },
+            Event::ChecksumMismatch { db, .. } => MachineEvent::ChecksumMismatch { db: self.id(&db) },
             Event::ClusterMismatch { peer, .. } => MachineEvent::ClusterMismatch { peer: node_idx(peer) },
             other => MachineEvent::Note(format!("{other:?}")),
         })
@@ -358,11 +375,19 @@ impl Machine for CoreNode {
 
     fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &SimDisk) -> Self {
         let node = Node::new(CoreNode::config(config, id), node_id(id), time(now_us));
-        let mut me = CoreNode { node, index: id, now_us, out: VecDeque::new(), io: BTreeMap::new(), applying: BTreeMap::new() };
+        let mut me = CoreNode {
+            node,
+            index: id,
+            now_us,
+            out: VecDeque::new(),
+            io: BTreeMap::new(),
+            applying: BTreeMap::new(),
+            names: std::cell::RefCell::new(Vec::new()),
+        };
         me.drain(false);
         let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.clone()).collect();
         for (path, _) in disk.files() {
-            if let Some((db, _)) = path.split_once('/') {
+            if let Some(db) = path.dir() {
                 names.insert(db.to_string());
             }
         }
@@ -452,24 +477,32 @@ impl Machine for CoreNode {
     }
 
     fn view(&self) -> MachineView {
-        let role = self.node.role();
-        let mut positions = Vec::new();
-        let mut halted = Vec::new();
-        for (db, p) in self.node.positions() {
-            if self.node.is_halted(&db) {
-                halted.push(db.as_str().to_string());
+        let mut view = MachineView::default();
+        self.view_into(&mut view);
+        view
+    }
+
+    fn view_into(&self, out: &mut MachineView) {
+        out.primary = matches!(self.node.role(), Role::Recovering | Role::Primary);
+        out.writable = self.node.is_writable(time(self.now_us));
+        out.epoch = self.epoch();
+        out.deadline_local_us = self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| d.as_nanos() / 1000);
+        out.halted.clear();
+        let mut kept = 0;
+        for (db, p, is_halted) in self.node.db_states() {
+            if is_halted {
+                out.halted.push(self.id(db));
             } else if p.pos.txid > 0 {
-                positions.push((db.as_str().to_string(), p.pos.txid, p.pos.checksum));
+                // Keep the entry (and its shared name) when it names the same database.
+                match out.positions.get_mut(kept) {
+                    Some(entry) if *entry.0 == *db.as_str() => (entry.1, entry.2) = (p.pos.txid, p.pos.checksum),
+                    Some(entry) => *entry = (self.id(db), p.pos.txid, p.pos.checksum),
+                    None => out.positions.push((self.id(db), p.pos.txid, p.pos.checksum)),
+                }
+                kept += 1;
             }
         }
-        MachineView {
-            primary: matches!(role, Role::Recovering | Role::Primary),
-            writable: self.node.is_writable(time(self.now_us)),
-            epoch: self.epoch(),
-            deadline_local_us: self.node.lease_deadline().filter(|d| *d != Time::MAX).map(|d| d.as_nanos() / 1000),
-            positions,
-            halted,
-        }
+        out.positions.truncate(kept);
     }
 
     fn msg_digest(msg: &Vec<u8>) -> u64 {

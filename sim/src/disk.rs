@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use ltxfs_core::ltx::checksum;
 
-use crate::machine::{IoError, IoKind, IoValue};
+use crate::machine::{FilePath, IoError, IoKind, IoValue};
 
 #[derive(Debug, Clone, Default)]
 struct FileState {
@@ -21,21 +21,44 @@ struct FileState {
     undo: Option<Option<Vec<u8>>>,
 }
 
+/// One database page: its bytes and their LTX page checksum (CRC-64 of page number and bytes),
+/// computed once when the page is written. A page never changes after that (a write makes a new
+/// `Page`; undo and crash move old ones back), so the stored checksum always belongs to the
+/// bytes, and recomputing a database's checksum XORs stored page checksums instead of hashing
+/// every page again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    data: Vec<u8>,
+    checksum: u64,
+}
+
+impl Page {
+    pub fn new(pgno: u32, data: Vec<u8>) -> Page {
+        let checksum = checksum::page_checksum(pgno, &data);
+        Page { data, checksum }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 /// A database file as pages (1-based page numbers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DbFile {
     pub page_size: u32,
     pub commit: u32,
-    pub pages: BTreeMap<u32, Vec<u8>>,
+    pub pages: BTreeMap<u32, Page>,
     /// Durable value of every page changed since the last fsync (None = absent), and the
     /// durable commit size.
-    undo_pages: BTreeMap<u32, Option<Vec<u8>>>,
+    undo_pages: BTreeMap<u32, Option<Page>>,
     undo_commit: Option<u32>,
 }
 
 impl DbFile {
     /// The database checksum of what a reader sees now (lock page and pages past `commit`
-    /// excluded; missing pages read as zeros).
+    /// excluded; missing pages read as zeros): the XOR of the page checksums of pages
+    /// `1..=commit` ([`Page`] holds each page's, computed from its bytes when written).
     pub fn checksum(&self) -> u64 {
         if self.commit == 0 {
             return checksum::CHECKSUM_EMPTY;
@@ -43,14 +66,17 @@ impl DbFile {
         // A file whose page size was never set cannot hold pages; use the smallest size.
         let page_size = if self.page_size.is_power_of_two() { self.page_size } else { 512 };
         let lock = checksum::lock_pgno(page_size);
-        let zero = vec![0u8; page_size as usize];
+        let mut zero: Option<Vec<u8>> = None;
         let mut sum = checksum::DbChecksum::new();
         for pgno in 1..=self.commit {
             if pgno == lock {
                 continue;
             }
-            let page = self.pages.get(&pgno).unwrap_or(&zero);
-            sum.toggle(checksum::page_checksum(pgno, page));
+            let page_sum = match self.pages.get(&pgno) {
+                Some(page) => page.checksum,
+                None => checksum::page_checksum(pgno, zero.get_or_insert_with(|| vec![0u8; page_size as usize])),
+            };
+            sum.toggle(page_sum);
         }
         sum.value()
     }
@@ -64,7 +90,7 @@ impl DbFile {
         let mut image = vec![0u8; page_size * self.commit as usize];
         for (pgno, page) in self.pages.range(1..=self.commit) {
             let at = (*pgno as usize - 1) * page_size;
-            image[at..at + page_size].copy_from_slice(page);
+            image[at..at + page_size].copy_from_slice(&page.data);
         }
         image
     }
@@ -78,8 +104,15 @@ pub struct DbUndo {
     /// (page size, commit, durable commit) before; `None`: the file did not exist.
     file: Option<(u32, u32, Option<u32>)>,
     #[allow(clippy::type_complexity)]
-    touched: Vec<(u32, Option<Vec<u8>>, Option<Option<Vec<u8>>>)>,
-    last_unsynced: Option<(String, bool)>,
+    touched: Vec<(u32, Option<Page>, Option<Option<Page>>)>,
+    last_unsynced: Option<Unsynced>,
+}
+
+/// The target of the most recent unsynced write (the one a torn-write fault tears).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unsynced {
+    File(FilePath),
+    Db(String),
 }
 
 /// Which fault the next command meets.
@@ -93,13 +126,13 @@ pub enum DiskFault {
 
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
-    files: BTreeMap<String, FileState>,
+    files: BTreeMap<FilePath, FileState>,
     dbs: BTreeMap<String, DbFile>,
     /// Commands still to fail with an injected error.
     failing: Option<(DiskFault, u32)>,
     torn_next_crash: bool,
-    /// The most recent unsynced write, for tearing: (file path or db name, is_db).
-    last_unsynced: Option<(String, bool)>,
+    /// The most recent unsynced write, for tearing.
+    last_unsynced: Option<Unsynced>,
     /// [`DbFile::checksum`] of each database as it is now, computed on first use after a change
     /// (every method that changes a database's pages or size forgets its entry): reads and the
     /// recomputation check ask far more often than databases change.
@@ -107,11 +140,11 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
-    pub fn file(&self, path: &str) -> Option<&[u8]> {
+    pub fn file(&self, path: &FilePath) -> Option<&[u8]> {
         self.files.get(path).map(|f| f.data.as_slice())
     }
 
-    pub fn files(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+    pub fn files(&self) -> impl Iterator<Item = (&FilePath, &Vec<u8>)> {
         self.files.iter().map(|(path, f)| (path, &f.data))
     }
 
@@ -163,24 +196,35 @@ impl SimDisk {
     /// Carries out the write phase of a command (visible, not yet durable). Reads happen at
     /// completion ([`SimDisk::read`]).
     pub fn write(&mut self, kind: &IoKind) -> Result<IoValue, IoError> {
+        self.write_taking(&mut kind.clone())
+    }
+
+    /// [`SimDisk::write`] that moves a file write's bytes out of `kind` instead of copying them
+    /// (its `data` is empty afterwards; the world needs only the rest of a command to complete
+    /// it).
+    pub fn write_taking(&mut self, kind: &mut IoKind) -> Result<IoValue, IoError> {
         match kind {
             IoKind::WriteFile { path, data, atomic, .. } => {
-                let durable = match self.files.get(path) {
-                    Some(file) if file.undo.is_some() => None,
-                    Some(file) => Some(Some(file.data.clone())),
-                    None => Some(None),
-                };
-                let entry = self.files.entry(path.clone()).or_default();
-                if let Some(durable) = durable {
-                    entry.undo = Some(durable);
+                let data = std::mem::take(data);
+                match self.files.get_mut(path) {
+                    Some(file) => {
+                        let old = std::mem::replace(&mut file.data, data);
+                        // The durable content is the one before the first unsynced write.
+                        if file.undo.is_none() {
+                            file.undo = Some(Some(old));
+                        }
+                    }
+                    None => {
+                        self.files.insert(path.clone(), FileState { data, undo: Some(None) });
+                    }
                 }
-                entry.data = data.clone();
                 // A temp file renamed into place is never torn.
-                self.last_unsynced = if *atomic { None } else { Some((path.clone(), false)) };
+                self.last_unsynced = if *atomic { None } else { Some(Unsynced::File(path.clone())) };
                 Ok(IoValue::Done)
             }
             IoKind::WritePages { db, page_size, commit, pages, .. } => {
-                self.write_pages(db, *page_size, *commit, pages);
+                let pages = std::mem::take(pages).into_iter().map(|(pgno, data)| (pgno, Page::new(pgno, data)));
+                self.put_pages(db, *page_size, *commit, pages);
                 Ok(IoValue::Done)
             }
             IoKind::DeleteFiles { paths } => {
@@ -196,23 +240,33 @@ impl SimDisk {
     /// Writes pages into a database file without syncing (what SQLite does through the mount
     /// before its commit point, and the first half of a replica's apply).
     pub fn write_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) {
+        self.put_pages(db, page_size, commit, pages.iter().map(|(pgno, data)| (*pgno, Page::new(*pgno, data.clone()))));
+    }
+
+    /// [`SimDisk::write_pages`] of pages already made.
+    fn put_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: impl IntoIterator<Item = (u32, Page)>) {
         self.checksums.get_mut().remove(db);
-        let file = self.dbs.entry(db.to_string()).or_default();
+        if !self.dbs.contains_key(db) {
+            self.dbs.insert(db.to_string(), DbFile::default());
+        }
+        let file = self.dbs.get_mut(db).expect("inserted above");
         file.page_size = page_size;
         if file.undo_commit.is_none() {
             file.undo_commit = Some(file.commit);
         }
-        for (pgno, data) in pages {
-            let old = file.pages.insert(*pgno, data.clone());
-            file.undo_pages.entry(*pgno).or_insert(old);
+        for (pgno, page) in pages {
+            let old = file.pages.insert(pgno, page);
+            file.undo_pages.entry(pgno).or_insert(old);
         }
         file.commit = commit;
-        let past_end: Vec<u32> = file.pages.range(commit + 1..).map(|(p, _)| *p).collect();
-        for pgno in past_end {
+        // Bounded by the pages the file holds past the new end.
+        while let Some((&pgno, _)) = file.pages.range(commit + 1..).next() {
             let old = file.pages.remove(&pgno);
             file.undo_pages.entry(pgno).or_insert(old);
         }
-        self.last_unsynced = Some((db.to_string(), true));
+        if !self.is_last_unsynced_db(db) {
+            self.last_unsynced = Some(Unsynced::Db(db.to_string()));
+        }
     }
 
     /// The read phase of a read command, at its completion.
@@ -234,7 +288,7 @@ impl SimDisk {
                 if let Some(file) = self.files.get_mut(path) {
                     file.undo = None;
                 }
-                if self.last_unsynced.as_ref() == Some(&(path.clone(), false)) {
+                if matches!(&self.last_unsynced, Some(Unsynced::File(last)) if last == path) {
                     self.last_unsynced = None;
                 }
             }
@@ -243,13 +297,18 @@ impl SimDisk {
         }
     }
 
+    /// Whether the most recent unsynced write is to database `db`.
+    fn is_last_unsynced_db(&self, db: &str) -> bool {
+        matches!(&self.last_unsynced, Some(Unsynced::Db(last)) if last == db)
+    }
+
     /// Makes every change of database `db` durable.
     pub fn sync_db(&mut self, db: &str) {
         if let Some(file) = self.dbs.get_mut(db) {
             file.undo_pages.clear();
             file.undo_commit = None;
         }
-        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+        if self.is_last_unsynced_db(db) {
             self.last_unsynced = None;
         }
     }
@@ -272,7 +331,7 @@ impl SimDisk {
                 file.commit = commit;
             }
         }
-        if self.last_unsynced.as_ref() == Some(&(db.to_string(), true)) {
+        if self.is_last_unsynced_db(db) {
             self.last_unsynced = None;
         }
     }
@@ -323,7 +382,7 @@ impl SimDisk {
     }
 
     /// Whether `path` exists with content that a crash would lose.
-    pub fn is_unsynced(&self, path: &str) -> bool {
+    pub fn is_unsynced(&self, path: &FilePath) -> bool {
         self.files.get(path).is_some_and(|f| f.undo.is_some())
     }
 
@@ -337,7 +396,7 @@ impl SimDisk {
         let mut removed = Vec::new();
         for (path, file) in self.files.iter_mut() {
             if let Some(undo) = file.undo.take() {
-                if torn.as_ref() == Some(&(path.clone(), false)) {
+                if matches!(&torn, Some(Unsynced::File(last)) if last == path) {
                     let keep = file.data.len() / 2;
                     file.data.truncate(keep);
                 } else {
@@ -353,7 +412,7 @@ impl SimDisk {
         }
         for (name, file) in self.dbs.iter_mut() {
             let undo = std::mem::take(&mut file.undo_pages);
-            let tear = torn.as_ref() == Some(&(name.clone(), true));
+            let tear = matches!(&torn, Some(Unsynced::Db(last)) if last == name);
             let keep_count = if tear { undo.len() / 2 } else { 0 };
             for (index, (pgno, old)) in undo.into_iter().enumerate() {
                 if index < keep_count {
@@ -401,7 +460,7 @@ mod tests {
         assert_eq!(disk.db("db").cloned(), before);
         // The durable state is intact too: a crash now goes back to the synced pages.
         disk.crash();
-        assert_eq!(disk.db("db").map(|f| f.pages.get(&2).cloned()), Some(Some(page(2))));
+        assert_eq!(disk.db("db").map(|f| f.pages.get(&2).map(|p| p.bytes().to_vec())), Some(Some(page(2))));
         assert_eq!(disk.db("db").map(|f| f.commit), Some(4));
     }
 
@@ -416,10 +475,10 @@ mod tests {
         disk.write(&a).unwrap();
         disk.fsync(&a);
         disk.write(&write_file("b.ltx", b"bbbb")).unwrap();
-        assert_eq!(disk.file("b.ltx"), Some(&b"bbbb"[..]));
+        assert_eq!(disk.file(&"b.ltx".into()), Some(&b"bbbb"[..]));
         disk.crash();
-        assert_eq!(disk.file("a.ltx"), Some(&b"aaaa"[..]));
-        assert_eq!(disk.file("b.ltx"), None);
+        assert_eq!(disk.file(&"a.ltx".into()), Some(&b"aaaa"[..]));
+        assert_eq!(disk.file(&"b.ltx".into()), None);
     }
 
     #[test]
@@ -455,7 +514,7 @@ mod tests {
         disk.arm(DiskFault::TornWrite, 1);
         disk.write(&write_file("c.ltx", b"12345678")).unwrap();
         disk.crash();
-        assert_eq!(disk.file("c.ltx"), Some(&b"1234"[..]));
+        assert_eq!(disk.file(&"c.ltx".into()), Some(&b"1234"[..]));
     }
 
     #[test]
@@ -467,11 +526,45 @@ mod tests {
         assert_eq!(disk.take_failure(), None);
     }
 
+    /// The stored page checksums stay those of the bytes through every way a page changes:
+    /// writes (also growing past missing pages and truncating), undo, rollback, sync and crash.
+    #[test]
+    fn stored_page_checksums_match_a_recomputation_from_the_image() {
+        let mut rng = crate::rng::Rng::new(7, "disk-test");
+        let mut disk = SimDisk::default();
+        for step in 0..400u32 {
+            let commit = disk.db("db").map_or(0, |f| f.commit);
+            match rng.below(6) {
+                0 | 1 => {
+                    let new_commit = rng.range(1, 12) as u32;
+                    let pgno = rng.range(1, u64::from(new_commit)) as u32;
+                    disk.write_pages("db", 512, new_commit, &[(pgno, vec![(step % 251) as u8 + 1; 512])]);
+                }
+                2 => {
+                    let pgno = rng.range(1, u64::from(commit + 1)) as u32;
+                    let undo = disk.write_pages_undoable("db", 512, commit.max(pgno), &[(pgno, vec![7; 512])]);
+                    if rng.chance(0.5) {
+                        disk.undo_pages(undo);
+                    }
+                }
+                3 => disk.rollback_db("db"),
+                4 => disk.sync_db("db"),
+                _ => disk.crash(),
+            }
+            if let Some(file) = disk.db("db") {
+                let image = file.image();
+                let expected = if image.is_empty() { checksum::CHECKSUM_EMPTY } else { checksum::db_checksum(&image, 512) };
+                assert_eq!(file.checksum(), expected, "step {step}");
+                assert_eq!(disk.db_checksum("db"), expected, "step {step}");
+            }
+        }
+    }
+
     #[test]
     fn db_checksum_matches_core_whole_image_checksum() {
         let mut file = DbFile { page_size: 512, commit: 2, ..DbFile::default() };
-        file.pages.insert(1, vec![9; 512]);
-        file.pages.insert(2, vec![8; 512]);
+        file.pages.insert(1, Page::new(1, vec![9; 512]));
+        file.pages.insert(2, Page::new(2, vec![8; 512]));
         let mut image = vec![9u8; 512];
         image.extend_from_slice(&[8u8; 512]);
         assert_eq!(file.checksum(), checksum::db_checksum(&image, 512));

@@ -15,6 +15,10 @@ use crate::disk::SimDisk;
 /// A node index, 0-based (`n1` is 0).
 pub type NodeIdx = u8;
 
+/// A database name in events and views: shared, so that passing one on costs a reference count,
+/// not an allocation (views are taken after every step of every node).
+pub type DbId = std::rc::Rc<str>;
+
 /// Something that can send or receive over the simulated network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
@@ -27,6 +31,47 @@ impl Peer {
         match self {
             Peer::Node(index) => format!("n{}", index + 1),
             Peer::Lease => "lease".to_string(),
+        }
+    }
+}
+
+/// A path on a simulated disk. LTX files in the core binding's layout (`DB/ltx/MIN-MAX.ltx`) are
+/// kept as their numbers, so that naming and finding one costs no formatting and no string
+/// comparison (the binding names every LTX file this way; the same text given as `Other` would be
+/// another key). Any other path is text. `Display` gives the path as text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FilePath {
+    Ltx { min_txid: u64, max_txid: u64, db: DbId },
+    Other(String),
+}
+
+impl FilePath {
+    pub fn ltx(db: DbId, min_txid: u64, max_txid: u64) -> FilePath {
+        FilePath::Ltx { min_txid, max_txid, db }
+    }
+
+    /// The first component of the path (the database directory).
+    pub fn dir(&self) -> Option<&str> {
+        match self {
+            FilePath::Ltx { db, .. } => Some(db),
+            FilePath::Other(path) => path.split_once('/').map(|(dir, _)| dir),
+        }
+    }
+}
+
+impl From<&str> for FilePath {
+    fn from(path: &str) -> FilePath {
+        FilePath::Other(path.to_string())
+    }
+}
+
+impl std::fmt::Display for FilePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilePath::Ltx { min_txid, max_txid, db } => {
+                write!(f, "{db}/ltx/{}", ltxfs_core::ltx::file_name(*min_txid, *max_txid))
+            }
+            FilePath::Other(path) => f.write_str(path),
         }
     }
 }
@@ -44,6 +89,8 @@ pub struct MachineConfig {
     /// Nodes configured with another cluster id than the rest (scenario key `other_cluster`).
     /// They are not lease candidates: a misconfigured replica trying to join.
     pub other_cluster: Vec<NodeIdx>,
+    /// Whether LTX files are LZ4-compressed (scenario key `compress_ltx`, default true).
+    pub compress_ltx: bool,
 }
 
 /// A lease-service operation, as carried over the simulated network.
@@ -79,13 +126,13 @@ pub enum IoKind {
     /// `commit_of`: this is the LTX of a local commit of that database — its completion is the
     /// commit point (SQLite deletes its journal), so the database pages the client wrote become
     /// durable then, or are rolled back (hot journal) if the write failed.
-    WriteFile { path: String, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<String> },
+    WriteFile { path: FilePath, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<String> },
     /// Writes pages into a database file and sets its size to `commit` pages.
     WritePages { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, fsync: bool },
     /// Deletes files (a journaled unlink: durable at once; a missing file is not an error).
-    DeleteFiles { paths: Vec<String> },
+    DeleteFiles { paths: Vec<FilePath> },
     /// Reads whole files, in order; answers [`IoValue::Files`].
-    ReadFiles { paths: Vec<String> },
+    ReadFiles { paths: Vec<FilePath> },
     /// Reads a database file as an image of `commit` pages; answers [`IoValue::Data`].
     ReadDb { db: String },
 }
@@ -126,20 +173,20 @@ pub enum MachineEvent {
     /// Role change; `writable` is true once a primary may accept local commits.
     Role { primary: bool, writable: bool, epoch: u64 },
     /// The primary decided to make this commit durable (it issued the LTX write).
-    CommitDecided { db: String, txid: u64, pre: u64, post: u64, epoch: u64 },
+    CommitDecided { db: DbId, txid: u64, pre: u64, post: u64, epoch: u64 },
     /// The local commit is durable and acknowledged to the writer.
-    Committed { db: String, txid: u64, checksum: u64, epoch: u64 },
+    Committed { db: DbId, txid: u64, checksum: u64, epoch: u64 },
     /// The writer must not assume either outcome.
-    CommitUnknown { db: String },
+    CommitUnknown { db: DbId },
     /// The local commit was refused and nothing was made durable.
-    WriteRejected { db: String, reason: String },
+    WriteRejected { db: DbId, reason: String },
     /// A node applied an LTX covering `min_txid..=txid` (pre-apply checksum `pre`, the empty
     /// checksum when `min_txid` is 1) received in a frame of `epoch`.
-    Applied { db: String, min_txid: u64, txid: u64, pre: u64, post: u64, epoch: u64 },
+    Applied { db: DbId, min_txid: u64, txid: u64, pre: u64, post: u64, epoch: u64 },
     /// A replica replaced its database with a snapshot at (`txid`, `checksum`).
-    SnapshotReset { db: String, txid: u64, checksum: u64, epoch: u64 },
+    SnapshotReset { db: DbId, txid: u64, checksum: u64, epoch: u64 },
     StaleEpochRejected { epoch: u64, highest: u64 },
-    ChecksumMismatch { db: String },
+    ChecksumMismatch { db: DbId },
     /// A peer of another cluster tried to stream with this node, or refused it for that reason.
     ClusterMismatch { peer: NodeIdx },
     Note(String),
@@ -164,9 +211,9 @@ pub struct MachineView {
     /// While primary: the local clock time (µs) until which it believes its lease lets it write.
     pub deadline_local_us: Option<u64>,
     /// (txid, checksum) per database with a known position (txid > 0), halted ones excluded.
-    pub positions: Vec<(String, u64, u64)>,
+    pub positions: Vec<(DbId, u64, u64)>,
     /// Databases that stopped (checksum mismatch, I/O failure) until the node restarts.
-    pub halted: Vec<String>,
+    pub halted: Vec<DbId>,
 }
 
 /// A sans-IO node the world can drive. Times are the node's local clock in microseconds.
@@ -183,6 +230,10 @@ pub trait Machine: Sized {
     fn poll_output(&mut self) -> Option<MachineOutput<Self::Msg>>;
     fn poll_timeout(&self) -> Option<u64>;
     fn view(&self) -> MachineView;
+    /// [`Machine::view`] into `out`, reusing its buffers (the world asks after every step).
+    fn view_into(&self, out: &mut MachineView) {
+        *out = self.view();
+    }
     /// A short digest of a message for the trace hash.
     fn msg_digest(msg: &Self::Msg) -> u64;
     /// A message as text, for traces.

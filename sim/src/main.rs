@@ -210,28 +210,13 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
 
 const NEEDS_PLANTED_FEATURE: &str = "(this build cannot switch them on: run with `cargo run -p sim --features core-planted-bugs -- ...`)";
 
-/// Keeps glibc from giving freed memory back to the system after every simulated commit: each
-/// LTX encode allocates and frees ~150 KiB of LZ4 frame buffers, which glibc otherwise serves by
-/// growing and trimming the heap with `brk` each time (about a third of the run time of
-/// `scenarios/perf/three-nodes-100-writes.toml`). Speed only: it changes no simulated outcome.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    const KEEP_BYTES: libc::c_int = 64 << 20;
-    // SAFETY: mallopt only sets allocator parameters; it is called once, before any thread
-    // starts and before anything was allocated that depends on these settings.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP_BYTES);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_BYTES);
-        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
+/// The simulator allocates and frees LTX and LZ4 frame buffers on every simulated commit; glibc's
+/// allocator serves that pattern by growing and trimming its heap each time. mimalloc keeps
+/// freed memory in per-size free lists instead. Speed only: it changes no simulated outcome.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     let planted = match &cli.command {
         Command::Run { planted, .. } | Command::Swarm { planted, .. } => planted.as_deref(),

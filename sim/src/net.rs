@@ -92,19 +92,19 @@ impl Network {
     }
 
     /// Arrival times for one send (empty if dropped; two if duplicated).
-    pub fn schedule(&mut self, rng: &mut Rng, now: TrueUs, from: Peer, to: Peer) -> Vec<TrueUs> {
+    pub fn schedule(&mut self, rng: &mut Rng, now: TrueUs, from: Peer, to: Peer) -> Arrivals {
         self.schedule_on(rng, now, from, to, false)
     }
 
     /// Arrival times for one send; `stream`: on an ordered stream (TCP), which never duplicates
     /// or reorders, whatever the link does to datagrams (a loss breaks the stream instead).
-    pub fn schedule_on(&mut self, rng: &mut Rng, now: TrueUs, from: Peer, to: Peer, stream: bool) -> Vec<TrueUs> {
+    pub fn schedule_on(&mut self, rng: &mut Rng, now: TrueUs, from: Peer, to: Peer, stream: bool) -> Arrivals {
+        let mut arrivals = Arrivals { at: [0; 2], len: 0 };
         if !self.connected(from, to) || rng.chance(self.config.loss) {
-            return Vec::new();
+            return arrivals;
         }
         let duplicated = rng.chance(self.config.duplicate);
         let copies = if duplicated && !stream { 2 } else { 1 };
-        let mut arrivals = Vec::with_capacity(copies);
         for _ in 0..copies {
             let mut delay = self.config.latency_us_min + rng.exponential(self.config.latency_us_mean_extra as f64);
             if rng.chance(0.001) {
@@ -116,9 +116,45 @@ impl Network {
                 at = at.max(*last + 1);
                 *last = at;
             }
-            arrivals.push(at);
+            arrivals.at[arrivals.len] = at;
+            arrivals.len += 1;
         }
         arrivals
+    }
+}
+
+/// The arrival instants of one message: none (lost), one, or two (duplicated), in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrivals {
+    at: [TrueUs; 2],
+    len: usize,
+}
+
+impl Arrivals {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl IntoIterator for Arrivals {
+    type Item = TrueUs;
+    type IntoIter = std::iter::Take<std::array::IntoIter<TrueUs, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.at.into_iter().take(self.len)
+    }
+}
+
+impl std::ops::Index<usize> for Arrivals {
+    type Output = TrueUs;
+
+    fn index(&self, index: usize) -> &TrueUs {
+        assert!(index < self.len, "arrival {index} of {}", self.len);
+        &self.at[index]
     }
 }
 

@@ -9,7 +9,9 @@
 //! Cluster membership: a top-level `other_cluster = ["n3"]` configures the listed nodes with
 //! another cluster id than the rest (they try to follow, never lead; they are not members, so
 //! liveness does not wait for them), and `[expect] min_cluster_mismatches = N` requires that many
-//! `ClusterMismatch` refusals to have happened.
+//! `ClusterMismatch` refusals to have happened. A top-level `compress_ltx = false` runs every node
+//! with LZ4 compression of LTX files off (the core's `Config::compress_ltx`, LiteFS's
+//! `data.compress`); the default is on, as in production.
 //!
 //! This module decides nothing about running a scenario.
 
@@ -97,6 +99,8 @@ pub struct Scenario {
     pub liveness_ms: u64,
     /// Nodes configured with another cluster id.
     pub other_cluster: Vec<NodeIdx>,
+    /// Whether nodes LZ4-compress the LTX files they write (`Config::compress_ltx`).
+    pub compress_ltx: bool,
 }
 
 impl Scenario {
@@ -116,6 +120,7 @@ impl Scenario {
             planted: None,
             liveness_ms: 30_000,
             other_cluster: Vec::new(),
+            compress_ltx: true,
         }
     }
 }
@@ -133,6 +138,7 @@ struct RawScenario {
     planted: Option<String>,
     liveness_ms: Option<u64>,
     other_cluster: Option<Spanned<Vec<Spanned<String>>>>,
+    compress_ltx: Option<bool>,
     workload: Option<RawWorkload>,
     network: Option<RawNetwork>,
     #[serde(default)]
@@ -374,6 +380,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     scenario.random_faults = raw.random_faults.unwrap_or(false);
     scenario.planted = raw.planted;
     scenario.liveness_ms = raw.liveness_ms.unwrap_or(scenario.liveness_ms);
+    scenario.compress_ltx = raw.compress_ltx.unwrap_or(true);
     if let Some(w) = raw.workload {
         scenario.workload.writes_per_s = w.writes_per_s.unwrap_or(scenario.workload.writes_per_s);
         scenario.workload.reads_per_s = w.reads_per_s.unwrap_or(scenario.workload.reads_per_s);
@@ -439,6 +446,9 @@ pub fn write(scenario: &Scenario) -> String {
     if !s.other_cluster.is_empty() {
         let names: Vec<String> = s.other_cluster.iter().map(|i| peer_str(Peer::Node(*i))).collect();
         let _ = writeln!(out, "other_cluster = [{}]", names.join(", "));
+    }
+    if !s.compress_ltx {
+        let _ = writeln!(out, "compress_ltx = false");
     }
     let _ = writeln!(out, "\n[workload]\nwrites_per_s = {}\nreads_per_s = {}", s.workload.writes_per_s, s.workload.reads_per_s);
     let n = &s.network;
@@ -616,5 +626,8 @@ min_failovers = 1
         s.steps.push(Step { at_ms: 9500, action: Action::Clog { node: Peer::Node(2) } });
         let back = parse(&write(&s)).unwrap();
         assert_eq!(back, s);
+        assert!(back.compress_ltx, "compression is on unless a scenario turns it off");
+        s.compress_ltx = false;
+        assert_eq!(parse(&write(&s)).unwrap(), s);
     }
 }

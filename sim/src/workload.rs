@@ -57,6 +57,11 @@ pub struct History {
 }
 
 impl History {
+    /// An empty history with room for about `ops` requests (capped: a hint, not a limit).
+    pub fn with_capacity(ops: u64) -> History {
+        History { ops: Vec::with_capacity(ops.min(1 << 20) as usize) }
+    }
+
     pub fn invoke(&mut self, session: u32, node: NodeIdx, kind: OpKind, now: u64) -> usize {
         let id = self.ops.len() as u64;
         self.ops.push(Op { id, session, node, kind, invoked_us: now, completed_us: None, outcome: Outcome::Pending });

@@ -10,14 +10,15 @@
 //! This module decides the order of events and carries out faults; it never decides anything a
 //! node decides, and it never reads the host's clock or entropy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crate::checker::{Checker, Invariant, Violation};
 use crate::clock::{NodeClock, TrueUs};
 use crate::disk::SimDisk;
 use crate::lease::LeaseService;
 use crate::machine::{
-    IoKind, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
+    DbId, IoKind, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
     MachineView, NodeIdx, Peer,
 };
 use crate::net::Network;
@@ -60,12 +61,41 @@ enum Ev<Msg> {
     Heal,
     Probe,
     /// SQLite's write lock is free again on (node, db): hand over the next waiting write.
-    WriteReady { node: NodeIdx, db: String },
+    WriteReady { node: NodeIdx, db: DbId },
     /// The lease client gives up on request `id`.
     LeaseTimeout { node: NodeIdx, inc: u32, id: u64 },
     /// The lease service's watch fires (periodically, and reports changes).
     LeaseWatch { tick: u64 },
     LeaseObserved { to: NodeIdx, inc: u32, holder: Option<NodeIdx>, epoch: u64 },
+}
+
+/// A scheduled event. Events run in (true time, sequence number) order; sequence numbers are
+/// unique, so the order is total. The ordering is reversed for [`BinaryHeap`] (a max-heap): the
+/// earliest event is the greatest.
+struct Queued<Msg> {
+    at: TrueUs,
+    seq: u64,
+    ev: Ev<Msg>,
+}
+
+impl<Msg> PartialEq for Queued<Msg> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl<Msg> Eq for Queued<Msg> {}
+
+impl<Msg> PartialOrd for Queued<Msg> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<Msg> Ord for Queued<Msg> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
 }
 
 /// How long the lease client waits for an answer before reporting an error.
@@ -118,7 +148,7 @@ pub struct World<M: Machine> {
     scenario: Scenario,
     now: TrueUs,
     seq: u64,
-    queue: BTreeMap<(TrueUs, u64), Ev<M::Msg>>,
+    queue: BinaryHeap<Queued<M::Msg>>,
     slots: Vec<Slot<M>>,
     net: Network,
     lease: LeaseService,
@@ -145,6 +175,8 @@ pub struct World<M: Machine> {
     /// Per directed node link: messages arriving before this instant wait for it (a held
     /// message of an ordered stream holds back the ones behind it).
     stream_hold: BTreeMap<(NodeIdx, NodeIdx), TrueUs>,
+    /// The view taken after each step (a buffer reused across steps).
+    step_view: MachineView,
 }
 
 fn ms(value: u64) -> u64 {
@@ -163,6 +195,7 @@ impl<M: Machine> World<M> {
             seed: Rng::new(seed, "node").next_u64(),
             planted: scenario.planted.clone(),
             other_cluster: scenario.other_cluster.clone(),
+            compress_ltx: scenario.compress_ltx,
         };
         let slots = (0..nodes)
             .map(|_| Slot {
@@ -193,12 +226,15 @@ impl<M: Machine> World<M> {
             rng_work,
             config,
             sessions,
-            history: History::default(),
+            // Sized for the whole run: every client request of the safety phase is recorded.
+            history: History::with_capacity(
+                (u64::from(scenario.workload.writes_per_s) + u64::from(scenario.workload.reads_per_s)) * scenario.duration_ms / 1000,
+            ),
             checker: Checker::new(nodes),
             trace: Trace::new(trace_full, trace_tail),
             now: 0,
             seq: 0,
-            queue: BTreeMap::new(),
+            queue: BinaryHeap::new(),
             slots,
             healed: false,
             converged: false,
@@ -209,6 +245,7 @@ impl<M: Machine> World<M> {
             commit_undo: None,
             commit_seq: 0,
             stream_hold: BTreeMap::new(),
+            step_view: MachineView::default(),
             scenario,
         };
         // Faults happen before `duration_ms` only; a step at or after it is ignored (the world
@@ -232,7 +269,7 @@ impl<M: Machine> World<M> {
 
     fn push(&mut self, at: TrueUs, ev: Ev<M::Msg>) {
         self.seq += 1;
-        self.queue.insert((at.max(self.now), self.seq), ev);
+        self.queue.push(Queued { at: at.max(self.now), seq: self.seq, ev });
     }
 
     fn local(&self, node: NodeIdx) -> u64 {
@@ -259,7 +296,7 @@ impl<M: Machine> World<M> {
     pub fn run(mut self) -> RunReport {
         let deadline = ms(self.scenario.duration_ms + self.scenario.liveness_ms);
         while self.checker.violation.is_none() && !self.converged {
-            let Some(((at, _), ev)) = self.queue.pop_first() else { break };
+            let Some(Queued { at, ev, .. }) = self.queue.pop() else { break };
             if at > deadline {
                 break;
             }
@@ -424,8 +461,8 @@ impl<M: Machine> World<M> {
                 if slot.incarnation != inc {
                     return;
                 }
-                let Some(kind) = slot.io.get(&id) else { return };
-                let result = slot.disk.write(kind);
+                let Some(kind) = slot.io.get_mut(&id) else { return };
+                let result = slot.disk.write_taking(kind);
                 self.push(done_at, Ev::IoDone { node, inc, id, failed: result.err() });
             }
             Ev::IoDone { node, inc, id, failed } => {
@@ -533,8 +570,9 @@ impl<M: Machine> World<M> {
         }
         let slot = &self.slots[n];
         let machine = slot.machine.as_ref().expect("machine present");
-        let view = machine.view();
-        self.checker.after_step(node, &view, restarted);
+        let view = &mut self.step_view;
+        machine.view_into(view);
+        self.checker.after_step(node, view, restarted);
         if view.writable {
             let deadline = view.deadline_local_us.map(|local| slot.clock.true_at(self.now, local));
             self.checker.check_writable(self.now, node, view.epoch, deadline, &self.lease);
@@ -546,7 +584,7 @@ impl<M: Machine> World<M> {
                     self.seq += 1;
                     let token = self.seq;
                     self.slots[n].timer = Some((at, token));
-                    self.queue.insert((at.max(self.now), token), Ev::Timer { node, token });
+                    self.queue.push(Queued { at: at.max(self.now), seq: token, ev: Ev::Timer { node, token } });
                 }
                 None => self.slots[n].timer = None,
             }
@@ -572,8 +610,12 @@ impl<M: Machine> World<M> {
                     // Lost on a stream: the connection breaks (not re-entrantly).
                     self.push(self.now, Ev::StreamBreak { a: node, b: to });
                 }
-                for at in arrivals {
-                    self.push(at, Ev::Deliver { from: node, from_inc: inc, to, to_inc, gen, msg: msg.clone() });
+                // Duplicates get copies; the last arrival takes the message itself.
+                let mut msg = Some(msg);
+                let count = arrivals.len();
+                for (i, at) in arrivals.into_iter().enumerate() {
+                    let msg = if i + 1 == count { msg.take().expect("moved once") } else { msg.clone().expect("not yet moved") };
+                    self.push(at, Ev::Deliver { from: node, from_inc: inc, to, to_inc, gen, msg });
                 }
             }
             MachineOutput::Lease { id, op } => {
@@ -609,7 +651,7 @@ impl<M: Machine> World<M> {
                 }
                 if let MachineEvent::Committed { db, txid, .. } = &event {
                     // Invariant 4 at its source: an acknowledged commit's LTX is durable.
-                    let path = crate::core_binding::ltx_path(db, *txid, *txid);
+                    let path = crate::core_binding::ltx_path(db.clone(), *txid, *txid);
                     if self.slots[usize::from(node)].disk.is_unsynced(&path) {
                         let detail = format!("n{} acknowledged {db} txid {txid} before its LTX file was durable", node + 1);
                         self.checker.fail(Invariant::Durability, self.now, detail);
@@ -630,7 +672,7 @@ impl<M: Machine> World<M> {
             MachineEvent::WriteRejected { db, reason } => {
                 // Refused on the spot: SQLite rolls its pages back from the journal.
                 if let Some((n, name, before)) = self.commit_undo.take() {
-                    if n == node && name == *db {
+                    if n == node && *name == **db {
                         self.slots[usize::from(node)].disk.undo_pages(before);
                     } else {
                         self.commit_undo = Some((n, name, before));
@@ -641,7 +683,7 @@ impl<M: Machine> World<M> {
             _ => return,
         };
         let slot = &mut self.slots[usize::from(node)];
-        let Some(op) = slot.writes_in_node.get_mut(db).and_then(|q| q.pop_front()) else { return };
+        let Some(op) = slot.writes_in_node.get_mut(&**db).and_then(|q| q.pop_front()) else { return };
         self.finish_write(op, outcome);
         // Not re-entrantly: the node is still in the middle of its step.
         self.push(self.now, Ev::WriteReady { node, db: db.clone() });
@@ -662,13 +704,18 @@ impl<M: Machine> World<M> {
         self.sessions[session].outstanding = None;
     }
 
-    fn next_waiting_write(&mut self, node: NodeIdx, db: String) {
+    fn next_waiting_write(&mut self, node: NodeIdx, db: DbId) {
         let slot = &mut self.slots[usize::from(node)];
-        if slot.writes_in_node.get(&db).is_some_and(|q| !q.is_empty()) {
+        if slot.writes_in_node.get(&*db).is_some_and(|q| !q.is_empty()) {
             return;
         }
-        let Some((op, input)) = slot.writes_waiting.get_mut(&db).and_then(|q| q.pop_front()) else { return };
-        slot.writes_in_node.entry(db).or_default().push_back(op);
+        let Some((op, input)) = slot.writes_waiting.get_mut(&*db).and_then(|q| q.pop_front()) else { return };
+        match slot.writes_in_node.get_mut(&*db) {
+            Some(queue) => queue.push_back(op),
+            None => {
+                slot.writes_in_node.insert(db.to_string(), VecDeque::from([op]));
+            }
+        }
         self.input(node, input);
     }
 
@@ -717,13 +764,15 @@ impl<M: Machine> World<M> {
         let db = workload::DBS[usize::from(self.rng_work.chance(0.3))];
         let session = self.rng_work.below(u64::from(SESSIONS)) as u32;
         let slot = &self.slots[usize::from(node)];
-        let view = slot.machine.as_ref().expect("running").view();
+        let view = &mut self.step_view;
+        slot.machine.as_ref().expect("running").view_into(view);
         let checksum = slot.disk.db_checksum(db);
-        let txid = view.positions.iter().find(|(d, ..)| d == db).map(|(_, t, c)| if *c == checksum { *t } else { 0 });
+        let position = view.positions.iter().find(|(d, ..)| **d == *db);
+        let txid = position.map(|(_, t, c)| if *c == checksum { *t } else { 0 });
         let op = self.history.invoke(session, node, OpKind::Read { db: db.to_string() }, self.now);
         self.history.complete(op, Outcome::Ok { txid: txid.unwrap_or(0), checksum }, self.now);
-        if let Some(txid) = txid.filter(|t| *t > 0) {
-            self.checker.on_read(self.now, node, db, txid, checksum);
+        if let (Some((id, ..)), Some(txid)) = (position, txid.filter(|t| *t > 0)) {
+            self.checker.on_read(self.now, node, id, txid, checksum);
         }
     }
 

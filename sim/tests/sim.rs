@@ -46,6 +46,20 @@ fn every_scenario_file_parses_and_holds() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+#[test]
+fn uncompressed_ltx_runs_hold_every_invariant() {
+    // Goal: `compress_ltx = false` (LiteFS's data.compress: false) drives the core's uncompressed
+    // LTX path through the same checks. Method: the uncompressed perf scenario, shortened to 5 s.
+    let path = scenario_dir().join("perf/three-nodes-100-writes-uncompressed.toml");
+    let text = std::fs::read_to_string(path).expect("readable scenario");
+    let mut s = scenario::parse(&text).expect("valid scenario");
+    assert!(!s.compress_ltx);
+    s.duration_ms = 5_000;
+    let report = runner::run::<UnderTest>(&s, false);
+    assert!(report.commits > 100, "{} commits", report.commits);
+    assert_eq!(report.violation, None);
+}
+
 /// Seeds of the random sweep: `SIM_SEEDS`, default sized for about two minutes on two cores
 /// in a debug build.
 fn sim_seeds() -> u64 {

@@ -201,6 +201,17 @@ impl<W: Write> Encoder<W> {
     /// Ends the page block and writes the trailer. Refuses a post-apply checksum the format
     /// forbids, an incomplete snapshot, and a snapshot whose pages do not sum to it.
     pub fn finish(self, post_apply_checksum: u64) -> Result<(W, Trailer), LtxError> {
+        let (hasher, sink) = self.close_pages(post_apply_checksum)?;
+        let w = match sink {
+            Sink::Raw(w) => w,
+            Sink::Lz4(enc) => enc.finish().map_err(|e| super::error::lz4_error(&e))?,
+        };
+        write_trailer(w, hasher, post_apply_checksum)
+    }
+
+    /// The checks of [`Encoder::finish`] and the page block's end marker; returns what is left
+    /// to close: the file hasher and the sink.
+    fn close_pages(self, post_apply_checksum: u64) -> Result<(Hasher, Sink<W>), LtxError> {
         if self.failed {
             return Err(LtxError::EncoderFailed);
         }
@@ -216,21 +227,88 @@ impl<W: Write> Encoder<W> {
             });
         }
         let mut hasher = self.hasher;
+        // The end marker: every file writes at least these 4 bytes into its page block, so an
+        // LZ4 frame is always opened (a reused frame encoder relies on it, see [`EncodeScratch`]).
         let zero = [0u8; 4];
         hasher.update(&zero);
         let mut sink = self.sink;
         sink.write_all(&zero)?;
-        let mut w = match sink {
+        Ok((hasher, sink))
+    }
+}
+
+/// Writes the trailer after the page block.
+fn write_trailer<W: Write>(mut w: W, mut hasher: Hasher, post_apply_checksum: u64) -> Result<(W, Trailer), LtxError> {
+    hasher.update(&post_apply_checksum.to_be_bytes());
+    let trailer = Trailer {
+        post_apply_checksum,
+        file_checksum: hasher.finish_flagged(),
+    };
+    w.write_all(&trailer.to_bytes())?;
+    Ok((w, trailer))
+}
+
+/// LZ4 state kept between in-memory encodes ([`encode_to_vec_with`]): the frame encoder's 16 KiB
+/// match table and 64 KiB block buffers are allocated once instead of once per file.
+///
+/// The bytes are the same as a fresh encoder's: lz4_flex starts every frame after the first by
+/// clearing the match table and resetting the stream offset, buffers and content hash, which is
+/// the state of a new encoder. Reuse depends on every frame being non-empty (a finished frame
+/// that saw no data would not reopen), which the LTX page block's 4-byte end marker guarantees.
+#[derive(Default)]
+pub struct EncodeScratch {
+    lz4: Option<Box<FrameEncoder<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for EncodeScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodeScratch").field("lz4_ready", &self.lz4.is_some()).finish()
+    }
+}
+
+impl Encoder<Vec<u8>> {
+    /// [`Encoder::new`] into a new `Vec`, taking the LZ4 encoder from `scratch` if it has one.
+    fn new_reusing(scratch: &mut EncodeScratch, header: Header) -> Result<Self, LtxError> {
+        header.validate()?;
+        let bytes: [u8; HEADER_SIZE] = header.to_bytes();
+        let mut w = Vec::new();
+        w.extend_from_slice(&bytes);
+        let mut hasher = Hasher::new();
+        hasher.update(&bytes);
+        let sink = if header.is_compressed() {
+            let mut enc = scratch
+                .lz4
+                .take()
+                .unwrap_or_else(|| Box::new(FrameEncoder::with_frame_info(lz4_frame_info(), Vec::new())));
+            *enc.get_mut() = w;
+            Sink::Lz4(enc)
+        } else {
+            Sink::Raw(w)
+        };
+        Ok(Encoder {
+            sink,
+            header,
+            hasher,
+            rules: PageRules::new(&header),
+            db_sum: DbChecksum::new(),
+            pages_written: 0,
+            failed: false,
+        })
+    }
+
+    /// [`Encoder::finish`], handing the LZ4 encoder back to `scratch` for the next file.
+    fn finish_reusing(self, scratch: &mut EncodeScratch, post_apply_checksum: u64) -> Result<Vec<u8>, LtxError> {
+        let (hasher, sink) = self.close_pages(post_apply_checksum)?;
+        let w = match sink {
             Sink::Raw(w) => w,
-            Sink::Lz4(enc) => enc.finish().map_err(|e| super::error::lz4_error(&e))?,
+            Sink::Lz4(mut enc) => {
+                enc.try_finish().map_err(|e| super::error::lz4_error(&e))?;
+                let w = std::mem::take(enc.get_mut());
+                scratch.lz4 = Some(enc);
+                w
+            }
         };
-        hasher.update(&post_apply_checksum.to_be_bytes());
-        let trailer = Trailer {
-            post_apply_checksum,
-            file_checksum: hasher.finish_flagged(),
-        };
-        w.write_all(&trailer.to_bytes())?;
-        Ok((w, trailer))
+        Ok(write_trailer(w, hasher, post_apply_checksum)?.0)
     }
 }
 
@@ -246,4 +324,19 @@ pub fn encode_to_vec<'a>(
         enc.encode_page(pgno, data)?;
     }
     Ok(enc.finish(post_apply_checksum)?.0)
+}
+
+/// [`encode_to_vec`] reusing the LZ4 state in `scratch` (same bytes, fewer allocations): for a
+/// caller that encodes many files one after another.
+pub fn encode_to_vec_with<'a>(
+    scratch: &mut EncodeScratch,
+    header: Header,
+    pages: impl IntoIterator<Item = (u32, &'a [u8])>,
+    post_apply_checksum: u64,
+) -> Result<Vec<u8>, LtxError> {
+    let mut enc = Encoder::new_reusing(scratch, header)?;
+    for (pgno, data) in pages {
+        enc.encode_page(pgno, data)?;
+    }
+    enc.finish_reusing(scratch, post_apply_checksum)
 }

@@ -18,7 +18,7 @@ mod error;
 
 pub use compact::compact;
 pub use decoder::{decode_slice, Decoder};
-pub use encoder::{encode_to_vec, Encoder};
+pub use encoder::{encode_to_vec, encode_to_vec_with, EncodeScratch, Encoder};
 pub use error::LtxError;
 
 use checksum::CHECKSUM_FLAG;
@@ -288,7 +288,29 @@ fn parse_hex16(s: &str) -> Option<u64> {
 
 /// The file name of an LTX file: `%016x-%016x.ltx`.
 pub fn file_name(min_txid: u64, max_txid: u64) -> String {
-    format!("{min_txid:016x}-{max_txid:016x}.ltx")
+    let mut name = String::with_capacity(FILE_NAME_LEN);
+    push_file_name(&mut name, min_txid, max_txid);
+    name
+}
+
+/// Length of every LTX file name ([`file_name`]).
+pub const FILE_NAME_LEN: usize = 37;
+
+/// Appends [`file_name`]`(min_txid, max_txid)` to `out` without going through `format!` (the
+/// simulator names a file on every commit; the padded-hex formatter dominated that).
+pub fn push_file_name(out: &mut String, min_txid: u64, max_txid: u64) {
+    push_hex16(out, min_txid);
+    out.push('-');
+    push_hex16(out, max_txid);
+    out.push_str(".ltx");
+}
+
+/// Appends `value` as exactly 16 lower-case hex digits (`%016x`).
+fn push_hex16(out: &mut String, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 /// Parses a name matching `^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$` into `(min_txid, max_txid)`.
@@ -350,6 +372,16 @@ mod tests {
             None
         );
         assert_eq!(parse_file_name("1-2.ltx"), None);
+    }
+
+    #[test]
+    fn file_name_matches_padded_hex_format() {
+        for (min, max) in [(0, 0), (1, 1), (0x2a, 0xdead_beef), (u64::MAX - 1, u64::MAX), (1 << 60, 0x0123_4567_89ab_cdef)] {
+            let name = file_name(min, max);
+            assert_eq!(name, format!("{min:016x}-{max:016x}.ltx"));
+            assert_eq!(name.len(), FILE_NAME_LEN);
+            assert_eq!(parse_file_name(&name), Some((min, max)));
+        }
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub struct Node {
     retention_at: Time,
     persist_at: Time,
     outputs: VecDeque<Output>,
+    /// LZ4 buffers reused by every local commit's LTX encode (speed only: same bytes).
+    ltx_scratch: crate::ltx::EncodeScratch,
 }
 
 impl Node {
@@ -151,6 +153,7 @@ impl Node {
             acquire_at: None,
             stream_retry_at: None,
             outputs: VecDeque::new(),
+            ltx_scratch: crate::ltx::EncodeScratch::default(),
         };
         node.start_lease_role();
         node
@@ -251,6 +254,11 @@ impl Node {
     /// Every database and its position.
     pub fn positions(&self) -> BTreeMap<DbName, DbPos> {
         self.dbs.iter().map(|(n, d)| (n.clone(), DbPos { epoch: d.pos_epoch, pos: d.pos })).collect()
+    }
+    /// Every database with its position and whether it is halted ([`Node::is_halted`]), in name
+    /// order, without copying names: for a driver that looks after every step.
+    pub fn db_states(&self) -> impl Iterator<Item = (&DbName, DbPos, bool)> + '_ {
+        self.dbs.iter().map(|(n, d)| (n, DbPos { epoch: d.pos_epoch, pos: d.pos }, d.is_halted()))
     }
     /// Whether `db` stopped applying after a checksum mismatch or I/O failure.
     pub fn is_halted(&self, db: &DbName) -> bool {

@@ -100,7 +100,7 @@ impl Node {
                 }
             }
         }
-        let bytes = ltx::encode_to_vec(header, refs.iter().copied(), post)?;
+        let bytes = ltx::encode_to_vec_with(&mut self.ltx_scratch, header, refs.iter().copied(), post)?;
         let applied = d.index.apply(c.commit, &refs).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
         assert_eq!(applied, post, "preview and apply agree");
         let pos = Pos { txid, checksum: post };

@@ -171,15 +171,54 @@ pub fn recover_db(dir: &Path, clean: bool) -> io::Result<Recovered> {
     let _ = fs::remove_file(&journal);
     let _ = fs::remove_file(&wal);
 
-    // 3. Write the last LTX again (a crash may have come between it and the database).
+    // 3. Write the newest LTX files again: a crash may have come between the last one and the
+    //    database write, and a replica writes applies without an fsync per apply (up to
+    //    `APPLY_UNSYNCED_MAX` of them or `APPLY_UNSYNCED_BYTES_MAX` of their LTX bytes).
     if let Some((header, pages, _)) = last {
         let recovered_something = done != Recovered::default();
-        if !clean || recovered_something {
-            reapply(&database, &header, &pages)?;
+        if (!clean || recovered_something) && header.commit > 0 {
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&database)?;
+            for (h, p) in newest_before(dir, &header)? {
+                write_pages(&file, &h, &p)?;
+            }
+            write_pages(&file, &header, &pages)?;
+            file.sync_all()?;
             done.ltx_reapplied = Some(header.max_txid);
         }
     }
     Ok(done)
+}
+
+/// The LTX files of the chain that ends with `last`, just before it, oldest first: as many as `APPLY_UNSYNCED_MAX` files in all, fewer once they
+/// reach `APPLY_UNSYNCED_BYTES_MAX` bytes, none before a snapshot. A file that does not decode
+/// or does not chain ends the walk.
+fn newest_before(dir: &Path, last: &Header) -> io::Result<Vec<(Header, Pages)>> {
+    use node::runtime::disk::{APPLY_UNSYNCED_BYTES_MAX, APPLY_UNSYNCED_MAX};
+    let ltx_dir = dir.join("ltx");
+    let mut by_max: std::collections::BTreeMap<u64, PathBuf> = std::collections::BTreeMap::new();
+    for entry in fs::read_dir(&ltx_dir)? {
+        let entry = entry?;
+        if let Some((_, max)) = entry.file_name().to_str().and_then(ltx::parse_file_name) {
+            by_max.insert(max, entry.path());
+        }
+    }
+    let mut out = Vec::new();
+    let mut bytes: u64 = fs::metadata(ltx_dir.join(ltx::file_name(last.min_txid, last.max_txid))).map_or(0, |m| m.len());
+    let (mut min, mut pre) = (last.min_txid, last.pre_apply_checksum);
+    // Bounded by APPLY_UNSYNCED_MAX iterations.
+    while out.len() + 1 < APPLY_UNSYNCED_MAX && bytes < APPLY_UNSYNCED_BYTES_MAX && min > 1 {
+        let Some(path) = by_max.get(&(min - 1)) else { break };
+        let Ok(raw) = fs::read(path) else { break };
+        let Ok((h, p, t)) = ltx::decode_slice(&raw) else { break };
+        if t.post_apply_checksum != pre {
+            break;
+        }
+        bytes += raw.len() as u64;
+        (min, pre) = (h.min_txid, h.pre_apply_checksum);
+        out.push((h, p));
+    }
+    out.reverse();
+    Ok(out)
 }
 
 /// Page number and content, ascending.
@@ -293,17 +332,16 @@ pub(crate) fn sqlite_recover(database: &Path, wal: bool) -> rusqlite::Result<()>
     conn.close().map_err(|(_, e)| e)
 }
 
-fn reapply(database: &Path, header: &Header, pages: &[(u32, Vec<u8>)]) -> io::Result<()> {
+/// Writes one LTX file's pages into the database file and sets its size (no fsync).
+fn write_pages(file: &File, header: &Header, pages: &[(u32, Vec<u8>)]) -> io::Result<()> {
     if header.commit == 0 {
         return Ok(());
     }
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(database)?;
     let ps = u64::from(header.page_size);
     for (pgno, data) in pages {
         file.write_all_at(data, u64::from(pgno - 1) * ps)?;
     }
-    file.set_len(u64::from(header.commit) * ps)?;
-    file.sync_all()
+    file.set_len(u64::from(header.commit) * ps)
 }
 
 #[cfg(test)]
@@ -382,4 +420,39 @@ mod tests {
         let done = recover_db(dir, false).unwrap();
         assert_eq!(done.wal_truncated_to, Some(32 + 536));
     }
+
+    #[test]
+    fn a_database_several_applies_behind_gets_the_newest_ltx_files_again() {
+        // A replica writes applies without an fsync each: after a crash its database file may
+        // lack several of them although their LTX files are durable.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let states = [
+            [page(1), page(1)].concat(),
+            [page(1), page(2)].concat(),
+            [page(3), page(2), page(4)].concat(),
+            [page(3), page(5)].concat(),
+        ];
+        let sums: Vec<u64> = states.iter().map(|s| db_checksum(s, 512)).collect();
+        let ltx = |txid: u64, commit: u32, pages: &[(u32, Vec<u8>)]| {
+            let i = txid as usize - 1;
+            let pre = if txid == 1 { 0 } else { sums[i - 1] };
+            let header = Header { page_size: 512, commit, min_txid: txid, max_txid: txid, timestamp_ms: 1, pre_apply_checksum: pre, ..Header::default() };
+            let bytes = ltx::encode_to_vec(header, pages.iter().map(|(p, d)| (*p, d.as_slice())), sums[i]).unwrap();
+            fs::create_dir_all(dir.join("ltx")).unwrap();
+            fs::write(dir.join("ltx").join(ltx::file_name(txid, txid)), bytes).unwrap();
+        };
+        ltx(1, 2, &[(1, page(1)), (2, page(1))]);
+        ltx(2, 2, &[(2, page(2))]);
+        ltx(3, 3, &[(1, page(3)), (3, page(4))]);
+        ltx(4, 2, &[(2, page(5))]);
+        // The file only has transaction 1 (re-applying only the last LTX would leave page 1
+        // of transaction 3 out).
+        fs::write(dir.join("database"), &states[0]).unwrap();
+        let done = recover_db(dir, false).unwrap();
+        assert_eq!(done.ltx_reapplied, Some(4));
+        assert_eq!(fs::read(dir.join("database")).unwrap(), states[3]);
+        assert_eq!(db_checksum(&fs::read(dir.join("database")).unwrap(), 512), sums[3]);
+    }
+
 }

@@ -36,6 +36,11 @@ pub const DATABASE_FILE: &str = "database";
 pub const LTX_DIR: &str = "ltx";
 pub const CHECKSUM_INDEX_FILE: &str = "chkindex";
 pub const EPOCH_FILE: &str = "epoch";
+/// A database file written by applies (replicas) is fsynced once this many applies, or this
+/// many bytes of their LTX files, have gone unsynced; their LTX files are durable, and start-up
+/// after a crash re-applies the newest LTX files within the same bounds (`recover.rs`).
+pub const APPLY_UNSYNCED_MAX: usize = 64;
+pub const APPLY_UNSYNCED_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// The WAL of a database in WAL mode (SQLite's `<db>-wal`, written through the mount).
 pub const WAL_FILE: &str = "wal";
 /// Most lines kept in the `epoch` journal.
@@ -55,6 +60,16 @@ pub struct DataDir {
     /// WAL-backed LTX files written without their fsync, per database, oldest first: (spare
     /// name, final name) of one inode ([`DataDir::sync_wal_backed`]).
     unsynced: Arc<Mutex<BTreeMap<DbName, Vec<SpareLink>>>>,
+    /// Per database: size of the last LTX written, and (applies, their LTX bytes) written into
+    /// the database file since its last fsync ([`APPLY_UNSYNCED_MAX`]).
+    applied: Arc<Mutex<BTreeMap<DbName, AppliedSinceSync>>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct AppliedSinceSync {
+    last_ltx_bytes: u64,
+    applies: usize,
+    bytes: u64,
 }
 
 /// A WAL-backed LTX file before its sync: (spare name, final name) of one inode.
@@ -62,7 +77,7 @@ type SpareLink = (PathBuf, PathBuf);
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
-        DataDir { root: root.into(), spares: Arc::default(), unsynced: Arc::default() }
+        DataDir { root: root.into(), spares: Arc::default(), unsynced: Arc::default(), applied: Arc::default() }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -178,6 +193,15 @@ impl DataDir {
             // Anything durable that follows must not outlive the LTX files before it.
             if let Err(e) = self.sync_wal_backed(kind.db()) {
                 tracing::warn!(db = %kind.db(), error = %e, "cannot sync WAL-backed LTX files");
+                return Err(io_error_kind(&e));
+            }
+        }
+        if let IoKind::WriteLtx { db, bytes, .. } = kind {
+            self.applied_state(db, |a| a.last_ltx_bytes = bytes.len() as u64);
+        }
+        if matches!(kind, IoKind::DeleteLtx { .. }) {
+            // The files about to go may be the ones a crash would re-apply.
+            if let Err(e) = self.sync_applied(kind.db()) {
                 return Err(io_error_kind(&e));
             }
         }
@@ -382,14 +406,40 @@ impl DataDir {
         Ok(synced)
     }
 
-    /// [`DataDir::sync_wal_backed`] for every database (clean shutdown).
-    pub fn sync_all_wal_backed(&self) -> io::Result<usize> {
+    /// [`DataDir::sync_wal_backed`] and [`DataDir::sync_applied`] for every database (clean
+    /// shutdown).
+    pub fn sync_all_deferred(&self) -> io::Result<usize> {
         let dbs: Vec<DbName> = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         let mut synced = 0;
         for db in dbs {
             synced += self.sync_wal_backed(&db)?;
         }
+        let applied: Vec<DbName> = self.applied.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for db in applied {
+            self.sync_applied(&db)?;
+        }
         Ok(synced)
+    }
+
+    fn applied_state<T>(&self, db: &DbName, f: impl FnOnce(&mut AppliedSinceSync) -> T) -> T {
+        f(self.applied.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default())
+    }
+
+    /// Fsyncs `db`'s database file if applies were written into it since its last fsync.
+    pub fn sync_applied(&self, db: &DbName) -> io::Result<()> {
+        if self.applied_state(db, |a| a.applies) == 0 {
+            return Ok(());
+        }
+        match File::open(self.database_path(db)) {
+            Ok(f) => {
+                f.sync_all()?;
+                stats::fsync(FsyncKind::Database);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.applied_state(db, |a| (a.applies, a.bytes) = (0, 0));
+        Ok(())
     }
 
     /// An empty spare file in `dir` whose name is durable.
@@ -435,8 +485,19 @@ impl DataDir {
             file.write_all_at(data, u64::from(*pgno - 1) * page_bytes)?;
         }
         file.set_len(u64::from(commit) * page_bytes)?;
-        stats::fsync(FsyncKind::Database);
-        file.sync_all()
+        // No fsync per apply: the LTX file these pages come from is durable, and start-up after
+        // a crash re-applies the newest LTX files, as many as may be unsynced here.
+        let due = self.applied_state(db, |a| {
+            a.applies += 1;
+            a.bytes += a.last_ltx_bytes;
+            a.applies >= APPLY_UNSYNCED_MAX || a.bytes >= APPLY_UNSYNCED_BYTES_MAX
+        });
+        if due {
+            file.sync_all()?;
+            stats::fsync(FsyncKind::Database);
+            self.applied_state(db, |a| (a.applies, a.bytes) = (0, 0));
+        }
+        Ok(())
     }
 }
 

@@ -739,8 +739,8 @@ impl<L: LeaseBackend> NodeTask<L> {
         self.refresh_status();
         self.flush_replies();
         self.peers.close_all();
-        if let Err(e) = self.data.sync_all_wal_backed() {
-            tracing::error!(error = %e, "cannot sync WAL-backed LTX files at shutdown");
+        if let Err(e) = self.data.sync_all_deferred() {
+            tracing::error!(error = %e, "cannot sync WAL-backed LTX files or applied database files at shutdown");
         }
         if let Some(reply) = self.shutdown_reply.take() {
             let _ = reply.send(());

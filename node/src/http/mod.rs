@@ -128,6 +128,15 @@ pub fn router(handle: RuntimeHandle) -> Router {
 /// Serves the API on `listener` and keeps a replication connection to the primary, until the
 /// runtime stops (real TCP both ways).
 pub async fn serve(listener: tokio::net::TcpListener, handle: RuntimeHandle) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // No Nagle: the primary answers a replica's stream with small frames (one per commit) on
+    // the accepted socket; Nagle's algorithm against the replica's delayed ACKs held them up to
+    // ~40 ms (the replication lag tail).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     serve_with(listener, transport::TcpDialer, handle).await
 }
 

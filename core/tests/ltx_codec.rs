@@ -637,3 +637,51 @@ fn trailer_round_trip() {
     assert_eq!(Trailer::from_bytes(&t.to_bytes()), t);
     assert_eq!(t.validate(), Ok(()));
 }
+
+/// Differential check of the block-by-block frame reader against lz4_flex's `FrameDecoder`:
+/// for every single-byte change of the frame of a compressed file (block and content checksums
+/// on and off), the file decodes exactly when `FrameDecoder` still reads the whole frame back to
+/// the original page block — and it never panics. One deliberate difference: an end mark turned
+/// into an empty stored block (top bit set) leaves a frame without an end mark, which
+/// `FrameDecoder` takes for the end of the data; the LTX decoder refuses it.
+#[test]
+fn corrupt_lz4_frames_fail_exactly_when_frame_decoder_fails() {
+    use lz4_flex::frame::FrameInfo;
+    let h = Header {
+        flags: HEADER_FLAG_COMPRESS_LZ4,
+        ..snapshot_header(512, 4)
+    };
+    let (pages, sum) = snapshot_pages(512, 4, 3);
+    let block = page_block(&pages);
+    for (block_checksums, content_checksum) in [(false, false), (true, false), (false, true), (true, true)] {
+        let info = FrameInfo::new()
+            .block_checksums(block_checksums)
+            .content_checksum(content_checksum);
+        let file = build_file(&h, &pages, sum, lz4_frame(info));
+        let frame = 100..file.len() - 16;
+        let end_mark_top = frame.end - 1 - if content_checksum { 4 } else { 0 };
+        assert_eq!(file[end_mark_top - 3..=end_mark_top], [0, 0, 0, 0]);
+        for at in frame.clone() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = file.clone();
+                bad[at] ^= flip;
+                let ours = decode_slice(&bad);
+                if at == end_mark_top && flip & 0x80 != 0 {
+                    assert!(ours.is_err(), "a frame without an end mark decoded");
+                    continue;
+                }
+                let mut read_back = Vec::new();
+                let mut src = Cursor::new(&bad[frame.clone()]);
+                let reference = lz4_flex::frame::FrameDecoder::new(&mut src)
+                    .read_to_end(&mut read_back)
+                    .is_ok()
+                    && read_back == block
+                    && src.position() as usize == frame.len();
+                assert_eq!(ours.is_ok(), reference, "byte {at} ^ {flip:#04x}: {ours:?}");
+                if let Ok((_, got, _)) = ours {
+                    assert_eq!(got, pages);
+                }
+            }
+        }
+    }
+}

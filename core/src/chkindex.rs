@@ -151,37 +151,63 @@ impl ChecksumIndex {
     /// changing the index. O(pages + truncated pages).
     pub fn preview(&self, commit: u32, pages: &[(u32, &[u8])]) -> Result<u64, IndexError> {
         self.validate(commit, pages)?;
+        Ok(self.preview_valid(commit, pages, &page_sums(pages)))
+    }
+
+    /// [`ChecksumIndex::preview`] with the pages' checksums already computed by [`page_sums`]
+    /// (`sums[i]` belongs to `pages[i]`), so a commit that is previewed and then applied hashes
+    /// each page once.
+    pub fn preview_with_sums(&self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> Result<u64, IndexError> {
+        self.validate(commit, pages)?;
+        check_sums(pages, sums);
+        Ok(self.preview_valid(commit, pages, sums))
+    }
+
+    fn preview_valid(&self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> u64 {
         let mut total = self.total;
         let old = self.page_count();
         for pgno in commit.saturating_add(1)..=old {
             total.toggle(self.page(pgno).unwrap_or(0));
         }
-        for &(pgno, data) in pages {
+        for (&(pgno, _), &sum) in pages.iter().zip(sums) {
             if pgno <= old {
                 total.toggle(self.page(pgno).unwrap_or(0));
             }
-            total.toggle(page_checksum(pgno, data));
+            total.toggle(sum);
         }
-        Ok(total.value())
+        total.value()
     }
 
     /// Writes `pages`, resizes to `commit` pages and returns the new database checksum.
     pub fn apply(&mut self, commit: u32, pages: &[(u32, &[u8])]) -> Result<u64, IndexError> {
-        let expected = self.preview(commit, pages)?;
+        self.validate(commit, pages)?;
+        let sums = page_sums(pages);
+        Ok(self.apply_valid(commit, pages, &sums))
+    }
+
+    /// [`ChecksumIndex::apply`] with the pages' checksums already computed by [`page_sums`].
+    pub fn apply_with_sums(&mut self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> Result<u64, IndexError> {
+        self.validate(commit, pages)?;
+        check_sums(pages, sums);
+        Ok(self.apply_valid(commit, pages, sums))
+    }
+
+    fn apply_valid(&mut self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> u64 {
+        let expected = self.preview_valid(commit, pages, sums);
         for pgno in commit.saturating_add(1)..=self.page_count() {
             self.total.toggle(self.page(pgno).unwrap_or(0));
         }
         self.pages.truncate(commit as usize);
         self.pages.resize(commit as usize, 0);
-        for &(pgno, data) in pages {
+        for (&(pgno, _), &sum) in pages.iter().zip(sums) {
             let slot = &mut self.pages[pgno as usize - 1];
             self.total.toggle(*slot);
-            *slot = page_checksum(pgno, data);
+            *slot = sum;
             self.total.toggle(*slot);
         }
-        // Paired with preview: both paths must agree.
+        // Paired with preview: the slot-by-slot update and the running XOR must agree.
         assert_eq!(self.total.value(), expected, "checksum index apply disagrees with preview");
-        Ok(expected)
+        expected
     }
 
     /// The persisted form, tagged with the position it belongs to.
@@ -235,6 +261,22 @@ impl ChecksumIndex {
         }
         Ok((pos, index))
     }
+}
+
+/// The page checksum of every page of a commit, in order, for
+/// [`ChecksumIndex::preview_with_sums`] and [`ChecksumIndex::apply_with_sums`].
+pub fn page_sums(pages: &[(u32, &[u8])]) -> Vec<u64> {
+    pages.iter().map(|&(pgno, data)| page_checksum(pgno, data)).collect()
+}
+
+/// Sums handed in must be the pages' own: one per page always, and (in debug builds, so every
+/// test run) each equal to a recomputation.
+fn check_sums(pages: &[(u32, &[u8])], sums: &[u64]) {
+    assert_eq!(pages.len(), sums.len(), "one checksum per page");
+    debug_assert!(
+        pages.iter().zip(sums).all(|(&(pgno, data), &sum)| page_checksum(pgno, data) == sum),
+        "page checksums handed in match the pages"
+    );
 }
 
 #[cfg(test)]
@@ -339,5 +381,32 @@ mod tests {
             prop_assert_eq!(pos2, pos);
             prop_assert_eq!(ix2, ix);
         }
+    }
+
+    proptest! {
+        /// Goal: handing in precomputed page checksums changes nothing. Method: drive two indexes
+        /// through the same commits, one with `preview`/`apply`, one with the `_with_sums` forms,
+        /// and compare results and indexes after every commit.
+        #[test]
+        fn precomputed_sums_give_the_same_index(commits in proptest::collection::vec(commit_strategy(), 1..12)) {
+            let mut plain = ChecksumIndex::new(PS).unwrap();
+            let mut summed = ChecksumIndex::new(PS).unwrap();
+            for (commit, writes) in commits {
+                let pages: Vec<(u32, Vec<u8>)> = writes.into_iter().map(|(p, f)| (p, page(f))).collect();
+                let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+                let sums = page_sums(&refs);
+                prop_assert_eq!(plain.preview(commit, &refs), summed.preview_with_sums(commit, &refs, &sums));
+                prop_assert_eq!(plain.apply(commit, &refs), summed.apply_with_sums(commit, &refs, &sums));
+                prop_assert_eq!(&plain, &summed);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "one checksum per page")]
+    fn missing_sums_are_a_caller_bug() {
+        let ix = ChecksumIndex::new(PS).unwrap();
+        let p = page(1);
+        let _ = ix.preview_with_sums(1, &[(1, &p)], &[]);
     }
 }

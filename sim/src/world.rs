@@ -10,7 +10,7 @@
 //! This module decides the order of events and carries out faults; it never decides anything a
 //! node decides, and it never reads the host's clock or entropy.
 
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use crate::checker::{Checker, Invariant, Violation};
@@ -69,32 +69,43 @@ enum Ev<Msg> {
     LeaseObserved { to: NodeIdx, inc: u32, holder: Option<NodeIdx>, epoch: u64 },
 }
 
-/// A scheduled event. Events run in (true time, sequence number) order; sequence numbers are
-/// unique, so the order is total. The ordering is reversed for [`BinaryHeap`] (a max-heap): the
-/// earliest event is the greatest.
-struct Queued<Msg> {
-    at: TrueUs,
-    seq: u64,
-    ev: Ev<Msg>,
+/// The scheduled events. Events run in (true time, sequence number) order; sequence numbers are
+/// unique, so the order is total. The heap holds only that key and the event's slot in `slab`
+/// (events are large, and a heap moves its entries on every push and pop); freed slots are
+/// reused, and since no two keys are equal the slot index never decides the order.
+struct EventQueue<Msg> {
+    heap: BinaryHeap<Reverse<(TrueUs, u64, u32)>>,
+    slab: Vec<Option<Ev<Msg>>>,
+    free: Vec<u32>,
 }
 
-impl<Msg> PartialEq for Queued<Msg> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+impl<Msg> EventQueue<Msg> {
+    fn new() -> Self {
+        EventQueue { heap: BinaryHeap::new(), slab: Vec::new(), free: Vec::new() }
     }
-}
 
-impl<Msg> Eq for Queued<Msg> {}
-
-impl<Msg> PartialOrd for Queued<Msg> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+    fn push(&mut self, at: TrueUs, seq: u64, ev: Ev<Msg>) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                debug_assert!(self.slab[slot as usize].is_none());
+                self.slab[slot as usize] = Some(ev);
+                slot
+            }
+            None => {
+                let slot = u32::try_from(self.slab.len()).expect("fewer than 2^32 pending events");
+                self.slab.push(Some(ev));
+                slot
+            }
+        };
+        self.heap.push(Reverse((at, seq, slot)));
     }
-}
 
-impl<Msg> Ord for Queued<Msg> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
+    /// The earliest event and its time.
+    fn pop(&mut self) -> Option<(TrueUs, Ev<Msg>)> {
+        let Reverse((at, _, slot)) = self.heap.pop()?;
+        let ev = self.slab[slot as usize].take().expect("a queued slot holds its event");
+        self.free.push(slot);
+        Some((at, ev))
     }
 }
 
@@ -148,7 +159,7 @@ pub struct World<M: Machine> {
     scenario: Scenario,
     now: TrueUs,
     seq: u64,
-    queue: BinaryHeap<Queued<M::Msg>>,
+    queue: EventQueue<M::Msg>,
     slots: Vec<Slot<M>>,
     net: Network,
     lease: LeaseService,
@@ -234,7 +245,7 @@ impl<M: Machine> World<M> {
             trace: Trace::new(trace_full, trace_tail),
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             slots,
             healed: false,
             converged: false,
@@ -269,7 +280,7 @@ impl<M: Machine> World<M> {
 
     fn push(&mut self, at: TrueUs, ev: Ev<M::Msg>) {
         self.seq += 1;
-        self.queue.push(Queued { at: at.max(self.now), seq: self.seq, ev });
+        self.queue.push(at.max(self.now), self.seq, ev);
     }
 
     fn local(&self, node: NodeIdx) -> u64 {
@@ -296,7 +307,7 @@ impl<M: Machine> World<M> {
     pub fn run(mut self) -> RunReport {
         let deadline = ms(self.scenario.duration_ms + self.scenario.liveness_ms);
         while self.checker.violation.is_none() && !self.converged {
-            let Some(Queued { at, ev, .. }) = self.queue.pop() else { break };
+            let Some((at, ev)) = self.queue.pop() else { break };
             if at > deadline {
                 break;
             }
@@ -584,7 +595,7 @@ impl<M: Machine> World<M> {
                     self.seq += 1;
                     let token = self.seq;
                     self.slots[n].timer = Some((at, token));
-                    self.queue.push(Queued { at: at.max(self.now), seq: token, ev: Ev::Timer { node, token } });
+                    self.queue.push(at.max(self.now), token, Ev::Timer { node, token });
                 }
                 None => self.slots[n].timer = None,
             }

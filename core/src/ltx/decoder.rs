@@ -11,12 +11,16 @@
 use super::checksum::{page_checksum, DbChecksum, Hasher, CHECKSUM_FLAG};
 use super::encoder::PageRules;
 use super::{Header, LtxError, Trailer, HEADER_SIZE, PAGE_HEADER_SIZE, TRAILER_SIZE};
+use super::lz4frame::{self, FallbackReader, FrameReader, FrameStart};
 use lz4_flex::frame::FrameDecoder;
-use std::io::Read;
+use std::io::{self, Read};
 
 enum Source<R: Read> {
     Raw(R),
-    Lz4(Box<FrameDecoder<R>>),
+    /// A frame with independent blocks, the kind LiteFS and we write.
+    Lz4(Box<FrameReader<R>>),
+    /// Any other LZ4 frame, read by lz4_flex's own frame reader.
+    Lz4Other(Box<FrameDecoder<FallbackReader<R>>>),
     /// Only while switching from `Lz4` back to `Raw`, and after a failure there.
     Taken,
 }
@@ -26,6 +30,7 @@ impl<R: Read> Source<R> {
         match self {
             Source::Raw(r) => r.read_exact(buf)?,
             Source::Lz4(r) => r.read_exact(buf)?,
+            Source::Lz4Other(r) => r.read_exact(buf)?,
             Source::Taken => return Err(LtxError::DecoderFailed),
         }
         Ok(())
@@ -71,7 +76,12 @@ impl<R: Read> Decoder<R> {
         let mut hasher = Hasher::new();
         hasher.update(&bytes);
         let src = if header.is_compressed() {
-            Source::Lz4(Box::new(FrameDecoder::new(r)))
+            match lz4frame::start(r)? {
+                FrameStart::Fast(frame) => Source::Lz4(frame),
+                FrameStart::Other(read, r) => Source::Lz4Other(Box::new(FrameDecoder::new(
+                    io::Cursor::new(read).chain(r),
+                ))),
+            }
         } else {
             Source::Raw(r)
         };
@@ -140,19 +150,23 @@ impl<R: Read> Decoder<R> {
     /// After the zero page header: a compressed block must end its LZ4 frame right there (end
     /// mark and content checksum consumed, nothing more), then reading continues raw.
     fn end_page_block(&mut self) -> Result<(), LtxError> {
-        if let Source::Lz4(_) = self.src {
-            let Source::Lz4(mut frame) = std::mem::replace(&mut self.src, Source::Taken) else {
-                return Err(LtxError::DecoderFailed);
-            };
-            let mut one = [0u8; 1];
-            // lz4_flex reads the end mark and verifies the content checksum on this call and
-            // reports end of data; it reads nothing beyond the frame.
-            match frame.read(&mut one) {
-                Ok(0) => {}
-                Ok(_) => return Err(LtxError::Lz4FrameNotEnded),
-                Err(e) => return Err(e.into()),
+        match std::mem::replace(&mut self.src, Source::Taken) {
+            Source::Raw(r) => self.src = Source::Raw(r),
+            Source::Lz4(frame) => self.src = Source::Raw(frame.finish()?),
+            Source::Lz4Other(mut frame) => {
+                let mut one = [0u8; 1];
+                // lz4_flex reads the end mark and verifies the content checksum on this call and
+                // reports end of data; it reads nothing beyond the frame.
+                match frame.read(&mut one) {
+                    Ok(0) => {}
+                    Ok(_) => return Err(LtxError::Lz4FrameNotEnded),
+                    Err(e) => return Err(e.into()),
+                }
+                // The consumed descriptor bytes were read again by the frame reader first.
+                let (_, r) = frame.into_inner().into_inner();
+                self.src = Source::Raw(r);
             }
-            self.src = Source::Raw(frame.into_inner());
+            Source::Taken => return Err(LtxError::DecoderFailed),
         }
         self.rules.check_end()?;
         self.state = State::Trailer;

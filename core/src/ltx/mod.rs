@@ -15,6 +15,7 @@ mod compact;
 mod decoder;
 mod encoder;
 mod error;
+mod lz4frame;
 
 pub use compact::compact;
 pub use decoder::{decode_slice, Decoder};

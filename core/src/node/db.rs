@@ -64,6 +64,9 @@ pub(crate) struct PendingApply {
     pub post: Pos,
     pub commit: u32,
     pub pages: Vec<(u32, Vec<u8>)>,
+    /// `page_sums[i]` is the page checksum of `pages[i]`, computed once for the preview and
+    /// reused by the apply; empty for snapshots (their index is built before writing).
+    pub page_sums: Vec<u64>,
     pub meta: LtxFileMeta,
     pub snapshot: bool,
     pub stage: ApplyStage,

@@ -15,6 +15,9 @@ use crate::msg::Message;
 use super::db::{file_meta, ApplyStage, Db, DbState, Incoming, Partial, PendingApply};
 use super::*;
 
+/// A checked LTX: the fresh index of a snapshot, or for an incremental its pages' checksums.
+type Checked = (Option<ChecksumIndex>, Vec<u64>);
+
 impl Node {
     /// Whether this node takes LTX from `from` now: followers take them from anyone with a
     /// current epoch; a recovering primary only from its fetch sources.
@@ -105,7 +108,7 @@ impl Node {
         }
         let snapshot = inc.header.is_snapshot();
         let checked = if snapshot { self.check_snapshot(&db, &inc) } else { self.check_incremental(&db, &inc) };
-        let Some(new_index) = checked else { return };
+        let Some((new_index, page_sums)) = checked else { return };
         let d = self.dbs.get_mut(&db).expect("open");
         let post = crate::ltx::Pos { txid: inc.header.max_txid, checksum: inc.trailer.post_apply_checksum };
         let meta = file_meta(&inc.header, &inc.trailer, inc.bytes.len(), self.now);
@@ -132,6 +135,7 @@ impl Node {
             post,
             commit: inc.header.commit,
             pages: inc.pages,
+            page_sums,
             meta,
             snapshot,
             stage: ApplyStage::WritingLtx,
@@ -148,11 +152,11 @@ impl Node {
     }
 
     /// A snapshot replaces everything; returns its fresh index if its checksum is right.
-    fn check_snapshot(&mut self, db: &DbName, inc: &Incoming) -> Option<Option<ChecksumIndex>> {
+    fn check_snapshot(&mut self, db: &DbName, inc: &Incoming) -> Option<Checked> {
         let mut index = ChecksumIndex::new(inc.header.page_size).expect("the decoder validated the page size");
         let refs: Vec<(u32, &[u8])> = inc.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
         match index.apply(inc.header.commit, &refs) {
-            Ok(actual) if actual == inc.trailer.post_apply_checksum => Some(Some(index)),
+            Ok(actual) if actual == inc.trailer.post_apply_checksum => Some((Some(index), Vec::new())),
             Ok(actual) => {
                 self.halt_on_mismatch(db, inc.trailer.post_apply_checksum, actual);
                 None
@@ -166,7 +170,7 @@ impl Node {
     }
 
     /// An incremental applies only at our exact position and must end at its post-apply checksum.
-    fn check_incremental(&mut self, db: &DbName, inc: &Incoming) -> Option<Option<ChecksumIndex>> {
+    fn check_incremental(&mut self, db: &DbName, inc: &Incoming) -> Option<Checked> {
         let d = self.dbs.get(db).expect("open");
         if inc.header.max_txid <= d.pos.txid {
             self.apply_next(db.clone()); // a duplicate of something already applied
@@ -186,8 +190,10 @@ impl Node {
             return None;
         }
         let refs: Vec<(u32, &[u8])> = inc.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-        match d.index.preview(inc.header.commit, &refs) {
-            Ok(actual) if actual == inc.trailer.post_apply_checksum => Some(None),
+        // Each page hashed once, for this preview and for the apply after the LTX is written.
+        let sums = crate::chkindex::page_sums(&refs);
+        match d.index.preview_with_sums(inc.header.commit, &refs, &sums) {
+            Ok(actual) if actual == inc.trailer.post_apply_checksum => Some((None, sums)),
             Ok(actual) => {
                 self.halt_on_mismatch(db, inc.trailer.post_apply_checksum, actual);
                 None
@@ -219,7 +225,7 @@ impl Node {
         }
         if !pa.snapshot {
             let refs: Vec<(u32, &[u8])> = pa.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-            let actual = d.index.apply(pa.commit, &refs).expect("previewed before writing");
+            let actual = d.index.apply_with_sums(pa.commit, &refs, &pa.page_sums).expect("previewed before writing");
             assert_eq!(actual, pa.post.checksum, "apply agrees with the preview");
         }
         pa.stage = ApplyStage::ApplyingPages;

@@ -164,6 +164,13 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
         }
     }
     lags.sort();
+    // Where the time goes: the nodes' own latency histograms (printed, not part of the result).
+    for (who, port, metric) in [("primary", primary.spec.http_port, "ltxfs_commit_seconds"), ("replica", replica.spec.http_port, "ltxfs_apply_seconds")] {
+        if let Some(text) = http_get_local(port, "/metrics") {
+            let buckets: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("{metric}_bucket"))).collect();
+            eprintln!("e2e: {who} {metric}: {}", buckets.join(" | "));
+        }
+    }
     drop(db);
     drop(replica);
     drop(primary);
@@ -177,4 +184,15 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
         visible_before_return: early,
         never_visible: never,
     }))
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 (no client library in the bench); `None` on any failure.
+fn http_get_local(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }

@@ -16,7 +16,14 @@
 //! kernel's copy of `-shm` (§5.5) so open connections see the new data.
 //! While it holds those locks (and before a snapshot read) it has SQLite roll back a hot journal
 //! that a transaction refused mid-way (handoff, lost lease) left behind, so neither readers nor
-//! the apply meet it.
+//! the apply meet it; a step-down watcher does the same as soon as the node stops being
+//! writable, so a node that is only read never keeps one.
+//!
+//! WAL mode: a transaction is handed to the runtime at the write of its commit frame, before
+//! SQLite syncs the WAL and publishes the commit in the WAL index, so a refused commit fails
+//! that write (its frame header is zeroed: SQLite's WAL recovery cannot revive it). Its LTX is
+//! WAL-backed (written without an fsync, `node::runtime::disk`): before SQLite restarts,
+//! truncates or deletes the WAL this layer has the runtime sync those files.
 //!
 //! Never decides when a transaction commits (that is `ltxfs_core::detect`) or what the next
 //! position is, who is primary, or what to replicate (the core, through [`RuntimeHandle`]).

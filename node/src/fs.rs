@@ -367,6 +367,43 @@ impl Db {
         Ok(true)
     }
 
+    /// Before a replica apply (or an import) on a database whose WAL still holds committed
+    /// frames — a former primary whose application kept a connection open, so SQLite never
+    /// checkpointed — copies the newest committed frame of each page (as the WAL index of
+    /// this layer records them) into the database file, syncs it and empties the WAL: the
+    /// apply writes into the database file and then tells SQLite the WAL is empty, which would
+    /// otherwise hide every page that lived only in the WAL. The caller holds SQLite's WAL
+    /// locks (no reader or writer is active) and invalidates the kernel's caches when this
+    /// returns true.
+    fn fold_wal(&mut self, rt: Option<&RuntimeHandle>) -> io::Result<bool> {
+        let (pages, commit, page_size) = {
+            let index = lock(&self.wal_index);
+            (index.pages.clone(), index.commit, index.page_size)
+        };
+        let (Some(commit), false) = (commit, pages.is_empty()) else { return Ok(false) };
+        let (Some(wal), Some(database)) = (self.files[Kind::Wal as usize].as_ref(), self.files[Kind::Database as usize].as_ref()) else {
+            return Ok(false);
+        };
+        if let Some(rt) = rt {
+            // The WAL-backed LTX files of these frames must be durable before the frames go.
+            rt.sync_wal_backed(&self.db_name()?)?;
+        }
+        let ps = u64::from(page_size);
+        let mut page = vec![0u8; page_size as usize];
+        for (pgno, offset) in &pages {
+            wal.read_exact_at(&mut page, *offset)?;
+            database.write_all_at(&page, u64::from(*pgno - 1) * ps)?;
+        }
+        database.set_len(u64::from(commit) * ps)?;
+        database.sync_all()?;
+        stats::fsync(FsyncKind::Database);
+        wal.set_len(0)?;
+        *lock(&self.wal_index) = WalIndex::default();
+        self.reset_detector();
+        tracing::info!(db = %self.name, pages = pages.len(), "folded the WAL's committed frames into the database before an apply");
+        Ok(true)
+    }
+
     /// A fresh detector for the database file as it is now, keeping every lock held.
     fn reset_detector(&mut self) {
         let mut head = [0u8; 100];
@@ -1012,8 +1049,13 @@ impl ApplyHook for Shared {
                 let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
                 if take_apply_locks(&mut d.detector, wal) {
                     let rolled_back = !wal && d.roll_back_hot_journal_logged();
+                    let folded = wal
+                        && d.fold_wal(self.runtime.get()).unwrap_or_else(|err| {
+                            tracing::error!(%db, %err, "cannot fold the WAL into the database before an apply");
+                            false
+                        });
                     drop(state);
-                    if rolled_back {
+                    if rolled_back || folded {
                         self.invalidate_after_rollback(db, id);
                     }
                     return;

@@ -161,13 +161,17 @@ fn wal_mode_handoff_keeps_the_old_primarys_uncheckpointed_frames() {
     let c = FailoverCluster::start(Options::default());
     let p = c.wait_primary(None);
     let db = c.nodes[p].db(DB);
-    sqlite3_ok(&db, "PRAGMA journal_mode=WAL; CREATE TABLE t(v INTEGER PRIMARY KEY); CREATE TABLE big(x TEXT);");
+    // An application connection stays open through the handoff: SQLite neither checkpoints
+    // nor deletes the WAL while it is, so the frames are still there when the node steps down.
+    let app = rusqlite::Connection::open(&db).unwrap();
+    app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v INTEGER PRIMARY KEY); CREATE TABLE big(x TEXT);").unwrap();
     for v in 1..=20 {
-        assert!(insert(&c.nodes[p], v));
+        app.execute("INSERT INTO t VALUES (?1)", [v]).unwrap();
     }
     // Several pages, all still in the WAL (auto-checkpoint is at 1000 pages).
-    sqlite3_ok(&db, "INSERT INTO big SELECT printf('%.3000c', 'y') FROM t;");
+    app.execute_batch("INSERT INTO big SELECT printf('%.3000c', 'y') FROM t;").unwrap();
     c.wait_converged(p);
+    assert!(std::fs::metadata(c.nodes[p].data.join("dbs").join(DB).join("wal")).unwrap().len() > 32 * 1024, "the WAL holds the frames");
     let old_epoch = c.epoch(p);
 
     let r = (p + 1) % 3;
@@ -186,6 +190,10 @@ fn wal_mode_handoff_keeps_the_old_primarys_uncheckpointed_frames() {
     }
     sqlite3_ok(&c.nodes[r].db(DB), "UPDATE big SET x = x || 'z';");
     c.wait_converged(r);
+    // The application's connection on the old primary reads the same as everyone.
+    let n: i64 = app.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 40, "the old primary's open connection sees every row");
+    drop(app);
     let rows = c.check_replicas_equal();
     assert_eq!(rows, (1..=40).collect(), "every row on every node");
     for n in &c.nodes {

@@ -180,6 +180,9 @@ struct Db {
     /// The journal operation that just committed a transaction got an unknown outcome: perform
     /// it, then fail it to SQLite ([`Db::fail_if_outcome_unknown`]).
     commit_unknown: bool,
+    /// WAL mode: a commit with an unknown outcome is in the history and this layer's WAL index
+    /// but not in SQLite's; [`Shared::settle_unknown_commit`] must fold it in.
+    settle_pending: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -446,6 +449,11 @@ impl Db {
                 }
                 Err(Errno::EACCES)
             }
+            Err(err) if err.get_ref().is_some_and(|e| e.is::<UnknownOutcome>()) => {
+                tracing::warn!(db = %self.name, "WAL commit outcome unknown; SQLite's write fails, the commit is folded into the database");
+                self.settle_pending = true;
+                Err(Errno::EIO)
+            }
             Err(err) => {
                 tracing::error!(db = %self.name, %err, "WAL commit could not be recorded; exiting");
                 std::process::exit(99);
@@ -525,16 +533,18 @@ impl Db {
             }
             let wal = commit.wal.map(|w| WalFrames { offset: w.offset, size: w.size, salt1: w.salt1, salt2: w.salt2 });
             let outcome = self.submit(rt, commit.page_size, commit.commit, pages, wal)?;
-            if let CommitOutcome::Unknown { .. } = outcome {
-                // SQLite would publish a commit whose outcome is unknown as a success.
-                return Err(io::Error::other(format!("commit outcome unknown: {outcome:?}")));
-            }
+            // The history has it (even when its outcome is unknown): so does this layer's index.
             let mut index = lock(&self.wal_index);
             index.page_size = commit.page_size;
             index.commit = Some(commit.commit);
             index.pages.retain(|pgno, _| *pgno <= commit.commit);
             index.pages.extend(located);
             tracing::debug!(db = %self.name, ?outcome, "WAL commit");
+            if let CommitOutcome::Unknown { .. } = outcome {
+                // SQLite would publish it as a success: its write fails instead, and the
+                // transaction reaches SQLite's view through `Shared::settle_unknown_commit`.
+                return Err(io::Error::other(UnknownOutcome));
+            }
         }
         Ok(())
     }
@@ -559,6 +569,18 @@ fn failpoint(name: &str) {
     }
     let _ = fs::remove_file(release);
 }
+
+/// A WAL commit the core took whose outcome is unknown (sync acks timed out, lease ended).
+#[derive(Debug)]
+struct UnknownOutcome;
+
+impl std::fmt::Display for UnknownOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("commit outcome unknown")
+    }
+}
+
+impl std::error::Error for UnknownOutcome {}
 
 /// WAL header and frame header sizes (SQLite's wal.c).
 const WAL_HEADER_LEN: u64 = 32;
@@ -712,6 +734,29 @@ impl Shared {
         }
     }
 
+    /// WAL mode, a commit whose outcome is unknown: SQLite was told it failed and never
+    /// published it, but the history (and this layer's WAL index) has it. Once the failed
+    /// writer has let go of SQLite's locks, do what a replica apply does: fold the WAL's
+    /// committed frames (that commit included) into the database file, empty the WAL and
+    /// rewrite SQLite's WAL index, so every connection then reads the history's state.
+    fn settle_unknown_commit(&self, name: &str) {
+        let Ok(db) = DbName::new(name.to_string()) else { return };
+        self.before_apply(&db);
+        // The database's size as the fold (or an apply that came first) left it.
+        let commit = {
+            let state = self.state();
+            state.by_name.get(name).and_then(|&id| {
+                let d = &state.dbs[id];
+                let mut head = [0u8; 100];
+                let page_size = d.files[0].as_ref().and_then(|f| f.read_exact_at(&mut head, 0).ok()).and_then(|()| DbHeader::parse(&head)).map(|h| h.page_size)?;
+                let len = d.files[0].as_ref()?.metadata().ok()?.len();
+                u32::try_from(len / u64::from(page_size)).ok()
+            })
+        };
+        self.after_apply(&db, &[], commit.unwrap_or(0));
+        tracing::warn!(db = %db, "a commit with an unknown outcome is now in SQLite's view too");
+    }
+
     /// After this node stopped accepting writes: a transaction that was open at that moment
     /// can neither finish nor undo itself (its writes are refused), so it leaves a hot journal
     /// that would fail every reader ("attempt to write a readonly database") until the next
@@ -830,6 +875,7 @@ impl State {
             shm_change: 0,
             wal_unsynced: true,
             commit_unknown: false,
+            settle_pending: false,
         });
         self.by_name.insert(name.to_string(), id);
         tracing::info!(db = name, "database opened");
@@ -1627,6 +1673,16 @@ impl Filesystem for LtxFs {
         }
         if kind == Kind::Wal {
             if let Err(err) = db.commit_at_commit_frame(offset, data, rt) {
+                if std::mem::take(&mut db.settle_pending) {
+                    let (shared, name) = (self.shared.clone(), db.name.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("ltxfs-settle".into())
+                        .spawn(move || shared.settle_unknown_commit(&name));
+                    if let Err(e) = spawned {
+                        tracing::error!(%e, "cannot settle a commit with an unknown outcome; exiting");
+                        std::process::exit(99);
+                    }
+                }
                 return reply.error(err);
             }
         }

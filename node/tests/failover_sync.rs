@@ -131,13 +131,13 @@ fn kill9_of_the_primary_and_its_acking_replica_loses_nothing_and_the_survivor_wa
 /// The replicas stop acknowledging (SIGSTOP): a commit's acks time out and its outcome is
 /// unknown. SQLite must get an error (never a success), yet the transaction is in the
 /// primary's LTX history and will reach the replicas when they resume — so the primary's own
-/// database must keep it too, or its local reads would differ from every replica's: the
-/// journal operation that commits is carried out, then failed to SQLite. (WAL mode cannot
-/// fail a commit SQLite is about to publish and still keep it; there the node exits 99, like
-/// LiteFS, and start-up recovery keeps the WAL up to the durable LTX.)
+/// database must keep it too, or its local reads would differ from every replica's. Rollback
+/// modes: the journal operation that commits is carried out, then failed to SQLite. WAL mode:
+/// the commit frame's write fails, and once the writer let go of its locks the node folds the
+/// WAL (that commit included) into the database as an apply would — the node stays up.
 #[test]
 fn a_commit_with_an_unknown_outcome_fails_in_sqlite_and_the_primary_stays_equal_to_its_replicas() {
-    for wal in [false] {
+    for wal in [false, true] {
         let c = sync_cluster();
         let p = c.wait_primary(None);
         if wal {
@@ -145,6 +145,9 @@ fn a_commit_with_an_unknown_outcome_fails_in_sqlite_and_the_primary_stays_equal_
         }
         assert!(insert(&c.nodes[p], 1));
         c.wait_converged(p);
+        // An application connection stays open on the primary (so SQLite never recovers the
+        // WAL from the file on its own): it must end up reading what the cluster has.
+        let app = rusqlite::Connection::open(c.nodes[p].db(DB)).unwrap();
         let replicas: Vec<usize> = (0..3).filter(|&i| i != p).collect();
         let pids: Vec<Pid> = replicas.iter().map(|&i| Pid::from_raw(c.nodes[i].pid().unwrap())).collect();
         for pid in &pids {
@@ -158,11 +161,23 @@ fn a_commit_with_an_unknown_outcome_fails_in_sqlite_and_the_primary_stays_equal_
         eprintln!("wal={wal}: SQLite's error for the unacknowledged commit: {}", err.trim());
 
         // Whatever became of it, every node ends up with the same rows, the primary included.
+        assert!(c.nodes[p].is_running() && !c.nodes[p].log().contains("exiting"), "the primary stays up:\n{}", c.nodes[p].log());
+        if wal {
+            assert!(c.nodes[p].log().contains("WAL commit outcome unknown"), "the WAL path was taken:\n{}", c.nodes[p].log());
+        }
         let q = c.wait_primary(None);
         assert!(insert(&c.nodes[q], 3), "writes go on");
         c.wait_converged(q);
         let rows = c.check_replicas_equal();
         assert!(rows.contains(&1) && rows.contains(&3), "{rows:?}");
+        if wal {
+            assert!(c.nodes[p].log().contains("now in SQLite's view too"), "settled:\n{}", c.nodes[p].log());
+        }
+        let mut stmt = app.prepare("SELECT v FROM t ORDER BY v").unwrap();
+        let seen: std::collections::BTreeSet<i64> = stmt.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(seen, rows, "the primary's open connection reads what every node has");
+        drop(stmt);
+        drop(app);
         c.check_single_writer();
     }
 }

@@ -172,7 +172,7 @@ impl CoreNode {
     fn open_db(disk: &SimDisk, db: &str, now: Time) -> Option<OpenDb> {
         let mut files: BTreeMap<(u64, u64), (LtxFileMeta, u64, u32)> = BTreeMap::new();
         for (path, data) in disk.files() {
-            let FilePath::Ltx { min_txid, max_txid, db: dir } = path else { continue };
+            let FilePath::Ltx { min_txid, max_txid, db: dir } = &path else { continue };
             if **dir != *db {
                 continue;
             }
@@ -296,11 +296,11 @@ impl CoreNode {
                 data.extend_from_slice(&epoch.0.to_be_bytes());
                 data.extend_from_slice(&bytes);
                 let path = ltx_path(self.id(&db), min_txid, max_txid);
-                let commit_of = local_commit.then(|| db.as_str().to_string());
+                let commit_of = local_commit.then(|| self.id(&db));
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
             }
             CoreIo::ApplyPages { db, page_size, commit, pages } => {
-                (IoKind::WritePages { db: db.as_str().to_string(), page_size, commit, pages, fsync: true }, Answer::Done)
+                (IoKind::WritePages { db: self.id(&db), page_size, commit, pages, fsync: true }, Answer::Done)
             }
             CoreIo::ReadLtx { db, files } => {
                 let id = self.id(&db);

@@ -483,7 +483,7 @@ impl<M: Machine> World<M> {
                 }
                 let Some(kind) = slot.io.remove(&id) else { return };
                 let commit_of = match &kind {
-                    IoKind::WriteFile { commit_of: Some(db), .. } => Some(db.as_str()),
+                    IoKind::WriteFile { commit_of: Some(db), .. } => Some(&**db),
                     _ => None,
                 };
                 let result = match failed {

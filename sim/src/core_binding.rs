@@ -130,7 +130,7 @@ pub struct CoreNode {
     now_us: u64,
     out: VecDeque<MachineOutput<Vec<u8>>>,
     io: BTreeMap<u64, Answer>,
-    applying: BTreeMap<DbName, Applying>,
+    applying: BTreeMap<DbId, Applying>,
     /// One shared [`DbId`] per database name, handed out in events and views (a node has a
     /// handful of databases: a list beats a map).
     names: std::cell::RefCell<Vec<DbId>>,
@@ -172,7 +172,7 @@ impl CoreNode {
     fn open_db(disk: &SimDisk, db: &str, now: Time) -> Option<OpenDb> {
         let mut files: BTreeMap<(u64, u64), (LtxFileMeta, u64, u32)> = BTreeMap::new();
         for (path, data) in disk.files() {
-            let FilePath::Ltx { min_txid, max_txid, db: dir } = path else { continue };
+            let FilePath::Ltx { min_txid, max_txid, db: dir } = &path else { continue };
             if **dir != *db {
                 continue;
             }
@@ -290,17 +290,17 @@ impl CoreNode {
                         snapshot: header.is_snapshot(),
                         epoch: epoch.0,
                     };
-                    self.applying.insert(db.clone(), applying);
+                    self.applying.insert(self.id(&db), applying);
                 }
                 let mut data = Vec::with_capacity(EPOCH_PREFIX + bytes.len());
                 data.extend_from_slice(&epoch.0.to_be_bytes());
                 data.extend_from_slice(&bytes);
                 let path = ltx_path(self.id(&db), min_txid, max_txid);
-                let commit_of = local_commit.then(|| db.as_str().to_string());
+                let commit_of = local_commit.then(|| self.id(&db));
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
             }
             CoreIo::ApplyPages { db, page_size, commit, pages } => {
-                (IoKind::WritePages { db: db.as_str().to_string(), page_size, commit, pages, fsync: true }, Answer::Done)
+                (IoKind::WritePages { db: self.id(&db), page_size, commit, pages, fsync: true }, Answer::Done)
             }
             CoreIo::ReadLtx { db, files } => {
                 let id = self.id(&db);
@@ -353,7 +353,7 @@ impl CoreNode {
                 MachineEvent::WriteRejected { db: self.id(&db), reason: format!("{reason:?}") }
             }
             Event::Applied { db, pos, .. } => {
-                let a = self.applying.remove(&db).expect("the core applies only what it wrote");
+                let a = self.applying.remove(db.as_str()).expect("the core applies only what it wrote");
                 assert_eq!((a.max_txid, a.post), (pos.txid, pos.checksum), "Applied reports the written file's position");
                 if a.snapshot {
                     MachineEvent::SnapshotReset { db: self.id(&db), txid: pos.txid, checksum: pos.checksum, epoch: a.epoch }

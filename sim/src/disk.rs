@@ -12,13 +12,85 @@ use std::collections::BTreeMap;
 
 use ltxfs_core::ltx::checksum;
 
-use crate::machine::{FilePath, IoError, IoKind, IoValue};
+use crate::machine::{DbId, FilePath, IoError, IoKind, IoValue};
 
 #[derive(Debug, Clone, Default)]
 struct FileState {
     data: Vec<u8>,
     /// Durable content before the first unsynced write, if any write is unsynced.
     undo: Option<Option<Vec<u8>>>,
+}
+
+/// The files of a disk: LTX files per database directory keyed by their TXID range (a lookup
+/// compares two integers per step, where a map keyed by whole paths compares paths; a node
+/// holds a few hundred LTX files and looks one up on every write, fsync and delete), other
+/// files by path.
+#[derive(Debug, Clone, Default)]
+struct Files {
+    ltx: BTreeMap<DbId, BTreeMap<(u64, u64), FileState>>,
+    other: BTreeMap<String, FileState>,
+}
+
+impl Files {
+    fn get(&self, path: &FilePath) -> Option<&FileState> {
+        match path {
+            FilePath::Ltx { min_txid, max_txid, db } => self.ltx.get(db)?.get(&(*min_txid, *max_txid)),
+            FilePath::Other(path) => self.other.get(path),
+        }
+    }
+
+    fn get_mut(&mut self, path: &FilePath) -> Option<&mut FileState> {
+        match path {
+            FilePath::Ltx { min_txid, max_txid, db } => self.ltx.get_mut(db)?.get_mut(&(*min_txid, *max_txid)),
+            FilePath::Other(path) => self.other.get_mut(path),
+        }
+    }
+
+    fn insert(&mut self, path: &FilePath, file: FileState) -> Option<FileState> {
+        match path {
+            FilePath::Ltx { min_txid, max_txid, db } => {
+                if !self.ltx.contains_key(db) {
+                    self.ltx.insert(db.clone(), BTreeMap::new());
+                }
+                self.ltx.get_mut(db).expect("inserted above").insert((*min_txid, *max_txid), file)
+            }
+            FilePath::Other(path) => self.other.insert(path.clone(), file),
+        }
+    }
+
+    fn remove(&mut self, path: &FilePath) -> Option<FileState> {
+        match path {
+            FilePath::Ltx { min_txid, max_txid, db } => {
+                let files = self.ltx.get_mut(db)?;
+                let removed = files.remove(&(*min_txid, *max_txid));
+                if files.is_empty() {
+                    self.ltx.remove(db);
+                }
+                removed
+            }
+            FilePath::Other(path) => self.other.remove(path),
+        }
+    }
+
+    /// Every file with its path, in path order (as a map keyed by [`FilePath`] lists them).
+    fn sorted(&self) -> Vec<(FilePath, &FileState)> {
+        let ltx = self.ltx.iter().flat_map(|(db, files)| files.iter().map(|(&(min, max), f)| (FilePath::ltx(db.clone(), min, max), f)));
+        let mut all: Vec<(FilePath, &FileState)> = ltx.chain(self.other.iter().map(|(p, f)| (FilePath::Other(p.clone()), f))).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Visits every file mutably, in no particular order.
+    fn for_each_mut(&mut self, mut visit: impl FnMut(FilePath, &mut FileState)) {
+        for (db, files) in &mut self.ltx {
+            for (&(min, max), file) in files.iter_mut() {
+                visit(FilePath::ltx(db.clone(), min, max), file);
+            }
+        }
+        for (path, file) in &mut self.other {
+            visit(FilePath::Other(path.clone()), file);
+        }
+    }
 }
 
 /// One database page: its bytes and their LTX page checksum (CRC-64 of page number and bytes),
@@ -43,17 +115,75 @@ impl Page {
     }
 }
 
-/// A database file as pages (1-based page numbers).
+/// A database file's pages by page number, in a vector indexed by page number: a simulated
+/// database holds a few hundred pages at most, numbered from 1 without large gaps, and its
+/// pages are looked up on every write and every checksum. The vector never ends in an empty
+/// slot, so two maps holding the same pages are equal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageMap {
+    slots: Vec<Option<Page>>,
+}
+
+impl PageMap {
+    pub fn get(&self, pgno: &u32) -> Option<&Page> {
+        self.slots.get(*pgno as usize).and_then(Option::as_ref)
+    }
+
+    /// Puts `page` at `pgno`, returning the page it replaces.
+    pub fn insert(&mut self, pgno: u32, page: Page) -> Option<Page> {
+        let at = pgno as usize;
+        if at >= self.slots.len() {
+            self.slots.resize_with(at + 1, || None);
+        }
+        self.slots[at].replace(page)
+    }
+
+    pub fn remove(&mut self, pgno: &u32) -> Option<Page> {
+        let old = self.slots.get_mut(*pgno as usize).and_then(Option::take);
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        old
+    }
+
+    /// The page numbers present from `from` on, ascending.
+    pub fn pgnos_from(&self, from: u32) -> impl Iterator<Item = u32> + '_ {
+        let start = (from as usize).min(self.slots.len());
+        self.slots[start..].iter().enumerate().filter(|(_, p)| p.is_some()).map(move |(i, _)| (start + i) as u32)
+    }
+
+    /// The pages numbered `1..=last`, ascending.
+    pub fn up_to(&self, last: u32) -> impl Iterator<Item = (u32, &Page)> + '_ {
+        let end = (last as usize).saturating_add(1).min(self.slots.len());
+        self.slots[..end].iter().enumerate().skip(1).filter_map(|(i, p)| p.as_ref().map(|p| (i as u32, p)))
+    }
+}
+
+/// A database file as pages (1-based page numbers).
+#[derive(Debug, Clone, Default)]
 pub struct DbFile {
     pub page_size: u32,
     pub commit: u32,
-    pub pages: BTreeMap<u32, Page>,
+    pub pages: PageMap,
     /// Durable value of every page changed since the last fsync (None = absent), and the
     /// durable commit size.
     undo_pages: BTreeMap<u32, Option<Page>>,
     undo_commit: Option<u32>,
+    /// [`DbFile::checksum`] as the file is now, kept by [`SimDisk::db_checksum`] on first use
+    /// after a change (every `SimDisk` method that changes a database's pages or size forgets
+    /// it): reads and the recomputation check ask far more often than databases change.
+    cached_checksum: std::cell::Cell<Option<u64>>,
 }
+
+/// Equal contents (the cached checksum is not content).
+impl PartialEq for DbFile {
+    fn eq(&self, other: &DbFile) -> bool {
+        (self.page_size, self.commit, &self.pages, &self.undo_pages, self.undo_commit)
+            == (other.page_size, other.commit, &other.pages, &other.undo_pages, other.undo_commit)
+    }
+}
+
+impl Eq for DbFile {}
 
 impl DbFile {
     /// The database checksum of what a reader sees now (lock page and pages past `commit`
@@ -88,8 +218,8 @@ impl DbFile {
             return Vec::new();
         }
         let mut image = vec![0u8; page_size * self.commit as usize];
-        for (pgno, page) in self.pages.range(1..=self.commit) {
-            let at = (*pgno as usize - 1) * page_size;
+        for (pgno, page) in self.pages.up_to(self.commit) {
+            let at = (pgno as usize - 1) * page_size;
             image[at..at + page_size].copy_from_slice(&page.data);
         }
         image
@@ -103,9 +233,18 @@ pub struct DbUndo {
     db: String,
     /// (page size, commit, durable commit) before; `None`: the file did not exist.
     file: Option<(u32, u32, Option<u32>)>,
-    #[allow(clippy::type_complexity)]
-    touched: Vec<(u32, Option<Page>, Option<Option<Page>>)>,
+    touched: Vec<(u32, Touched)>,
     last_unsynced: Option<Unsynced>,
+}
+
+/// A page's state before an undoable write.
+#[derive(Debug, Clone)]
+enum Touched {
+    /// The page had no unsynced change: the write moved its old value (None = absent) into the
+    /// durable-undo map, so undoing takes it back from there instead of keeping a copy.
+    WasSynced,
+    /// The page had an unsynced change: its value and its durable value then (None = absent).
+    Unsynced { page: Option<Page>, durable: Option<Page> },
 }
 
 /// The target of the most recent unsynced write (the one a torn-write fault tears).
@@ -126,17 +265,13 @@ pub enum DiskFault {
 
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
-    files: BTreeMap<FilePath, FileState>,
+    files: Files,
     dbs: BTreeMap<String, DbFile>,
     /// Commands still to fail with an injected error.
     failing: Option<(DiskFault, u32)>,
     torn_next_crash: bool,
     /// The most recent unsynced write, for tearing.
     last_unsynced: Option<Unsynced>,
-    /// [`DbFile::checksum`] of each database as it is now, computed on first use after a change
-    /// (every method that changes a database's pages or size forgets its entry): reads and the
-    /// recomputation check ask far more often than databases change.
-    checksums: std::cell::RefCell<BTreeMap<String, u64>>,
 }
 
 impl SimDisk {
@@ -144,8 +279,9 @@ impl SimDisk {
         self.files.get(path).map(|f| f.data.as_slice())
     }
 
-    pub fn files(&self) -> impl Iterator<Item = (&FilePath, &Vec<u8>)> {
-        self.files.iter().map(|(path, f)| (path, &f.data))
+    /// Every file with its content, in path order.
+    pub fn files(&self) -> Vec<(FilePath, &[u8])> {
+        self.files.sorted().into_iter().map(|(path, f)| (path, f.data.as_slice())).collect()
     }
 
     pub fn db(&self, name: &str) -> Option<&DbFile> {
@@ -160,12 +296,12 @@ impl SimDisk {
     /// empty database's if the file does not exist).
     pub fn db_checksum(&self, name: &str) -> u64 {
         let Some(file) = self.dbs.get(name) else { return checksum::CHECKSUM_EMPTY };
-        if let Some(sum) = self.checksums.borrow().get(name) {
-            debug_assert_eq!(*sum, file.checksum(), "cached checksum of {name} is stale");
-            return *sum;
+        if let Some(sum) = file.cached_checksum.get() {
+            debug_assert_eq!(sum, file.checksum(), "cached checksum of {name} is stale");
+            return sum;
         }
         let sum = file.checksum();
-        self.checksums.borrow_mut().insert(name.to_string(), sum);
+        file.cached_checksum.set(Some(sum));
         sum
     }
 
@@ -215,7 +351,7 @@ impl SimDisk {
                         }
                     }
                     None => {
-                        self.files.insert(path.clone(), FileState { data, undo: Some(None) });
+                        self.files.insert(path, FileState { data, undo: Some(None) });
                     }
                 }
                 // A temp file renamed into place is never torn.
@@ -245,11 +381,11 @@ impl SimDisk {
 
     /// [`SimDisk::write_pages`] of pages already made.
     fn put_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: impl IntoIterator<Item = (u32, Page)>) {
-        self.checksums.get_mut().remove(db);
         if !self.dbs.contains_key(db) {
             self.dbs.insert(db.to_string(), DbFile::default());
         }
         let file = self.dbs.get_mut(db).expect("inserted above");
+        file.cached_checksum.set(None);
         file.page_size = page_size;
         if file.undo_commit.is_none() {
             file.undo_commit = Some(file.commit);
@@ -260,7 +396,8 @@ impl SimDisk {
         }
         file.commit = commit;
         // Bounded by the pages the file holds past the new end.
-        while let Some((&pgno, _)) = file.pages.range(commit + 1..).next() {
+        let past_end: Vec<u32> = file.pages.pgnos_from(commit.saturating_add(1)).collect();
+        for pgno in past_end {
             let old = file.pages.remove(&pgno);
             file.undo_pages.entry(pgno).or_insert(old);
         }
@@ -315,8 +452,8 @@ impl SimDisk {
 
     /// Reverts every unsynced change of database `db` (SQLite rolling back from its journal).
     pub fn rollback_db(&mut self, db: &str) {
-        self.checksums.get_mut().remove(db);
         if let Some(file) = self.dbs.get_mut(db) {
+            file.cached_checksum.set(None);
             for (pgno, old) in std::mem::take(&mut file.undo_pages) {
                 match old {
                     Some(data) => {
@@ -343,9 +480,13 @@ impl SimDisk {
         let mut undo = DbUndo { db: db.to_string(), file: None, touched: Vec::new(), last_unsynced: self.last_unsynced.clone() };
         if let Some(f) = self.dbs.get(db) {
             undo.file = Some((f.page_size, f.commit, f.undo_commit));
-            let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.range(commit + 1..).map(|(pgno, _)| *pgno));
+            let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.pgnos_from(commit.saturating_add(1)));
             for pgno in changed {
-                undo.touched.push((pgno, f.pages.get(&pgno).cloned(), f.undo_pages.get(&pgno).cloned()));
+                let touched = match f.undo_pages.get(&pgno) {
+                    None => Touched::WasSynced,
+                    Some(durable) => Touched::Unsynced { page: f.pages.get(&pgno).cloned(), durable: durable.clone() },
+                };
+                undo.touched.push((pgno, touched));
             }
         }
         self.write_pages(db, page_size, commit, pages);
@@ -355,26 +496,35 @@ impl SimDisk {
     /// Puts a database back exactly as it was before the write `undo` came from (SQLite rolling
     /// back a commit the node refused on the spot).
     pub fn undo_pages(&mut self, undo: DbUndo) {
-        self.checksums.get_mut().remove(&undo.db);
         match undo.file {
             None => {
                 self.dbs.remove(&undo.db);
             }
             Some((page_size, commit, undo_commit)) => {
                 let f = self.dbs.get_mut(&undo.db).expect("a written database exists");
+                f.cached_checksum.set(None);
                 f.page_size = page_size;
                 f.commit = commit;
                 f.undo_commit = undo_commit;
-                // Latest first, so a page captured twice ends at its first (oldest) value.
-                for (pgno, page, durable) in undo.touched.into_iter().rev() {
+                // Latest first, so a page captured twice ends at its first (oldest) value (both
+                // captures of a page are of the same kind: all are taken before the write).
+                for (pgno, touched) in undo.touched.into_iter().rev() {
+                    let (page, durable) = match touched {
+                        // The write left the old value as the durable one; a second capture of
+                        // the same page finds it taken already.
+                        Touched::WasSynced => match f.undo_pages.remove(&pgno) {
+                            Some(old) => (old, None),
+                            None => continue,
+                        },
+                        Touched::Unsynced { page, durable } => (page, Some(durable)),
+                    };
                     match page {
                         Some(data) => f.pages.insert(pgno, data),
                         None => f.pages.remove(&pgno),
                     };
-                    match durable {
-                        Some(value) => f.undo_pages.insert(pgno, value),
-                        None => f.undo_pages.remove(&pgno),
-                    };
+                    if let Some(value) = durable {
+                        f.undo_pages.insert(pgno, value);
+                    }
                 }
             }
         }
@@ -389,28 +539,28 @@ impl SimDisk {
     /// Power loss: everything unsynced is lost; a torn-write fault keeps half of the last
     /// unsynced write (a prefix of a file, or the lower half of the changed pages).
     pub fn crash(&mut self) {
-        self.checksums.get_mut().clear();
         let torn = if self.torn_next_crash { self.last_unsynced.take() } else { None };
         self.torn_next_crash = false;
         self.last_unsynced = None;
         let mut removed = Vec::new();
-        for (path, file) in self.files.iter_mut() {
+        self.files.for_each_mut(|path, file| {
             if let Some(undo) = file.undo.take() {
-                if matches!(&torn, Some(Unsynced::File(last)) if last == path) {
+                if matches!(&torn, Some(Unsynced::File(last)) if *last == path) {
                     let keep = file.data.len() / 2;
                     file.data.truncate(keep);
                 } else {
                     match undo {
                         Some(data) => file.data = data,
-                        None => removed.push(path.clone()),
+                        None => removed.push(path),
                     }
                 }
             }
-        }
+        });
         for path in removed {
             self.files.remove(&path);
         }
         for (name, file) in self.dbs.iter_mut() {
+            file.cached_checksum.set(None);
             let undo = std::mem::take(&mut file.undo_pages);
             let tear = matches!(&torn, Some(Unsynced::Db(last)) if last == name);
             let keep_count = if tear { undo.len() / 2 } else { 0 };

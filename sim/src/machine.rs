@@ -126,9 +126,9 @@ pub enum IoKind {
     /// `commit_of`: this is the LTX of a local commit of that database — its completion is the
     /// commit point (SQLite deletes its journal), so the database pages the client wrote become
     /// durable then, or are rolled back (hot journal) if the write failed.
-    WriteFile { path: FilePath, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<String> },
+    WriteFile { path: FilePath, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<DbId> },
     /// Writes pages into a database file and sets its size to `commit` pages.
-    WritePages { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, fsync: bool },
+    WritePages { db: DbId, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, fsync: bool },
     /// Deletes files (a journaled unlink: durable at once; a missing file is not an error).
     DeleteFiles { paths: Vec<FilePath> },
     /// Reads whole files, in order; answers [`IoValue::Files`].

@@ -483,7 +483,7 @@ impl<M: Machine> World<M> {
                 }
                 let Some(kind) = slot.io.remove(&id) else { return };
                 let commit_of = match &kind {
-                    IoKind::WriteFile { commit_of: Some(db), .. } => Some(db.as_str()),
+                    IoKind::WriteFile { commit_of: Some(db), .. } => Some(&**db),
                     _ => None,
                 };
                 let result = match failed {
@@ -763,7 +763,12 @@ impl<M: Machine> World<M> {
             }
             return;
         }
-        slot.writes_in_node.entry(db.to_string()).or_default().push_back(op);
+        match slot.writes_in_node.get_mut(db) {
+            Some(queue) => queue.push_back(op),
+            None => {
+                slot.writes_in_node.insert(db.to_string(), VecDeque::from([op]));
+            }
+        }
         self.input(node, input);
     }
 

@@ -4,7 +4,7 @@
 //! block it is filling, and does no I/O beyond the `Write` it is handed.
 
 use super::checksum::{page_checksum, DbChecksum, Hasher, CHECKSUM_FLAG};
-use super::{validate_post_apply, Header, LtxError, Trailer, HEADER_SIZE};
+use super::{validate_post_apply, Header, LtxError, Trailer, HEADER_SIZE, PAGE_HEADER_SIZE, TRAILER_SIZE};
 use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
 use std::io::Write;
 
@@ -267,11 +267,12 @@ impl std::fmt::Debug for EncodeScratch {
 }
 
 impl Encoder<Vec<u8>> {
-    /// [`Encoder::new`] into a new `Vec`, taking the LZ4 encoder from `scratch` if it has one.
-    fn new_reusing(scratch: &mut EncodeScratch, header: Header) -> Result<Self, LtxError> {
+    /// [`Encoder::new`] into a new `Vec` with room for `capacity_bytes`, taking the LZ4 encoder
+    /// from `scratch` if it has one.
+    fn new_reusing(scratch: &mut EncodeScratch, header: Header, capacity_bytes: usize) -> Result<Self, LtxError> {
         header.validate()?;
         let bytes: [u8; HEADER_SIZE] = header.to_bytes();
-        let mut w = Vec::new();
+        let mut w = Vec::with_capacity(capacity_bytes.max(HEADER_SIZE));
         w.extend_from_slice(&bytes);
         let mut hasher = Hasher::new();
         hasher.update(&bytes);
@@ -326,6 +327,19 @@ pub fn encode_to_vec<'a>(
     Ok(enc.finish(post_apply_checksum)?.0)
 }
 
+/// Room for a file of `pages` pages stored as they are (what incompressible pages take, LZ4
+/// framing included), at most 1 MiB: the output then grows at most a few times instead of
+/// doubling its way up from nothing. Only a capacity; the bytes do not depend on it.
+fn output_bytes_hint(header: &Header, pages: usize) -> usize {
+    const HINT_BYTES_MAX: usize = 1 << 20;
+    // LZ4 frame: descriptor (at most 19 bytes), a 4-byte size per 64 KiB block, end mark and
+    // content checksum (4 bytes each).
+    const LZ4_FRAMING_BYTES: usize = 19 + 4 + 4;
+    let page_block = pages.saturating_add(1).saturating_mul(PAGE_HEADER_SIZE + header.page_size as usize);
+    let framing = if header.is_compressed() { LZ4_FRAMING_BYTES + 4 * (page_block / 65_536 + 1) } else { 0 };
+    (HEADER_SIZE + TRAILER_SIZE).saturating_add(page_block).saturating_add(framing).min(HINT_BYTES_MAX)
+}
+
 /// [`encode_to_vec`] reusing the LZ4 state in `scratch` (same bytes, fewer allocations): for a
 /// caller that encodes many files one after another.
 pub fn encode_to_vec_with<'a>(
@@ -334,7 +348,8 @@ pub fn encode_to_vec_with<'a>(
     pages: impl IntoIterator<Item = (u32, &'a [u8])>,
     post_apply_checksum: u64,
 ) -> Result<Vec<u8>, LtxError> {
-    let mut enc = Encoder::new_reusing(scratch, header)?;
+    let pages = pages.into_iter();
+    let mut enc = Encoder::new_reusing(scratch, header, output_bytes_hint(&header, pages.size_hint().0))?;
     for (pgno, data) in pages {
         enc.encode_page(pgno, data)?;
     }

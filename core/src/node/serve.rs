@@ -109,7 +109,10 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for peer in peers {
-            self.followers.get_mut(&peer).expect("listed").dbs.entry(db.clone()).or_default();
+            let dbs = &mut self.followers.get_mut(&peer).expect("listed").dbs;
+            if !dbs.contains_key(db) {
+                dbs.insert(db.clone(), PeerDb::default());
+            }
             self.pump(peer, db);
         }
     }
@@ -132,22 +135,18 @@ impl Node {
         // A peer without the database and our newest file is a snapshot of it: send that.
         let newest_is_snapshot = matches!(&d.last_ltx, Some((1, max, _)) if *max == ours.txid);
         if pd.sent == Pos::ZERO && newest_is_snapshot && !pd.force_snapshot {
-            let bytes = d.last_ltx.as_ref().map(|l| l.2.clone()).expect("matched above");
             pd.sent = ours;
-            self.send_ltx(peer, db, &bytes);
+            self.send_last_ltx(peer, db);
             return;
         }
         let decision = if pd.force_snapshot { CatchUp::Snapshot { reason: crate::catchup::SnapshotReason::NotRetained } } else { decide_catch_up(ours, pd.sent, &d.files) };
         match decision {
             CatchUp::UpToDate => {}
             CatchUp::Incremental { files } => {
-                let from_memory = match (&d.last_ltx, files.as_slice()) {
-                    (Some((min, max, bytes)), [(fmin, fmax)]) if min == fmin && max == fmax => Some(bytes.clone()),
-                    _ => None,
-                };
-                if let Some(bytes) = from_memory {
+                let from_memory = matches!((&d.last_ltx, files.as_slice()), (Some((min, max, _)), [(fmin, fmax)]) if min == fmin && max == fmax);
+                if from_memory {
                     pd.sent = ours;
-                    self.send_ltx(peer, db, &bytes);
+                    self.send_last_ltx(peer, db);
                 } else {
                     pd.busy = true;
                     self.io(IoKind::ReadLtx { db: db.clone(), files }, IoPurpose::CatchUpRead { peer, db: db.clone() });
@@ -305,6 +304,14 @@ impl Node {
         pd.sent = pos;
         pd.acked = pos;
         self.pump(from, &db);
+    }
+
+    /// [`Node::send_ltx`] of `db`'s newest file kept in memory (lent out of the database state
+    /// for the call instead of copied).
+    fn send_last_ltx(&mut self, peer: NodeId, db: &DbName) {
+        let Some(ltx) = self.dbs.get_mut(db).and_then(|d| d.last_ltx.take()) else { return };
+        self.send_ltx(peer, db, &ltx.2);
+        self.dbs.get_mut(db).expect("present above").last_ltx = Some(ltx);
     }
 
     /// Splits an LTX file into chunks for `peer`.

@@ -48,8 +48,10 @@ pub const DB_NAME_BYTES_MAX: usize = 255;
 
 /// A database name: 1..=255 bytes of UTF-8, no `/`, no NUL, not `.` or `..` (it is a file name
 /// in the mount's flat root directory).
+/// Shared (`Arc<str>`): a name is cloned into every message, I/O command and event, and a
+/// clone is then a reference count, not an allocation.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DbName(String);
+pub struct DbName(std::sync::Arc<str>);
 
 /// Why a string is not a valid [`DbName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,7 +81,7 @@ impl DbName {
         if name == "." || name == ".." {
             return Err(DbNameError::DotName);
         }
-        Ok(DbName(name))
+        Ok(DbName(std::sync::Arc::from(name)))
     }
     pub fn as_str(&self) -> &str {
         &self.0

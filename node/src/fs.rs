@@ -556,8 +556,8 @@ impl Db {
 /// the node at an exact step (say, between a WAL commit frame and its LTX) while it injects a
 /// fault. Unset (always, outside tests) or unarmed it does nothing.
 fn failpoint(name: &str) {
-    let Some(dir) = std::env::var_os("LTXFS_FAILPOINT_DIR") else { return };
-    let dir = PathBuf::from(dir);
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("LTXFS_FAILPOINT_DIR").map(PathBuf::from)) else { return };
     if fs::remove_file(dir.join(format!("{name}.arm"))).is_err() {
         return;
     }

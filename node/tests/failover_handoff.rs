@@ -56,11 +56,7 @@ fn handoff(concurrent: bool) {
     wait_until("the writer committed on the primary", || results.lock().unwrap().iter().any(|r| r.1));
 
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltxfs"))
-        .args(["promote", "--url", &c.nodes[r].url])
-        .output()
-        .expect("run ltxfs promote");
-    assert!(out.status.success(), "ltxfs promote failed: {}", String::from_utf8_lossy(&out.stderr));
+    c.promote(r);
     let mut handoff = Duration::ZERO;
     wait_until("the promoted replica is a writable primary", || {
         let ok = info(&c.nodes[r]).is_some_and(|v| v["role"] == "primary" && v["writable"] == true);
@@ -128,14 +124,8 @@ fn a_transaction_interrupted_by_a_handoff_does_not_break_reads_on_the_old_primar
     assert!(journal.exists(), "the open transaction has a journal");
 
     let r = (p + 1) % 3;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltxfs"))
-        .args(["promote", "--url", &c.nodes[r].url])
-        .output()
-        .expect("run ltxfs promote");
-    assert!(out.status.success(), "ltxfs promote failed: {}", String::from_utf8_lossy(&out.stderr));
-    wait_until("the promoted replica is a writable primary", || {
-        info(&c.nodes[r]).is_some_and(|v| v["role"] == "primary" && v["writable"] == true)
-    });
+    c.promote(r);
+    c.wait_writable(r);
     assert!(c.epoch(r) > old_epoch);
     c.wait_followers(r);
 
@@ -175,14 +165,8 @@ fn wal_mode_handoff_keeps_the_old_primarys_uncheckpointed_frames() {
     let old_epoch = c.epoch(p);
 
     let r = (p + 1) % 3;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltxfs"))
-        .args(["promote", "--url", &c.nodes[r].url])
-        .output()
-        .expect("run ltxfs promote");
-    assert!(out.status.success(), "ltxfs promote failed: {}", String::from_utf8_lossy(&out.stderr));
-    wait_until("the promoted replica is a writable primary", || {
-        info(&c.nodes[r]).is_some_and(|v| v["role"] == "primary" && v["writable"] == true)
-    });
+    c.promote(r);
+    c.wait_writable(r);
     assert!(c.epoch(r) > old_epoch);
     c.wait_followers(r);
     for v in 21..=40 {

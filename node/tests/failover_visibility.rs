@@ -107,11 +107,7 @@ fn a_handoff_is_visible_on_every_node_within_one_heartbeat() {
     let old_epoch = c.epoch(p);
     let r = (p + 1) % 3;
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltxfs"))
-        .args(["promote", "--url", &c.nodes[r].url])
-        .output()
-        .expect("run ltxfs promote");
-    assert!(out.status.success(), "ltxfs promote failed: {}", String::from_utf8_lossy(&out.stderr));
+    c.promote(r);
     let changed = became_primary(&feeds[r], old_epoch);
 
     for i in (0..3).filter(|&i| i != r) {

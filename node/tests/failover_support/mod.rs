@@ -252,6 +252,23 @@ impl FailoverCluster {
         })
     }
 
+    /// Runs `ltxfs promote --url <node r>` and asserts it succeeded (the CLI returns once the
+    /// handoff was requested, not when it completed).
+    pub fn promote(&self, r: usize) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltxfs"))
+            .args(["promote", "--url", &self.nodes[r].url])
+            .output()
+            .expect("run ltxfs promote");
+        assert!(out.status.success(), "ltxfs promote failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Waits until node `r` is a writable primary.
+    pub fn wait_writable(&self, r: usize) {
+        wait_until("the promoted replica is a writable primary", || {
+            info(&self.nodes[r]).is_some_and(|v| v["role"] == "primary" && v["writable"] == true)
+        });
+    }
+
     /// The lease epoch of node `i` (from /info).
     pub fn epoch(&self, i: usize) -> u64 {
         self.nodes[i].info()["epoch"].as_u64().unwrap()

@@ -139,14 +139,19 @@ impl<W: Write> Encoder<W> {
         header.validate()?;
         let bytes: [u8; HEADER_SIZE] = header.to_bytes();
         w.write_all(&bytes)?;
-        let mut hasher = Hasher::new();
-        hasher.update(&bytes);
         let sink = if header.is_compressed() {
             Sink::Lz4(Box::new(FrameEncoder::with_frame_info(lz4_frame_info(), w)))
         } else {
             Sink::Raw(w)
         };
-        Ok(Encoder {
+        Ok(Self::started(sink, header, &bytes))
+    }
+
+    /// An encoder whose header (`header_bytes`) was written ahead of `sink`.
+    fn started(sink: Sink<W>, header: Header, header_bytes: &[u8; HEADER_SIZE]) -> Self {
+        let mut hasher = Hasher::new();
+        hasher.update(header_bytes);
+        Encoder {
             sink,
             header,
             hasher,
@@ -154,7 +159,7 @@ impl<W: Write> Encoder<W> {
             db_sum: DbChecksum::new(),
             pages_written: 0,
             failed: false,
-        })
+        }
     }
 
     pub fn header(&self) -> &Header {
@@ -274,8 +279,6 @@ impl Encoder<Vec<u8>> {
         let bytes: [u8; HEADER_SIZE] = header.to_bytes();
         let mut w = Vec::with_capacity(capacity_bytes.max(HEADER_SIZE));
         w.extend_from_slice(&bytes);
-        let mut hasher = Hasher::new();
-        hasher.update(&bytes);
         let sink = if header.is_compressed() {
             let mut enc = scratch
                 .lz4
@@ -286,15 +289,7 @@ impl Encoder<Vec<u8>> {
         } else {
             Sink::Raw(w)
         };
-        Ok(Encoder {
-            sink,
-            header,
-            hasher,
-            rules: PageRules::new(&header),
-            db_sum: DbChecksum::new(),
-            pages_written: 0,
-            failed: false,
-        })
+        Ok(Self::started(sink, header, &bytes))
     }
 
     /// [`Encoder::finish`], handing the LZ4 encoder back to `scratch` for the next file.

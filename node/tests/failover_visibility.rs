@@ -60,15 +60,20 @@ fn by(deadline: Instant, what: &str, mut cond: impl FnMut() -> bool) -> Instant 
     }
 }
 
+/// When `feed` reported its node primary (or recovering) under an epoch above `old_epoch`.
+fn primary_since(feed: &Feed, old_epoch: u64) -> Option<Instant> {
+    feed.lock().unwrap().iter().find_map(|(t, v)| {
+        let primary = v["type"] == "role" && (v["role"] == "primary" || v["role"] == "recovering");
+        (primary && v["epoch"].as_u64().is_some_and(|e| e > old_epoch)).then_some(*t)
+    })
+}
+
 /// Waits for node `r`'s own `/events` to report it primary under an epoch above `old_epoch`;
 /// returns when that line arrived.
 fn became_primary(feed: &Feed, old_epoch: u64) -> Instant {
     let mut at = None;
     wait_until("the new primary reports its role on /events", || {
-        at = feed.lock().unwrap().iter().find_map(|(t, v)| {
-            let primary = v["type"] == "role" && (v["role"] == "primary" || v["role"] == "recovering");
-            (primary && v["epoch"].as_u64().is_some_and(|e| e > old_epoch)).then_some(*t)
-        });
+        at = primary_since(feed, old_epoch);
         at.is_some()
     });
     at.unwrap()
@@ -136,12 +141,7 @@ fn a_crash_failover_is_visible_on_the_survivor_within_one_heartbeat() {
     let mut r = p;
     wait_until("a survivor reports itself primary on /events", || {
         for i in (0..3).filter(|&i| i != p) {
-            let feed = &feeds[i];
-            let hit = feed.lock().unwrap().iter().find_map(|(t, v)| {
-                let primary = v["type"] == "role" && (v["role"] == "primary" || v["role"] == "recovering");
-                (primary && v["epoch"].as_u64().is_some_and(|e| e > old_epoch)).then_some(*t)
-            });
-            if let Some(t) = hit {
+            if let Some(t) = primary_since(&feeds[i], old_epoch) {
                 changed = Some(t);
                 r = i;
                 return true;

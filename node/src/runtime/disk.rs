@@ -56,7 +56,7 @@ pub const SPARE_BATCH: usize = 32;
 pub struct DataDir {
     root: PathBuf,
     /// Empty spare files whose names are durable, per LTX directory (see [`promote_spares`]).
-    spares: Arc<Mutex<BTreeMap<PathBuf, Vec<PathBuf>>>>,
+    spares: Arc<Mutex<BTreeMap<PathBuf, SparePool>>>,
     /// WAL-backed LTX files written without their fsync, per database, oldest first: (spare
     /// name, final name) of one inode ([`DataDir::sync_wal_backed`]).
     unsynced: Arc<Mutex<BTreeMap<DbName, Vec<SpareLink>>>>,
@@ -70,6 +70,15 @@ struct AppliedSinceSync {
     last_ltx_bytes: u64,
     applies: usize,
     bytes: u64,
+}
+
+/// The spare files of one LTX directory.
+#[derive(Debug, Default)]
+struct SparePool {
+    /// Next to use last (names ascending from the end: spares are used in name order).
+    ready: Vec<PathBuf>,
+    /// A background thread is making the next batch.
+    refilling: bool,
 }
 
 /// A WAL-backed LTX file before its sync: (spare name, final name) of one inode.
@@ -442,29 +451,45 @@ impl DataDir {
         Ok(())
     }
 
-    /// An empty spare file in `dir` whose name is durable.
+    /// An empty spare file in `dir` whose name is durable. The next batch is made by a
+    /// background thread once half of the current one is used, so that its creation and
+    /// directory fsync (tens of ms on a busy disk) stay off the commit and apply paths; spares
+    /// are still used in name order (a batch is made only after the previous one is queued).
     fn take_spare(&self, dir: &Path) -> io::Result<PathBuf> {
-        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = spares.entry(dir.to_path_buf()).or_default();
-        if pool.is_empty() {
-            if !dir.exists() {
-                fs::create_dir_all(dir)?;
-                if let Some(parent) = dir.parent() {
-                    File::open(parent)?.sync_all()?;
-                    stats::fsync(FsyncKind::Dir);
+        // Bounded: a refill either finishes or fails within its own I/O.
+        loop {
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = spares.entry(dir.to_path_buf()).or_default();
+            if pool.ready.is_empty() && pool.refilling {
+                drop(spares);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            if pool.ready.is_empty() {
+                pool.ready = make_spare_batch(dir)?;
+            }
+            let spare = pool.ready.pop().ok_or_else(|| io::Error::other("no spare LTX file"))?;
+            if pool.ready.len() <= SPARE_BATCH / 2 && !pool.refilling {
+                pool.refilling = true;
+                let (all, dir) = (Arc::clone(&self.spares), dir.to_path_buf());
+                let spawned = std::thread::Builder::new().name("ltxfs-spares".into()).spawn(move || {
+                    let batch = make_spare_batch(&dir);
+                    let mut spares = all.lock().unwrap_or_else(|p| p.into_inner());
+                    let pool = spares.entry(dir).or_default();
+                    match batch {
+                        Ok(batch) => {
+                            pool.ready.splice(0..0, batch);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot make spare LTX files ahead of time"),
+                    }
+                    pool.refilling = false;
+                });
+                if spawned.is_err() {
+                    pool.refilling = false;
                 }
             }
-            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-            for i in 0..SPARE_BATCH {
-                let path = dir.join(format!("{SPARE_PREFIX}{stamp:032x}-{i:02}"));
-                OpenOptions::new().write(true).create_new(true).open(&path)?;
-                pool.push(path);
-            }
-            File::open(dir)?.sync_all()?;
-            stats::fsync(FsyncKind::Dir);
-            pool.reverse();
+            return Ok(spare);
         }
-        pool.pop().ok_or_else(|| io::Error::other("no spare LTX file"))
     }
 
     fn apply_pages(&self, db: &DbName, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) -> io::Result<()> {
@@ -544,6 +569,29 @@ fn read_header_trailer(path: &Path) -> io::Result<(Header, Trailer, u64)> {
     let trailer = Trailer::from_bytes(&t);
     trailer.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     Ok((header, trailer, size))
+}
+
+/// [`SPARE_BATCH`] new empty files in `dir` (created if missing) whose names are durable
+/// (one directory fsync), in the order to use them: the last element first.
+fn make_spare_batch(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+            stats::fsync(FsyncKind::Dir);
+        }
+    }
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut batch = Vec::with_capacity(SPARE_BATCH);
+    for i in 0..SPARE_BATCH {
+        let path = dir.join(format!("{SPARE_PREFIX}{stamp:032x}-{i:02}"));
+        OpenOptions::new().write(true).create_new(true).open(&path)?;
+        batch.push(path);
+    }
+    File::open(dir)?.sync_all()?;
+    stats::fsync(FsyncKind::Dir);
+    batch.reverse();
+    Ok(batch)
 }
 
 /// WAL-backed LTX files a crash caught before their sync ([`DataDir::write_ltx_wal_backed`]):

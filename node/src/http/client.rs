@@ -137,9 +137,8 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Reports the connection down even when `connect_once` is cancelled (the primary changed):
-/// without it the runtime kept a dead connection registered for the peer (once the peer's only
-/// one, messages to it went nowhere) — a deposed primary that became a replica of its former
-/// replica got nothing.
+/// without it the runtime kept a dead connection as the peer's oldest and could never send to
+/// that peer again — a deposed primary that became a replica of its former replica got nothing.
 struct PeerDownGuard {
     handle: Option<RuntimeHandle>,
     peer: NodeId,

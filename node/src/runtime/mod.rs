@@ -774,9 +774,7 @@ impl<L: LeaseBackend> NodeTask<L> {
                 let _ = self.step_input(Input::PeerConnected { peer });
             }
             Cmd::PeerDown { peer, conn } => {
-                // Only the end of the connection carrying the peer's messages resets the link
-                // (see `peers`: an older one ending changes nothing for the peer).
-                if self.peers.remove(peer, conn) == peers::Removed::Current {
+                if self.peers.remove(peer, conn) {
                     let _ = self.step_input(Input::PeerDisconnected { peer });
                     if self.peers.is_connected(peer) {
                         let _ = self.step_input(Input::PeerConnected { peer });

@@ -97,19 +97,22 @@ fn check_follower(c: &FailoverCluster, i: usize, feed: &Feed, host: &str, change
     eprintln!("{}: .primary after {} ms, /info after {} ms, /events after {} ms", n.name, ms(file), ms(info_at), ms(event));
 }
 
-fn start() -> FailoverCluster {
-    FailoverCluster::start(Options { heartbeat_ms: HEARTBEAT_MS, ..Options::default() })
-}
-
-#[test]
-fn a_handoff_is_visible_on_every_node_within_one_heartbeat() {
-    let c = start();
+/// A cluster with one committed row everywhere, every node's `/events` subscribed; returns
+/// it with the primary's index, the feeds and the primary's epoch.
+fn start() -> (FailoverCluster, usize, Vec<Feed>, u64) {
+    let c = FailoverCluster::start(Options { heartbeat_ms: HEARTBEAT_MS, ..Options::default() });
     let p = c.wait_primary(None);
     sqlite3_ok(&c.nodes[p].db(DB), "CREATE TABLE t(v INTEGER PRIMARY KEY);");
     assert!(insert(&c.nodes[p], 1));
     c.wait_converged(p);
     let feeds: Vec<Feed> = (0..3).map(|i| subscribe(&c, i)).collect();
     let old_epoch = c.epoch(p);
+    (c, p, feeds, old_epoch)
+}
+
+#[test]
+fn a_handoff_is_visible_on_every_node_within_one_heartbeat() {
+    let (c, p, feeds, old_epoch) = start();
     let r = (p + 1) % 3;
 
     c.promote(r);
@@ -128,13 +131,7 @@ fn a_handoff_is_visible_on_every_node_within_one_heartbeat() {
 
 #[test]
 fn a_crash_failover_is_visible_on_the_survivor_within_one_heartbeat() {
-    let mut c = start();
-    let p = c.wait_primary(None);
-    sqlite3_ok(&c.nodes[p].db(DB), "CREATE TABLE t(v INTEGER PRIMARY KEY);");
-    assert!(insert(&c.nodes[p], 1));
-    c.wait_converged(p);
-    let feeds: Vec<Feed> = (0..3).map(|i| subscribe(&c, i)).collect();
-    let old_epoch = c.epoch(p);
+    let (mut c, p, feeds, old_epoch) = start();
 
     c.nodes[p].kill9();
     let mut changed = None;

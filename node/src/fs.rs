@@ -8,9 +8,14 @@
 //! SQLite reports "attempt to write a readonly database" (or, mid-transaction, a disk I/O error)
 //! instead of committing something the core would refuse.
 //!
+//! POSIX byte-range locks are the kernel's: the mount does not ask for `FUSE_POSIX_LOCKS`, so
+//! SQLite's lock calls cost no round trip to this process, and commit detection keys on file
+//! writes only (the journal's end, the WAL's commit frame), never on a lock.
+//!
 //! As the runtime's [`ApplyHook`] it makes a replica's apply atomic for SQLite readers: it takes
-//! SQLite's locks in its own lock tables (rollback modes: PENDING, then RESERVED and the SHARED
-//! range exclusively; WAL: WRITE, CKPT, RECOVER and READ0–4), only for the local write (the
+//! SQLite's locks in the kernel's table through descriptors of its own mount
+//! ([`crate::mount_locks`]; rollback modes: PENDING, then RESERVED and the SHARED range
+//! exclusively; WAL: WRITE, CKPT, RECOVER and READ0–4 on `-shm`), only for the local write (the
 //! runtime calls it after the LTX was received and made durable), then invalidates the kernel
 //! page cache for the written pages and, in WAL mode, rewrites the WAL-index header in the
 //! kernel's copy of `-shm` (§5.5) so open connections see the new data.
@@ -31,12 +36,13 @@
 use node::runtime::stats::{self, FsyncKind};
 use node::runtime::{ApplyHook, CommitOutcome, RuntimeEvent, RuntimeHandle};
 use tokio::sync::broadcast::error::RecvError;
+use crate::mount_locks::{self, Holder, MountLocks};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use ltxfs_core::detect::locks::{LockError, LockKind};
+use ltxfs_core::detect::locks::LockKind;
 use ltxfs_core::detect::{
     self, oplog, Commit, DbHeader, DetectError, Detector, Event, LockFile, Op, DB_PENDING_BYTE,
     DB_RESERVED_BYTE, DB_SHARED_FIRST, SHM_WRITE_LOCK,
@@ -61,8 +67,6 @@ const DB_INO_BASE: u64 = 16;
 const TTL: Duration = Duration::from_secs(1);
 /// `.lag` before the first heartbeat from a primary (LiteFS: 2147483647).
 const LAG_UNKNOWN_MS: i64 = 2_147_483_647;
-/// Lock owner id of the node's own locks (apply, snapshot read); no kernel lock owner uses it.
-const SHELL_OWNER: u64 = u64::MAX - 0x17f5;
 /// SQLite's SHARED range on the database file is 510 bytes.
 const DB_SHARED_SIZE: u64 = 510;
 /// `-shm` bytes WRITE..=READ4 (WRITE, CKPT, RECOVER, READ0–4).
@@ -70,8 +74,16 @@ const SHM_APPLY_LOCKS: (u64, u64) = (SHM_WRITE_LOCK, SHM_WRITE_LOCK + 7);
 /// Longest a snapshot read waits for SQLite's read lock before reading anyway (the core checks
 /// the image against its position and reads again if it was caught mid-transaction).
 const READ_LOCK_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Every backed file: keep the page cache across opens (the node invalidates what it changes),
+/// and no FLUSH on close — there is nothing to flush, it saves a round trip per close, and a
+/// node killed while it holds descriptors of its own mount (its locks, `crate::mount_locks`)
+/// would otherwise wait forever, while exiting, for itself to answer their FLUSH.
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
 /// Poll interval while waiting for SQLite's locks (SQLite itself never blocks on them).
 const LOCK_POLL: Duration = Duration::from_millis(1);
+/// Longest an apply (or a fold, or a step-down rollback) waits for SQLite's locks before it
+/// goes ahead without them (logged).
+const APPLY_LOCK_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// How the file system is set up.
 #[derive(Debug, Clone)]
@@ -122,14 +134,6 @@ impl Kind {
             Kind::Wal => "wal",
             Kind::Shm => "shm",
             Kind::Pos => unreachable!("-pos is virtual"),
-        }
-    }
-
-    fn lock_file(self) -> Option<LockFile> {
-        match self {
-            Kind::Database => Some(LockFile::Database),
-            Kind::Shm => Some(LockFile::Shm),
-            _ => None,
         }
     }
 }
@@ -221,8 +225,9 @@ impl Db {
         match self.detector.apply(op) {
             Ok(None) => Ok(()),
             Ok(Some(event)) => self.handle_event(event, rt),
-            Err(DetectError::Lock(LockError::Conflict(_)))
-            | Err(DetectError::CheckpointDuringWrite { .. }) => Err(Errno::EAGAIN),
+            Err(DetectError::Lock(_)) | Err(DetectError::CheckpointDuringWrite { .. }) => {
+                Err(Errno::EAGAIN)
+            }
             Err(err) => {
                 tracing::warn!(db = %self.name, %err, "refused file operation");
                 Err(Errno::EIO)
@@ -407,18 +412,14 @@ impl Db {
         Ok(true)
     }
 
-    /// A fresh detector for the database file as it is now, keeping every lock held.
+    /// A fresh detector for the database file as it is now (locks are the kernel's).
     fn reset_detector(&mut self) {
         let mut head = [0u8; 100];
         let header = self.files[Kind::Database as usize]
             .as_ref()
             .and_then(|f| f.read_exact_at(&mut head, 0).ok())
             .and_then(|()| DbHeader::parse(&head));
-        let db_locks = self.detector.locks(LockFile::Database).clone();
-        let shm_locks = self.detector.locks(LockFile::Shm).clone();
         self.detector = Detector::new(header);
-        *self.detector.shell_locks(LockFile::Database) = db_locks;
-        *self.detector.shell_locks(LockFile::Shm) = shm_locks;
     }
 
     /// WAL mode: when this write completed a commit frame, records the transaction now —
@@ -654,6 +655,8 @@ pub struct Shared {
     wal_indexes: Mutex<BTreeMap<String, Arc<Mutex<WalIndex>>>>,
     /// Databases whose SHARED lock a snapshot read holds (released in `after_read`).
     reading: Mutex<BTreeMap<String, bool>>,
+    /// The node's own SQLite locks, through descriptors of the mount.
+    locks: MountLocks,
 }
 
 /// The mounted file system. All requests are served under one lock (correctness first).
@@ -697,6 +700,7 @@ impl Shared {
             notifier: OnceLock::new(),
             wal_indexes: Mutex::new(BTreeMap::new()),
             reading: Mutex::new(BTreeMap::new()),
+            locks: MountLocks::new(),
         };
         for name in names {
             let _ = fs::remove_file(dbs_dir.join(&name).join("shm"));
@@ -711,11 +715,22 @@ impl Shared {
         let _ = self.runtime.set(runtime);
     }
 
-    /// The kernel notifier of the mounted session (once, right after mounting). Also starts
-    /// the step-down watcher ([`Shared::roll_back_interrupted_transactions`]).
-    pub fn set_notifier(self: &Arc<Self>, notifier: fuser::Notifier) {
+    /// The kernel notifier of the mounted session at `mount_dir` (once, right after mounting).
+    /// Also starts opening the descriptors of the mount the node takes its own locks through
+    /// ([`crate::mount_locks`]) and the step-down watcher
+    /// ([`Shared::roll_back_interrupted_transactions`]).
+    pub fn set_notifier(self: &Arc<Self>, notifier: fuser::Notifier, mount_dir: PathBuf) {
         if self.notifier.set(notifier).is_err() {
             return;
+        }
+        match self.locks.start(mount_dir) {
+            Ok(()) => {
+                let state = self.state();
+                for d in &state.dbs {
+                    self.open_locks_ahead(d);
+                }
+            }
+            Err(err) => tracing::error!(%err, "cannot start the lock opener; applies go ahead without SQLite's locks"),
         }
         let Some(rt) = self.runtime.get() else { return };
         let mut events = rt.subscribe();
@@ -741,7 +756,7 @@ impl Shared {
     /// rewrite SQLite's WAL index, so every connection then reads the history's state.
     fn settle_unknown_commit(&self, name: &str) {
         let Ok(db) = DbName::new(name.to_string()) else { return };
-        self.before_apply(&db);
+        self.prepare_apply(&db, Holder::Settle);
         // The database's size as the fold (or an apply that came first) left it.
         let commit = {
             let state = self.state();
@@ -753,7 +768,7 @@ impl Shared {
                 u32::try_from(len / u64::from(page_size)).ok()
             })
         };
-        self.after_apply(&db, &[], commit.unwrap_or(0));
+        self.finish_apply(&db, &[], commit.unwrap_or(0), Holder::Settle);
         tracing::warn!(db = %db, "a commit with an unknown outcome is now in SQLite's view too");
     }
 
@@ -771,28 +786,39 @@ impl Shared {
             if !self.read_only() {
                 return;
             }
-            let mut pending = false;
-            let mut rolled_back: Vec<(String, usize)> = Vec::new();
-            {
+            let candidates: Vec<String> = {
                 let reading = lock(&self.reading).clone();
-                let mut state = self.state();
-                for (id, d) in state.dbs.iter_mut().enumerate() {
-                    let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
-                    if wal || !d.journal_is_hot() || reading.contains_key(&d.name) {
-                        continue;
-                    }
-                    if take_apply_locks(&mut d.detector, false) {
-                        if d.roll_back_hot_journal_logged() {
-                            rolled_back.push((d.name.clone(), id));
-                        }
-                    } else {
-                        pending = true;
-                    }
-                    release_apply_locks(&mut d.detector);
+                let state = self.state();
+                state
+                    .dbs
+                    .iter()
+                    .filter(|d| {
+                        let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
+                        !wal && d.journal_is_hot() && !reading.contains_key(&d.name)
+                    })
+                    .map(|d| d.name.clone())
+                    .collect()
+            };
+            let mut pending = false;
+            for name in candidates {
+                let Some(fd) = self.locks.file(&name, LockFile::Database, Holder::StepDown, APPLY_LOCK_WAIT_MAX) else {
+                    pending = true;
+                    continue;
+                };
+                if !take_apply_locks(&fd, false).unwrap_or(false) {
+                    let _ = mount_locks::unlock_all(&fd);
+                    pending = true;
+                    continue;
                 }
-            }
-            for (name, id) in rolled_back {
-                if let Ok(db) = DbName::new(name) {
+                let rolled_back = {
+                    let mut state = self.state();
+                    match state.by_name.get(&name).copied() {
+                        Some(id) if state.dbs[id].roll_back_hot_journal_logged() => Some(id),
+                        _ => None,
+                    }
+                };
+                let _ = mount_locks::unlock_all(&fd);
+                if let (Some(id), Ok(db)) = (rolled_back, DbName::new(name)) {
                     self.invalidate_after_rollback(&db, id);
                 }
             }
@@ -806,6 +832,60 @@ impl Shared {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// Before unmounting: the node's own descriptors of the mount would make it busy.
+    pub fn close_mount_files(&self) {
+        self.locks.close_all();
+    }
+
+    /// Opens the lock descriptors of `d` in the background (`-shm` only in WAL mode).
+    fn open_locks_ahead(&self, d: &Db) {
+        self.locks.open_ahead(&d.name, LockFile::Database);
+        if d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal) {
+            self.locks.open_ahead(&d.name, LockFile::Shm);
+        }
+    }
+
+    /// Takes SQLite's write locks for `holder` (see [`take_apply_locks`]), polling until no
+    /// SQLite connection is in the way or `deadline`. Does not hold the state lock while it
+    /// waits. `false`: not taken (logged); the caller goes ahead without them.
+    fn wait_apply_locks(&self, db: &str, wal: bool, holder: Holder, deadline: Instant) -> bool {
+        let file = if wal { LockFile::Shm } else { LockFile::Database };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Some(fd) = self.locks.file(db, file, holder, wait) else { return false };
+        let mut waiting = false;
+        loop {
+            match take_apply_locks(&fd, wal) {
+                Ok(true) => return true,
+                Ok(false) if !waiting => {
+                    waiting = true;
+                    tracing::info!(db, ?holder, "waiting for SQLite's locks: a local connection is in a transaction");
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(db, %err, "cannot take SQLite's locks");
+                    return false;
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = mount_locks::unlock_all(&fd);
+                tracing::warn!(db, ?holder, "going ahead without SQLite's locks: a local connection held them too long");
+                return false;
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    /// Releases whatever `holder` holds on `db` (both files).
+    fn release_locks(&self, db: &str, holder: Holder) {
+        for file in [LockFile::Database, LockFile::Shm] {
+            if let Some(fd) = self.locks.cached(db, file, holder) {
+                if let Err(err) = mount_locks::unlock_all(&fd) {
+                    tracing::warn!(db, %err, "cannot release the node's SQLite locks");
+                }
+            }
+        }
     }
 
     fn rt(&self) -> Result<&RuntimeHandle, Errno> {
@@ -1018,15 +1098,6 @@ impl State {
     }
 }
 
-fn lock_kind(typ: i32) -> Option<LockKind> {
-    match typ {
-        libc::F_RDLCK => Some(LockKind::Read),
-        libc::F_WRLCK => Some(LockKind::Write),
-        _ => None,
-    }
-}
-
-/// Whether the database file's header says WAL mode (bytes 18 and 19 are 2).
 fn file_is_wal(file: &File) -> bool {
     let mut b = [0u8; 2];
     file.read_exact_at(&mut b, 18).is_ok() && b == [2, 2]
@@ -1082,40 +1153,40 @@ fn wal_checksum_native(data: &[u8]) -> (u32, u32) {
     (s1, s2)
 }
 
-impl ApplyHook for Shared {
-    fn before_apply(&self, db: &DbName) {
+impl Shared {
+    /// Before a local write that SQLite connections must not see half-done (an apply, an
+    /// import, a settle): takes SQLite's write locks for `holder` (bounded wait), then rolls
+    /// back a hot journal or folds a WAL that still holds committed frames.
+    fn prepare_apply(&self, db: &DbName, holder: Holder) {
+        let deadline = Instant::now() + APPLY_LOCK_WAIT_MAX;
+        let wal = {
+            let state = self.state();
+            let Some(&id) = state.by_name.get(db.as_str()) else { return };
+            state.dbs[id].files[Kind::Database as usize].as_ref().is_some_and(file_is_wal)
+        };
         // On a replica the FUSE thread never waits for the runtime, so waiting for the state
-        // lock is safe; on a primary (`/import`) the wait is bounded like a read's.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            {
-                let mut state = self.state();
-                let Some(&id) = state.by_name.get(db.as_str()) else { return };
-                let d = &mut state.dbs[id];
-                let wal = d.files[Kind::Database as usize].as_ref().is_some_and(file_is_wal);
-                if take_apply_locks(&mut d.detector, wal) {
-                    let rolled_back = !wal && d.roll_back_hot_journal_logged();
-                    let folded = wal
-                        && d.fold_wal(self.runtime.get()).unwrap_or_else(|err| {
-                            tracing::error!(%db, %err, "cannot fold the WAL into the database before an apply");
-                            false
-                        });
-                    drop(state);
-                    if rolled_back || folded {
-                        self.invalidate_after_rollback(db, id);
-                    }
-                    return;
-                }
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(%db, "applying without SQLite's locks: a local connection held them for 10 s");
-                return;
-            }
-            std::thread::sleep(LOCK_POLL);
+        // lock is safe; on a primary (`/import`) the lock wait is bounded.
+        self.wait_apply_locks(db.as_str(), wal, holder, deadline);
+        let (id, changed) = {
+            let mut state = self.state();
+            let Some(&id) = state.by_name.get(db.as_str()) else { return };
+            let d = &mut state.dbs[id];
+            let rolled_back = !wal && d.roll_back_hot_journal_logged();
+            let folded = wal
+                && d.fold_wal(self.runtime.get()).unwrap_or_else(|err| {
+                    tracing::error!(%db, %err, "cannot fold the WAL into the database before an apply");
+                    false
+                });
+            (id, rolled_back || folded)
+        };
+        if changed {
+            self.invalidate_after_rollback(db, id);
         }
     }
 
-    fn after_apply(&self, db: &DbName, pages: &[u32], commit: u32) {
+    /// After that write: registers a database that appeared, tells the kernel's caches and
+    /// SQLite's WAL index, releases `holder`'s locks.
+    fn finish_apply(&self, db: &DbName, pages: &[u32], commit: u32, holder: Holder) {
         // 1. Register a new database, note what to invalidate (under the state lock).
         // Names that appear now: the kernel may hold negative entries for them.
         let mut new_names: Vec<String> = Vec::new();
@@ -1125,6 +1196,7 @@ impl ApplyHook for Shared {
                 Some(&id) => id,
                 None => match state.load_db(db.as_str(), false, self) {
                     Ok(id) => {
+                        self.open_locks_ahead(&state.dbs[id]);
                         new_names.extend(BACKED.iter().map(|k| format!("{db}{}", k.suffix())));
                         new_names.push(format!("{db}{}", Kind::Pos.suffix()));
                         id
@@ -1158,6 +1230,7 @@ impl ApplyHook for Shared {
                     Ok(f) => {
                         d.files[Kind::Wal as usize] = Some(f);
                         new_names.push(format!("{db}{}", Kind::Wal.suffix()));
+                        self.locks.open_ahead(db.as_str(), LockFile::Shm);
                     }
                     Err(err) => tracing::warn!(%db, %err, "cannot create the replica's empty WAL"),
                 }
@@ -1204,15 +1277,21 @@ impl ApplyHook for Shared {
             }
         }
         // 3. Release SQLite's locks.
-        let mut state = self.state();
-        release_apply_locks(&mut state.dbs[id].detector);
+        self.release_locks(db.as_str(), holder);
+    }
+}
+
+impl ApplyHook for Shared {
+    fn before_apply(&self, db: &DbName) {
+        self.prepare_apply(db, Holder::Apply);
+    }
+
+    fn after_apply(&self, db: &DbName, pages: &[u32], commit: u32) {
+        self.finish_apply(db, pages, commit, Holder::Apply);
     }
 
     fn abort_apply(&self, db: &DbName) {
-        let mut state = self.state();
-        if let Some(&id) = state.by_name.get(db.as_str()) {
-            release_apply_locks(&mut state.dbs[id].detector);
-        }
+        self.release_locks(db.as_str(), Holder::Apply);
     }
 
     fn before_read(&self, db: &DbName) {
@@ -1220,27 +1299,26 @@ impl ApplyHook for Shared {
         // image. Bounded: the FUSE thread may be waiting for a commit queued behind this read.
         // WAL mode needs no lock (committed WAL pages are laid over the file).
         let deadline = Instant::now() + READ_LOCK_WAIT_MAX;
-        loop {
-            if let Ok(mut state) = self.state.try_lock() {
+        let wal = match self.state.try_lock() {
+            Ok(state) => {
                 let Some(&id) = state.by_name.get(db.as_str()) else { return };
-                let d = &mut state.dbs[id];
-                if d.files[0].as_ref().is_none_or(file_is_wal) {
-                    return;
-                }
-                let locks = d.detector.shell_locks(LockFile::Database);
-                let pending_free = locks.conflict(SHELL_OWNER, DB_PENDING_BYTE, DB_PENDING_BYTE, LockKind::Read).is_none();
-                if pending_free && locks.lock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1, LockKind::Read).is_ok() {
-                    lock(&self.reading).insert(db.to_string(), true);
-                    // A journal is hot only if no connection holds RESERVED (SQLite's rule); the
-                    // state lock keeps every SQLite operation out while it is rolled back.
-                    let reserved_free = locks.conflict(SHELL_OWNER, DB_RESERVED_BYTE, DB_RESERVED_BYTE, LockKind::Write).is_none();
-                    let rolled_back = reserved_free && d.roll_back_hot_journal_logged();
-                    drop(state);
-                    if rolled_back {
-                        self.invalidate_after_rollback(db, id);
-                    }
-                    return;
-                }
+                state.dbs[id].files[0].as_ref().is_none_or(file_is_wal)
+            }
+            // The FUSE thread holds it (maybe waiting for this disk worker): read the header.
+            Err(_) => false,
+        };
+        if wal {
+            return;
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Some(fd) = self.locks.file(db.as_str(), LockFile::Database, Holder::Read, wait) else { return };
+        let shared = (DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+        loop {
+            let pending_free = !mount_locks::held_by_other(&fd, LockKind::Read, DB_PENDING_BYTE, DB_PENDING_BYTE).unwrap_or(true);
+            if pending_free && mount_locks::try_lock(&fd, LockKind::Read, shared.0, shared.1).unwrap_or(false) {
+                lock(&self.reading).insert(db.to_string(), true);
+                self.roll_back_before_read(db, &fd);
+                return;
             }
             if Instant::now() >= deadline {
                 return;
@@ -1259,11 +1337,39 @@ impl ApplyHook for Shared {
         if lock(&self.reading).remove(db.as_str()).is_none() {
             return;
         }
-        // Holding SHARED kept every writer of this database out of its commit, so the FUSE
-        // thread cannot be waiting on this database's I/O queue: waiting for the lock is safe.
-        let mut state = self.state();
-        if let Some(&id) = state.by_name.get(db.as_str()) {
-            state.dbs[id].detector.shell_locks(LockFile::Database).unlock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+        self.release_locks(db.as_str(), Holder::Read);
+    }
+}
+
+impl Shared {
+    /// A snapshot read holding SHARED found a hot journal no connection is writing (none holds
+    /// RESERVED): SQLite's readers would roll it back first, and so does the read — with the
+    /// locks upgraded to exclusive for it, then back to SHARED.
+    fn roll_back_before_read(&self, db: &DbName, fd: &File) {
+        let hot = match self.state.try_lock() {
+            Ok(state) => state.by_name.get(db.as_str()).is_some_and(|&id| state.dbs[id].journal_is_hot()),
+            Err(_) => false,
+        };
+        let reserved_free = !mount_locks::held_by_other(fd, LockKind::Write, DB_RESERVED_BYTE, DB_RESERVED_BYTE).unwrap_or(true);
+        if !hot || !reserved_free {
+            return;
+        }
+        let shared = (DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+        let mut rolled_back = None;
+        if take_apply_locks(fd, false).unwrap_or(false) {
+            if let Ok(mut state) = self.state.try_lock() {
+                if let Some(&id) = state.by_name.get(db.as_str()) {
+                    if state.dbs[id].roll_back_hot_journal_logged() {
+                        rolled_back = Some(id);
+                    }
+                }
+            }
+        }
+        // Back to SHARED only (a read lock over the range replaces the write lock).
+        let _ = mount_locks::unlock(fd, DB_PENDING_BYTE, DB_RESERVED_BYTE);
+        let _ = mount_locks::try_lock(fd, LockKind::Read, shared.0, shared.1);
+        if let Some(id) = rolled_back {
+            self.invalidate_after_rollback(db, id);
         }
     }
 }
@@ -1296,28 +1402,22 @@ fn next_change_seed() -> u32 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.subsec_nanos() | 1) & 0xff
 }
 
-/// Takes SQLite's write locks for an apply; false if a reader is in the way (then only PENDING
-/// is kept in rollback modes, so new readers wait while the current ones finish).
-fn take_apply_locks(detector: &mut Detector, wal: bool) -> bool {
+/// Takes SQLite's write locks for an apply through `fd` (the `-shm` descriptor in WAL mode,
+/// else the database's); `Ok(false)` if a connection is in the way (then only PENDING is kept
+/// in rollback modes, so new readers wait while the current ones finish).
+fn take_apply_locks(fd: &File, wal: bool) -> io::Result<bool> {
     if wal {
-        let locks = detector.shell_locks(LockFile::Shm);
-        return locks.lock(SHELL_OWNER, SHM_APPLY_LOCKS.0, SHM_APPLY_LOCKS.1, LockKind::Write).is_ok();
+        return mount_locks::try_lock(fd, LockKind::Write, SHM_APPLY_LOCKS.0, SHM_APPLY_LOCKS.1);
     }
-    let locks = detector.shell_locks(LockFile::Database);
-    if locks.lock(SHELL_OWNER, DB_PENDING_BYTE, DB_PENDING_BYTE, LockKind::Write).is_err() {
-        return false;
+    if !mount_locks::try_lock(fd, LockKind::Write, DB_PENDING_BYTE, DB_PENDING_BYTE)? {
+        return Ok(false);
     }
-    let rest = locks.lock(SHELL_OWNER, DB_RESERVED_BYTE, DB_RESERVED_BYTE, LockKind::Write).is_ok()
-        && locks.lock(SHELL_OWNER, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1, LockKind::Write).is_ok();
+    let rest = mount_locks::try_lock(fd, LockKind::Write, DB_RESERVED_BYTE, DB_RESERVED_BYTE)?
+        && mount_locks::try_lock(fd, LockKind::Write, DB_SHARED_FIRST, DB_SHARED_FIRST + DB_SHARED_SIZE - 1)?;
     if !rest {
-        locks.unlock(SHELL_OWNER, DB_RESERVED_BYTE, DB_SHARED_FIRST + DB_SHARED_SIZE - 1);
+        mount_locks::unlock(fd, DB_RESERVED_BYTE, DB_SHARED_FIRST + DB_SHARED_SIZE - 1)?;
     }
-    rest
-}
-
-fn release_apply_locks(detector: &mut Detector) {
-    detector.shell_locks(LockFile::Database).release_owner(SHELL_OWNER);
-    detector.shell_locks(LockFile::Shm).release_owner(SHELL_OWNER);
+    Ok(rest)
 }
 
 /// Ascending page numbers → inclusive runs.
@@ -1337,9 +1437,7 @@ fn page_ranges(pages: &[u32]) -> Vec<(u32, u32)> {
 impl Filesystem for LtxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         stats::fuse_request("init");
-        config
-            .add_capabilities(InitFlags::FUSE_POSIX_LOCKS)
-            .map_err(|_| io::Error::other("the kernel does not support FUSE POSIX locks"))?;
+        // No FUSE_POSIX_LOCKS: the kernel keeps POSIX locks itself (module docs).
         // Optional: without it the kernel still sends OPENDIR (answered ENOSYS once).
         let _ = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
@@ -1487,9 +1585,11 @@ impl Filesystem for LtxFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         stats::fuse_request("open");
-        let read_only = self.shared.read_only();
+        // The node's own descriptors (for its locks: a write lock needs a writable descriptor)
+        // never write through the mount.
+        let read_only = self.shared.read_only() && !self.shared.locks.is_opener(req.pid());
         let state = self.state();
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         if ino.0 == PRIMARY_INO
@@ -1499,7 +1599,7 @@ impl Filesystem for LtxFs {
             if writable {
                 return reply.error(Errno::EACCES);
             }
-            return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH);
         }
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.error(Errno::ENOENT);
@@ -1510,7 +1610,7 @@ impl Filesystem for LtxFs {
         if !state.dbs[id].exists(kind) {
             return reply.error(Errno::ENOENT);
         }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(FileHandle(0), OPEN_FLAGS);
     }
 
     fn create(
@@ -1571,7 +1671,7 @@ impl Filesystem for LtxFs {
                 &attr,
                 Generation(0),
                 FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                OPEN_FLAGS,
             ),
             Err(err) => reply.error(err),
         }
@@ -1692,25 +1792,13 @@ impl Filesystem for LtxFs {
     fn flush(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         _fh: FileHandle,
-        lock_owner: LockOwner,
+        _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // close(): the kernel drops the owner's POSIX locks itself.
         stats::fuse_request("flush");
-        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
-        let mut state = self.state();
-        if let Some((id, kind)) = state.resolve(ino) {
-            if let Some(file) = kind.lock_file() {
-                // close() drops all of the owner's POSIX locks on the file.
-                if let Err(err) = state.dbs[id].detect(Op::ReleaseOwner {
-                    file,
-                    owner: lock_owner.0,
-                }, rt) {
-                    return reply.error(err);
-                }
-            }
-        }
         reply.ok();
     }
 
@@ -1858,91 +1946,6 @@ impl Filesystem for LtxFs {
         // Names are backed by files in data.dir whose creation/removal the engine makes durable
         // where it matters (LTX); SQLite's directory fsync after a journal unlink needs no more.
         reply.error(Errno::ENOSYS);
-    }
-
-    fn getlk(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        start: u64,
-        end: u64,
-        typ: i32,
-        _pid: u32,
-        reply: ReplyLock,
-    ) {
-        stats::fuse_request("getlk");
-        let state = self.state();
-        let Some((id, file)) = state
-            .resolve(ino)
-            .and_then(|(id, kind)| Some((id, kind.lock_file()?)))
-        else {
-            return reply.error(Errno::ENOLCK);
-        };
-        let Some(kind) = lock_kind(typ) else {
-            return reply.error(Errno::EINVAL);
-        };
-        match state.dbs[id]
-            .detector
-            .query_lock(file, lock_owner.0, start, end, kind)
-        {
-            Some(held) => {
-                let typ = if held.kind == LockKind::Write {
-                    libc::F_WRLCK
-                } else {
-                    libc::F_RDLCK
-                };
-                reply.locked(held.start, held.end, typ, 0);
-            }
-            None => reply.locked(start, end, libc::F_UNLCK, 0),
-        }
-    }
-
-    fn setlk(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        start: u64,
-        end: u64,
-        typ: i32,
-        _pid: u32,
-        _sleep: bool,
-        reply: ReplyEmpty,
-    ) {
-        stats::fuse_request("setlk");
-        let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
-        let mut state = self.state();
-        let Some((id, file)) = state
-            .resolve(ino)
-            .and_then(|(id, kind)| Some((id, kind.lock_file()?)))
-        else {
-            return reply.error(Errno::ENOLCK);
-        };
-        let owner = lock_owner.0;
-        // Blocking waits (F_SETLKW) are served like F_SETLK: SQLite never blocks on locks.
-        let op = match lock_kind(typ) {
-            Some(kind) => Op::Lock {
-                file,
-                owner,
-                start,
-                end,
-                kind,
-            },
-            None if typ == libc::F_UNLCK => Op::Unlock {
-                file,
-                owner,
-                start,
-                end,
-            },
-            None => return reply.error(Errno::EINVAL),
-        };
-        match state.dbs[id].detect(op, rt) {
-            Ok(()) => reply.ok(),
-            Err(err) => reply.error(err),
-        }
     }
 }
 

@@ -8,6 +8,7 @@ mod config;
 mod fs;
 mod ltx_cmd;
 mod mount;
+mod mount_locks;
 mod recover;
 
 use clap::{Parser, Subcommand};

@@ -194,7 +194,7 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
     }
     let session = fuser::spawn_mount(LtxFs::new(shared.clone()), fuse_dir, &options)
         .map_err(|e| format!("cannot mount {}: {e}", fuse_dir.display()))?;
-    shared.set_notifier(session.notifier());
+    shared.set_notifier(session.notifier(), fuse_dir.to_path_buf());
     let role = if plan.static_primary { "primary" } else { "replica" };
     tracing::info!(dir = %fuse_dir.display(), data = %data_dir.display(), role, "mounted");
 
@@ -275,6 +275,7 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
         }
     };
 
+    shared.close_mount_files();
     if let Err(err) = session.umount_and_join() {
         tracing::warn!(%err, "unmount failed; detaching lazily");
         lazy_unmount(fuse_dir);

@@ -14,8 +14,10 @@
 //!   refuses fails SQLite's write before SQLite publishes it — and undo that reading when it
 //!   refused the commit ([`Detector::wal_mark`], [`Detector::rewind_wal`]).
 //!
-//! It also owns the POSIX lock tables of the database and `-shm` files (SQLite's locking
-//! protocol), because lock changes are commit triggers.
+//! It can also keep the POSIX lock tables of the database and `-shm` files (SQLite's locking
+//! protocol) for a shell that feeds lock operations (recorded op logs do): then the release of
+//! the WAL write lock is a commit trigger too. `node/src/fs.rs` leaves locks to the kernel and
+//! feeds writes only.
 //!
 //! Never does: read or write files, wait, or decide anything about LTX, positions or replication.
 //! The shell performs the I/O and carries out the events; see `node/src/fs.rs`.
@@ -164,10 +166,6 @@ pub enum DetectError {
     PageSizeUnknown,
     #[error("database write outside a rollback-journal transaction and not in WAL mode (journal_mode OFF/MEMORY is unsupported)")]
     NoJournal,
-    #[error(
-        "WAL write without holding the WAL write lock (locking_mode=EXCLUSIVE is unsupported)"
-    )]
-    WalWriteWithoutLock,
     #[error("checkpoint lock refused while owner {writer} holds the WAL write lock")]
     CheckpointDuringWrite { writer: u64 },
     #[error("WAL bytes given at offset {given}, expected {expected}")]
@@ -590,9 +588,6 @@ impl Detector {
     }
 
     fn wal_write(&mut self, offset: u64, len: u64) -> Result<Option<Event>, DetectError> {
-        if self.wal_writer().is_none() {
-            return Err(DetectError::WalWriteWithoutLock);
-        }
         if offset == 0 {
             // A new WAL generation (first write or restart after a full checkpoint).
             self.wal = WalState {

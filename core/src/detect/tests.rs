@@ -437,12 +437,20 @@ fn wal_restart_rereads_header_and_ignores_stale_frames() {
 }
 
 #[test]
-fn wal_write_without_write_lock_is_refused() {
+fn wal_commits_are_found_without_any_lock_operation() {
+    // A shell that leaves POSIX locks to the kernel (node/src/fs.rs) feeds writes only and asks
+    // for the unread WAL once a commit frame is written.
     let mut d = Detector::new(None);
-    assert_eq!(
-        d.apply(Op::WalWrite { offset: 0, len: 32 }),
-        Err(DetectError::WalWriteWithoutLock)
-    );
+    let wal = build_wal(512, (1, 1), &[(1, 0, 0xaa), (2, 2, 0xbb)]);
+    write_wal(&mut d, &wal, 0, 512);
+    let Some(Event::ReadWal { offset, len }) = d.unread_wal() else {
+        panic!("written frames are unread");
+    };
+    assert_eq!((offset, len), (0, wal.len() as u64));
+    let commits = d.wal_data(0, &wal).unwrap();
+    assert_eq!(commits.len(), 1);
+    assert_eq!(commits[0].commit, 2);
+    assert_eq!(d.unread_wal(), None);
 }
 
 #[test]

@@ -48,7 +48,7 @@ pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,7 +62,7 @@ use ltxfs_core::ids::{DbName, Epoch, NodeId};
 use ltxfs_core::ltx::Pos;
 use ltxfs_core::msg::Message;
 use ltxfs_core::node::{
-    Config as CoreConfig, Event, Input, InputError, IoCommand, IoErrorKind, IoKind, IoOutcome, LeaseKind, LeaseResult, LocalCommit,
+    Config as CoreConfig, Event, Input, InputError, IoCommand, IoId, IoErrorKind, IoKind, IoOutcome, LeaseKind, LeaseResult, LocalCommit,
     Node, Output, RejectReason, Role, WalFrames,
 };
 use ltxfs_core::time::{Time, WallMs};
@@ -576,6 +576,8 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         cmd_tx,
         peers: Peers::default(),
         workers: BTreeMap::new(),
+        worker_jobs: BTreeMap::new(),
+        inline_done: Vec::new(),
         commits: BTreeMap::new(),
         wal_backed: BTreeSet::new(),
         status,
@@ -663,6 +665,11 @@ struct NodeTask<L: LeaseBackend> {
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     peers: Peers,
     workers: BTreeMap<DbName, mpsc::UnboundedSender<DiskJob>>,
+    /// Jobs sent to each database's disk worker and not finished yet.
+    worker_jobs: BTreeMap<DbName, Arc<AtomicUsize>>,
+    /// Completions of I/O done inline by this task ([`NodeTask::drain`]), fed to the core
+    /// once the outputs that asked for them are all taken.
+    inline_done: Vec<(IoId, Result<IoOutcome, IoErrorKind>)>,
     /// The caller waiting for each database's commit in flight (one per database).
     commits: BTreeMap<DbName, CommitReply>,
     /// Databases whose commit in flight came with durable WAL frames (not its first commit).
@@ -698,6 +705,15 @@ struct Catchup {
     reaches: BTreeMap<DbName, u64>,
     /// The primary sent `Ready`: `reaches` is complete.
     sent: bool,
+}
+
+/// Counts a disk worker's job as finished when dropped (also if the job panicked).
+struct JobDone<'a>(&'a AtomicUsize);
+
+impl Drop for JobDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<L: LeaseBackend> NodeTask<L> {
@@ -802,6 +818,7 @@ impl<L: LeaseBackend> NodeTask<L> {
                 if self.node.db_pos(&db).is_none() {
                     let _ = reply.send(Err(RuntimeError::NoSuchDb(db)));
                 } else {
+                    self.worker_jobs.entry(db.clone()).or_default().fetch_add(1, Ordering::AcqRel);
                     self.worker(&db).send(DiskJob::Read { reply }).ok();
                 }
             }
@@ -897,8 +914,10 @@ impl<L: LeaseBackend> NodeTask<L> {
         let hook = self.hook.clone();
         let cmd = self.cmd_tx.clone();
         let name = db.clone();
+        let jobs = self.worker_jobs.entry(db.clone()).or_default().clone();
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
+                let _done = JobDone(&jobs);
                 let (data, hook, name) = (data.clone(), hook.clone(), name.clone());
                 match job {
                     DiskJob::Io { command, epoch, pos, wal_backed } => {
@@ -945,6 +964,16 @@ impl<L: LeaseBackend> NodeTask<L> {
                     // Only the commit's own LTX: while a local commit is in flight the core writes
                     // no other LTX for its database.
                     let wal_backed = matches!(command.kind, IoKind::WriteLtx { .. }) && self.wal_backed.contains(&db);
+                    let worker_idle = self.worker_jobs.get(&db).is_none_or(|n| n.load(Ordering::Acquire) == 0);
+                    if wal_backed && worker_idle {
+                        // A WAL-backed LTX is one small write without an fsync, and nothing is
+                        // queued before it for this database: doing it here saves the commit
+                        // two thread hand-offs each way (disk worker, blocking pool).
+                        let result = self.data.execute_with(&command.kind, at.epoch, at.pos, self.hook.as_ref(), true);
+                        self.inline_done.push((command.id, result));
+                        continue;
+                    }
+                    self.worker_jobs.entry(db.clone()).or_default().fetch_add(1, Ordering::AcqRel);
                     self.worker(&db).send(DiskJob::Io { command, epoch: at.epoch, pos: at.pos, wal_backed }).ok();
                 }
                 Output::Lease(request) => {
@@ -962,6 +991,13 @@ impl<L: LeaseBackend> NodeTask<L> {
                     });
                 }
                 Output::Event(event) => self.on_event(event),
+            }
+        }
+        // Bounded: each completion is one I/O command the core asked for.
+        for (id, result) in std::mem::take(&mut self.inline_done) {
+            self.outstanding -= 1;
+            if let Err(e) = self.step_input(Input::IoDone { id, result }) {
+                tracing::error!(error = %e, "I/O completion refused by the core");
             }
         }
     }

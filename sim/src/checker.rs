@@ -429,8 +429,8 @@ impl Checker {
         let mut lost = Vec::new();
         for op in &history.ops {
             if let (OpKind::Write { db }, Outcome::Ok { txid, checksum }) = (&op.kind, &op.outcome) {
-                if !survivors.get(db.as_str()).is_some_and(|states| states.contains(&(*txid, *checksum))) {
-                    lost.push((op.id, db.clone(), *txid));
+                if !survivors.get(*db).is_some_and(|states| states.contains(&(*txid, *checksum))) {
+                    lost.push((op.id, *db, *txid));
                 }
             }
         }

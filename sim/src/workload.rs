@@ -27,8 +27,10 @@ pub const PAGES_MAX: u32 = 24;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpKind {
-    Write { db: String },
-    Read { db: String },
+    /// A write to one of [`DBS`].
+    Write { db: &'static str },
+    /// A read of one of [`DBS`].
+    Read { db: &'static str },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

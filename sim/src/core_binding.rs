@@ -129,7 +129,7 @@ pub struct CoreNode {
     index: NodeIdx,
     now_us: u64,
     out: VecDeque<MachineOutput<Vec<u8>>>,
-    io: BTreeMap<u64, Answer>,
+    io: crate::pending::Pending<Answer>,
     applying: BTreeMap<DbId, Applying>,
     /// One shared [`DbId`] per database name, handed out in events and views (a node has a
     /// handful of databases: a list beats a map).
@@ -380,7 +380,7 @@ impl Machine for CoreNode {
             index: id,
             now_us,
             out: VecDeque::new(),
-            io: BTreeMap::new(),
+            io: crate::pending::Pending::default(),
             applying: BTreeMap::new(),
             names: std::cell::RefCell::new(Vec::new()),
         };
@@ -419,7 +419,7 @@ impl Machine for CoreNode {
                 Input::LeaseReply { id: LeaseRequestId(id), result }
             }
             MachineInput::IoDone { id, result } => {
-                let answer = self.io.remove(&id).expect("the world completes only issued I/O");
+                let answer = self.io.remove(id).expect("the world completes only issued I/O");
                 let result = match result {
                     Err(IoError::Eio) => Err(IoErrorKind::Failed),
                     Err(IoError::Enospc) => Err(IoErrorKind::NoSpace),

@@ -159,6 +159,71 @@ impl PageMap {
     }
 }
 
+/// The durable value of each page changed since the last fsync (None = absent), by page number:
+/// a sorted vector, since a database has a few dozen pages and a commit changes a few of them
+/// (a map would allocate a node after every sync). Iterates in page order, as a map does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UndoPages {
+    entries: Vec<(u32, Option<Page>)>,
+}
+
+impl UndoPages {
+    fn find(&self, pgno: u32) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&pgno, |(p, _)| *p)
+    }
+
+    pub fn get(&self, pgno: u32) -> Option<&Option<Page>> {
+        self.find(pgno).ok().map(|at| &self.entries[at].1)
+    }
+
+    /// Records `old` as the durable value of `pgno` unless one is recorded already.
+    pub fn insert_if_absent(&mut self, pgno: u32, old: Option<Page>) {
+        if let Err(at) = self.find(pgno) {
+            self.entries.insert(at, (pgno, old));
+        }
+    }
+
+    /// Records `value` as the durable value of `pgno`, replacing any.
+    pub fn insert(&mut self, pgno: u32, value: Option<Page>) {
+        match self.find(pgno) {
+            Ok(at) => self.entries[at].1 = value,
+            Err(at) => self.entries.insert(at, (pgno, value)),
+        }
+    }
+
+    pub fn remove(&mut self, pgno: u32) -> Option<Option<Page>> {
+        self.find(pgno).ok().map(|at| self.entries.remove(at).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets every entry, keeping the vector's room.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Takes every entry out, in page order, keeping the vector's room.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, (u32, Option<Page>)> {
+        self.entries.drain(..)
+    }
+}
+
+/// Every entry, in page order.
+impl IntoIterator for UndoPages {
+    type Item = (u32, Option<Page>);
+    type IntoIter = std::vec::IntoIter<(u32, Option<Page>)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
 /// A database file as pages (1-based page numbers).
 #[derive(Debug, Clone, Default)]
 pub struct DbFile {
@@ -167,7 +232,7 @@ pub struct DbFile {
     pub pages: PageMap,
     /// Durable value of every page changed since the last fsync (None = absent), and the
     /// durable commit size.
-    undo_pages: BTreeMap<u32, Option<Page>>,
+    undo_pages: UndoPages,
     undo_commit: Option<u32>,
     /// [`DbFile::checksum`] as the file is now, kept by [`SimDisk::db_checksum`] on first use
     /// after a change (every `SimDisk` method that changes a database's pages or size forgets
@@ -392,14 +457,14 @@ impl SimDisk {
         }
         for (pgno, page) in pages {
             let old = file.pages.insert(pgno, page);
-            file.undo_pages.entry(pgno).or_insert(old);
+            file.undo_pages.insert_if_absent(pgno, old);
         }
         file.commit = commit;
         // Bounded by the pages the file holds past the new end.
         let past_end: Vec<u32> = file.pages.pgnos_from(commit.saturating_add(1)).collect();
         for pgno in past_end {
             let old = file.pages.remove(&pgno);
-            file.undo_pages.entry(pgno).or_insert(old);
+            file.undo_pages.insert_if_absent(pgno, old);
         }
         if !self.is_last_unsynced_db(db) {
             self.last_unsynced = Some(Unsynced::Db(db.to_string()));
@@ -454,7 +519,7 @@ impl SimDisk {
     pub fn rollback_db(&mut self, db: &str) {
         if let Some(file) = self.dbs.get_mut(db) {
             file.cached_checksum.set(None);
-            for (pgno, old) in std::mem::take(&mut file.undo_pages) {
+            for (pgno, old) in file.undo_pages.drain() {
                 match old {
                     Some(data) => {
                         file.pages.insert(pgno, data);
@@ -482,7 +547,7 @@ impl SimDisk {
             undo.file = Some((f.page_size, f.commit, f.undo_commit));
             let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.pgnos_from(commit.saturating_add(1)));
             for pgno in changed {
-                let touched = match f.undo_pages.get(&pgno) {
+                let touched = match f.undo_pages.get(pgno) {
                     None => Touched::WasSynced,
                     Some(durable) => Touched::Unsynced { page: f.pages.get(&pgno).cloned(), durable: durable.clone() },
                 };
@@ -512,7 +577,7 @@ impl SimDisk {
                     let (page, durable) = match touched {
                         // The write left the old value as the durable one; a second capture of
                         // the same page finds it taken already.
-                        Touched::WasSynced => match f.undo_pages.remove(&pgno) {
+                        Touched::WasSynced => match f.undo_pages.remove(pgno) {
                             Some(old) => (old, None),
                             None => continue,
                         },

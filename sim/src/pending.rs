@@ -24,7 +24,9 @@ impl<V> Default for Pending<V> {
 impl<V> Pending<V> {
     /// Adds command `id`, which must not be pending already.
     pub fn insert(&mut self, id: u64, value: V) {
-        assert!(self.position(id).is_none(), "command {id} issued twice");
+        // Ids usually arrive in increasing order; then the newest one settles it.
+        let fresh = self.entries.back().is_none_or(|(newest, _)| *newest < id) || self.position(id).is_none();
+        assert!(fresh, "command {id} issued twice");
         self.entries.push_back((id, value));
     }
 
@@ -34,6 +36,9 @@ impl<V> Pending<V> {
     }
 
     pub fn remove(&mut self, id: u64) -> Option<V> {
+        if self.entries.front().is_some_and(|(oldest, _)| *oldest == id) {
+            return self.entries.pop_front().map(|(_, v)| v);
+        }
         let at = self.position(id)?;
         self.entries.remove(at).map(|(_, v)| v)
     }

@@ -302,6 +302,13 @@ pub struct DbUndo {
     last_unsynced: Option<Unsynced>,
 }
 
+impl DbUndo {
+    /// The database the write went to.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+}
+
 /// A page's state before an undoable write.
 #[derive(Debug, Clone)]
 enum Touched {

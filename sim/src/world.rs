@@ -180,7 +180,7 @@ pub struct World<M: Machine> {
     probe_ok: bool,
     commits: u64,
     /// While a local commit is being handed to a node: the database file before its pages.
-    commit_undo: Option<(NodeIdx, String, crate::disk::DbUndo)>,
+    commit_undo: Option<(NodeIdx, crate::disk::DbUndo)>,
     /// Local commits handed to nodes so far (makes every commit's pages unique).
     commit_seq: u64,
     /// Per directed node link: messages arriving before this instant wait for it (a held
@@ -560,7 +560,7 @@ impl<M: Machine> World<M> {
             self.commit_seq += 1;
             (*commit, *pages) = workload::write_pages(&mut self.rng_work, self.commit_seq, current);
             let undo = slot.disk.write_pages_undoable(db, *page_size, *commit, pages);
-            self.commit_undo = Some((node, db.clone(), undo));
+            self.commit_undo = Some((node, undo));
         }
         let local = slot.clock.local(self.now);
         slot.machine.as_mut().expect("running node has a machine").handle_input(local, input);
@@ -682,11 +682,11 @@ impl<M: Machine> World<M> {
             MachineEvent::CommitUnknown { db } => (db, Outcome::Unknown),
             MachineEvent::WriteRejected { db, reason } => {
                 // Refused on the spot: SQLite rolls its pages back from the journal.
-                if let Some((n, name, before)) = self.commit_undo.take() {
-                    if n == node && *name == **db {
+                if let Some((n, before)) = self.commit_undo.take() {
+                    if n == node && before.db() == &**db {
                         self.slots[usize::from(node)].disk.undo_pages(before);
                     } else {
-                        self.commit_undo = Some((n, name, before));
+                        self.commit_undo = Some((n, before));
                     }
                 }
                 (db, Outcome::Failed(reason.clone()))

@@ -292,9 +292,14 @@ impl CoreNode {
                     };
                     self.applying.insert(self.id(&db), applying);
                 }
-                let mut data = Vec::with_capacity(EPOCH_PREFIX + bytes.len());
-                data.extend_from_slice(&epoch.0.to_be_bytes());
-                data.extend_from_slice(&bytes);
+                // The epoch goes in front of the file's bytes in their own buffer: it grows by
+                // the prefix (in place when the allocation has room) instead of a new copy.
+                let mut data = bytes;
+                let len = data.len();
+                data.reserve_exact(EPOCH_PREFIX);
+                data.resize(len + EPOCH_PREFIX, 0);
+                data.copy_within(..len, EPOCH_PREFIX);
+                data[..EPOCH_PREFIX].copy_from_slice(&epoch.0.to_be_bytes());
                 let path = ltx_path(self.id(&db), min_txid, max_txid);
                 let commit_of = local_commit.then(|| self.id(&db));
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)

@@ -27,8 +27,66 @@ struct FileState {
 /// files by path.
 #[derive(Debug, Clone, Default)]
 struct Files {
-    ltx: BTreeMap<DbId, BTreeMap<(u64, u64), FileState>>,
+    ltx: BTreeMap<DbId, LtxFiles>,
     other: BTreeMap<String, FileState>,
+}
+
+/// One database's LTX files by TXID range, ascending, in a double-ended queue searched by
+/// bisection: files are written newest-last and deleted oldest-first (retention), which are
+/// pushes and pops at the ends, where a B-tree map moves entries within nodes and allocates and
+/// frees them. Behaves as an ordered map.
+#[derive(Debug, Clone, Default)]
+struct LtxFiles {
+    files: std::collections::VecDeque<((u64, u64), FileState)>,
+}
+
+impl LtxFiles {
+    fn find(&self, range: &(u64, u64)) -> Result<usize, usize> {
+        self.files.binary_search_by(|(r, _)| r.cmp(range))
+    }
+
+    fn get(&self, range: &(u64, u64)) -> Option<&FileState> {
+        self.find(range).ok().map(|at| &self.files[at].1)
+    }
+
+    fn get_mut(&mut self, range: &(u64, u64)) -> Option<&mut FileState> {
+        self.find(range).ok().map(|at| &mut self.files[at].1)
+    }
+
+    /// Puts `file` at `range`, returning the one it replaces.
+    fn insert(&mut self, range: (u64, u64), file: FileState) -> Option<FileState> {
+        if self.files.back().is_none_or(|(last, _)| *last < range) {
+            self.files.push_back((range, file));
+            return None;
+        }
+        match self.find(&range) {
+            Ok(at) => Some(std::mem::replace(&mut self.files[at].1, file)),
+            Err(at) => {
+                self.files.insert(at, (range, file));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, range: &(u64, u64)) -> Option<FileState> {
+        if self.files.front().is_some_and(|(first, _)| first == range) {
+            return self.files.pop_front().map(|(_, f)| f);
+        }
+        let at = self.find(range).ok()?;
+        self.files.remove(at).map(|(_, f)| f)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&(u64, u64), &FileState)> {
+        self.files.iter().map(|(r, f)| (r, f))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&(u64, u64), &mut FileState)> {
+        self.files.iter_mut().map(|(r, f)| (&*r, f))
+    }
 }
 
 impl Files {
@@ -50,7 +108,7 @@ impl Files {
         match path {
             FilePath::Ltx { min_txid, max_txid, db } => {
                 if !self.ltx.contains_key(db) {
-                    self.ltx.insert(db.clone(), BTreeMap::new());
+                    self.ltx.insert(db.clone(), LtxFiles::default());
                 }
                 self.ltx.get_mut(db).expect("inserted above").insert((*min_txid, *max_txid), file)
             }
@@ -661,6 +719,34 @@ impl SimDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The LTX file queue answers as a B-tree map does, whatever the order of writes and deletes.
+    #[test]
+    fn ltx_files_behave_as_an_ordered_map() {
+        let mut ours = LtxFiles::default();
+        let mut map: BTreeMap<(u64, u64), FileState> = BTreeMap::new();
+        let mut state = 7u64;
+        for step in 0..4_000u64 {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let r = state >> 33;
+            // Mostly appends and oldest-first deletes, sometimes anywhere.
+            let key = match r % 4 {
+                0 | 1 => (step, step),
+                2 => map.keys().next().copied().unwrap_or((1, 1)),
+                _ => ((r >> 8) % 64, (r >> 16) % 64),
+            };
+            let file = FileState { data: vec![(step % 251) as u8], undo: None };
+            if r % 3 == 0 {
+                assert_eq!(ours.remove(&key).map(|f| f.data), map.remove(&key).map(|f| f.data));
+            } else {
+                assert_eq!(ours.insert(key, file.clone()).map(|f| f.data), map.insert(key, file).map(|f| f.data));
+            }
+            assert_eq!(ours.get(&key).map(|f| &f.data), map.get(&key).map(|f| &f.data));
+            assert_eq!(ours.is_empty(), map.is_empty());
+        }
+        assert!(ours.iter().map(|(k, f)| (*k, f.data.clone())).eq(map.iter().map(|(k, f)| (*k, f.data.clone()))));
+        assert!(map.len() > 10);
+    }
 
     #[test]
     fn undoable_page_write_undoes_exactly() {

@@ -42,7 +42,13 @@ struct LtxFiles {
 
 impl LtxFiles {
     fn find(&self, range: &(u64, u64)) -> Result<usize, usize> {
-        self.files.binary_search_by(|(r, _)| r.cmp(range))
+        // The file written or synced is usually the newest (or a new one past it).
+        match self.files.back() {
+            None => Err(0),
+            Some((last, _)) if last == range => Ok(self.files.len() - 1),
+            Some((last, _)) if last < range => Err(self.files.len()),
+            Some(_) => self.files.binary_search_by(|(r, _)| r.cmp(range)),
+        }
     }
 
     fn get(&self, range: &(u64, u64)) -> Option<&FileState> {
@@ -55,10 +61,6 @@ impl LtxFiles {
 
     /// Puts `file` at `range`, returning the one it replaces.
     fn insert(&mut self, range: (u64, u64), file: FileState) -> Option<FileState> {
-        if self.files.back().is_none_or(|(last, _)| *last < range) {
-            self.files.push_back((range, file));
-            return None;
-        }
         match self.find(&range) {
             Ok(at) => Some(std::mem::replace(&mut self.files[at].1, file)),
             Err(at) => {

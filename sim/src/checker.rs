@@ -440,7 +440,7 @@ impl Checker {
         let mut lost = Vec::new();
         for op in &history.ops {
             if let (OpKind::Write { db }, Outcome::Ok { txid, checksum }) = (&op.kind, &op.outcome) {
-                if !survivors.get(*db).is_some_and(|states| states.binary_search(&(*txid, *checksum)).is_ok()) {
+                if survivors.get(*db).is_none_or(|states| states.binary_search(&(*txid, *checksum)).is_err()) {
                     lost.push((op.id, *db, *txid));
                 }
             }

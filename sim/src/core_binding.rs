@@ -85,6 +85,13 @@ fn db_name(name: &str) -> DbName {
 }
 
 /// Header and trailer of an LTX file without decoding its pages.
+/// `a == b` for database names, compared byte by byte in place: names are a few bytes, and
+/// these comparisons run on every step, where a call into the C library's memcmp costs more
+/// than the comparison.
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 fn header_trailer(bytes: &[u8]) -> Option<(Header, Trailer)> {
     if bytes.len() < HEADER_SIZE + TRAILER_SIZE {
         return None;
@@ -129,7 +136,7 @@ pub struct CoreNode {
     index: NodeIdx,
     now_us: u64,
     out: VecDeque<MachineOutput<Vec<u8>>>,
-    io: BTreeMap<u64, Answer>,
+    io: crate::pending::Pending<Answer>,
     applying: BTreeMap<DbId, Applying>,
     /// One shared [`DbId`] per database name, handed out in events and views (a node has a
     /// handful of databases: a list beats a map).
@@ -292,9 +299,14 @@ impl CoreNode {
                     };
                     self.applying.insert(self.id(&db), applying);
                 }
-                let mut data = Vec::with_capacity(EPOCH_PREFIX + bytes.len());
-                data.extend_from_slice(&epoch.0.to_be_bytes());
-                data.extend_from_slice(&bytes);
+                // The epoch goes in front of the file's bytes in their own buffer: it grows by
+                // the prefix (in place when the allocation has room) instead of a new copy.
+                let mut data = bytes;
+                let len = data.len();
+                data.reserve_exact(EPOCH_PREFIX);
+                data.resize(len + EPOCH_PREFIX, 0);
+                data.copy_within(..len, EPOCH_PREFIX);
+                data[..EPOCH_PREFIX].copy_from_slice(&epoch.0.to_be_bytes());
                 let path = ltx_path(self.id(&db), min_txid, max_txid);
                 let commit_of = local_commit.then(|| self.id(&db));
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
@@ -322,7 +334,7 @@ impl CoreNode {
 
     /// The shared name of `db`.
     fn id(&self, db: &DbName) -> DbId {
-        if let Some(id) = self.names.borrow().iter().find(|id| ***id == *db.as_str()) {
+        if let Some(id) = self.names.borrow().iter().find(|id| same_name(id, db.as_str())) {
             return id.clone();
         }
         let id = DbId::from(db.as_str());
@@ -380,7 +392,7 @@ impl Machine for CoreNode {
             index: id,
             now_us,
             out: VecDeque::new(),
-            io: BTreeMap::new(),
+            io: crate::pending::Pending::default(),
             applying: BTreeMap::new(),
             names: std::cell::RefCell::new(Vec::new()),
         };
@@ -419,7 +431,7 @@ impl Machine for CoreNode {
                 Input::LeaseReply { id: LeaseRequestId(id), result }
             }
             MachineInput::IoDone { id, result } => {
-                let answer = self.io.remove(&id).expect("the world completes only issued I/O");
+                let answer = self.io.remove(id).expect("the world completes only issued I/O");
                 let result = match result {
                     Err(IoError::Eio) => Err(IoErrorKind::Failed),
                     Err(IoError::Enospc) => Err(IoErrorKind::NoSpace),
@@ -495,7 +507,7 @@ impl Machine for CoreNode {
             } else if p.pos.txid > 0 {
                 // Keep the entry (and its shared name) when it names the same database.
                 match out.positions.get_mut(kept) {
-                    Some(entry) if *entry.0 == *db.as_str() => (entry.1, entry.2) = (p.pos.txid, p.pos.checksum),
+                    Some(entry) if same_name(&entry.0, db.as_str()) => (entry.1, entry.2) = (p.pos.txid, p.pos.checksum),
                     Some(entry) => *entry = (self.id(db), p.pos.txid, p.pos.checksum),
                     None => out.positions.push((self.id(db), p.pos.txid, p.pos.checksum)),
                 }

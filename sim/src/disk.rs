@@ -27,8 +27,68 @@ struct FileState {
 /// files by path.
 #[derive(Debug, Clone, Default)]
 struct Files {
-    ltx: BTreeMap<DbId, BTreeMap<(u64, u64), FileState>>,
+    ltx: BTreeMap<DbId, LtxFiles>,
     other: BTreeMap<String, FileState>,
+}
+
+/// One database's LTX files by TXID range, ascending, in a double-ended queue searched by
+/// bisection: files are written newest-last and deleted oldest-first (retention), which are
+/// pushes and pops at the ends, where a B-tree map moves entries within nodes and allocates and
+/// frees them. Behaves as an ordered map.
+#[derive(Debug, Clone, Default)]
+struct LtxFiles {
+    files: std::collections::VecDeque<((u64, u64), FileState)>,
+}
+
+impl LtxFiles {
+    fn find(&self, range: &(u64, u64)) -> Result<usize, usize> {
+        // The file written or synced is usually the newest (or a new one past it).
+        match self.files.back() {
+            None => Err(0),
+            Some((last, _)) if last == range => Ok(self.files.len() - 1),
+            Some((last, _)) if last < range => Err(self.files.len()),
+            Some(_) => self.files.binary_search_by(|(r, _)| r.cmp(range)),
+        }
+    }
+
+    fn get(&self, range: &(u64, u64)) -> Option<&FileState> {
+        self.find(range).ok().map(|at| &self.files[at].1)
+    }
+
+    fn get_mut(&mut self, range: &(u64, u64)) -> Option<&mut FileState> {
+        self.find(range).ok().map(|at| &mut self.files[at].1)
+    }
+
+    /// Puts `file` at `range`, returning the one it replaces.
+    fn insert(&mut self, range: (u64, u64), file: FileState) -> Option<FileState> {
+        match self.find(&range) {
+            Ok(at) => Some(std::mem::replace(&mut self.files[at].1, file)),
+            Err(at) => {
+                self.files.insert(at, (range, file));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, range: &(u64, u64)) -> Option<FileState> {
+        if self.files.front().is_some_and(|(first, _)| first == range) {
+            return self.files.pop_front().map(|(_, f)| f);
+        }
+        let at = self.find(range).ok()?;
+        self.files.remove(at).map(|(_, f)| f)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&(u64, u64), &FileState)> {
+        self.files.iter().map(|(r, f)| (r, f))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&(u64, u64), &mut FileState)> {
+        self.files.iter_mut().map(|(r, f)| (&*r, f))
+    }
 }
 
 impl Files {
@@ -50,7 +110,7 @@ impl Files {
         match path {
             FilePath::Ltx { min_txid, max_txid, db } => {
                 if !self.ltx.contains_key(db) {
-                    self.ltx.insert(db.clone(), BTreeMap::new());
+                    self.ltx.insert(db.clone(), LtxFiles::default());
                 }
                 self.ltx.get_mut(db).expect("inserted above").insert((*min_txid, *max_txid), file)
             }
@@ -159,6 +219,71 @@ impl PageMap {
     }
 }
 
+/// The durable value of each page changed since the last fsync (None = absent), by page number:
+/// a sorted vector, since a database has a few dozen pages and a commit changes a few of them
+/// (a map would allocate a node after every sync). Iterates in page order, as a map does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UndoPages {
+    entries: Vec<(u32, Option<Page>)>,
+}
+
+impl UndoPages {
+    fn find(&self, pgno: u32) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&pgno, |(p, _)| *p)
+    }
+
+    pub fn get(&self, pgno: u32) -> Option<&Option<Page>> {
+        self.find(pgno).ok().map(|at| &self.entries[at].1)
+    }
+
+    /// Records `old` as the durable value of `pgno` unless one is recorded already.
+    pub fn insert_if_absent(&mut self, pgno: u32, old: Option<Page>) {
+        if let Err(at) = self.find(pgno) {
+            self.entries.insert(at, (pgno, old));
+        }
+    }
+
+    /// Records `value` as the durable value of `pgno`, replacing any.
+    pub fn insert(&mut self, pgno: u32, value: Option<Page>) {
+        match self.find(pgno) {
+            Ok(at) => self.entries[at].1 = value,
+            Err(at) => self.entries.insert(at, (pgno, value)),
+        }
+    }
+
+    pub fn remove(&mut self, pgno: u32) -> Option<Option<Page>> {
+        self.find(pgno).ok().map(|at| self.entries.remove(at).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets every entry, keeping the vector's room.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Takes every entry out, in page order, keeping the vector's room.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, (u32, Option<Page>)> {
+        self.entries.drain(..)
+    }
+}
+
+/// Every entry, in page order.
+impl IntoIterator for UndoPages {
+    type Item = (u32, Option<Page>);
+    type IntoIter = std::vec::IntoIter<(u32, Option<Page>)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
 /// A database file as pages (1-based page numbers).
 #[derive(Debug, Clone, Default)]
 pub struct DbFile {
@@ -167,7 +292,7 @@ pub struct DbFile {
     pub pages: PageMap,
     /// Durable value of every page changed since the last fsync (None = absent), and the
     /// durable commit size.
-    undo_pages: BTreeMap<u32, Option<Page>>,
+    undo_pages: UndoPages,
     undo_commit: Option<u32>,
     /// [`DbFile::checksum`] as the file is now, kept by [`SimDisk::db_checksum`] on first use
     /// after a change (every `SimDisk` method that changes a database's pages or size forgets
@@ -235,6 +360,13 @@ pub struct DbUndo {
     file: Option<(u32, u32, Option<u32>)>,
     touched: Vec<(u32, Touched)>,
     last_unsynced: Option<Unsynced>,
+}
+
+impl DbUndo {
+    /// The database the write went to.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
 }
 
 /// A page's state before an undoable write.
@@ -392,14 +524,14 @@ impl SimDisk {
         }
         for (pgno, page) in pages {
             let old = file.pages.insert(pgno, page);
-            file.undo_pages.entry(pgno).or_insert(old);
+            file.undo_pages.insert_if_absent(pgno, old);
         }
         file.commit = commit;
         // Bounded by the pages the file holds past the new end.
         let past_end: Vec<u32> = file.pages.pgnos_from(commit.saturating_add(1)).collect();
         for pgno in past_end {
             let old = file.pages.remove(&pgno);
-            file.undo_pages.entry(pgno).or_insert(old);
+            file.undo_pages.insert_if_absent(pgno, old);
         }
         if !self.is_last_unsynced_db(db) {
             self.last_unsynced = Some(Unsynced::Db(db.to_string()));
@@ -454,7 +586,7 @@ impl SimDisk {
     pub fn rollback_db(&mut self, db: &str) {
         if let Some(file) = self.dbs.get_mut(db) {
             file.cached_checksum.set(None);
-            for (pgno, old) in std::mem::take(&mut file.undo_pages) {
+            for (pgno, old) in file.undo_pages.drain() {
                 match old {
                     Some(data) => {
                         file.pages.insert(pgno, data);
@@ -482,7 +614,7 @@ impl SimDisk {
             undo.file = Some((f.page_size, f.commit, f.undo_commit));
             let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.pgnos_from(commit.saturating_add(1)));
             for pgno in changed {
-                let touched = match f.undo_pages.get(&pgno) {
+                let touched = match f.undo_pages.get(pgno) {
                     None => Touched::WasSynced,
                     Some(durable) => Touched::Unsynced { page: f.pages.get(&pgno).cloned(), durable: durable.clone() },
                 };
@@ -512,7 +644,7 @@ impl SimDisk {
                     let (page, durable) = match touched {
                         // The write left the old value as the durable one; a second capture of
                         // the same page finds it taken already.
-                        Touched::WasSynced => match f.undo_pages.remove(&pgno) {
+                        Touched::WasSynced => match f.undo_pages.remove(pgno) {
                             Some(old) => (old, None),
                             None => continue,
                         },
@@ -589,6 +721,34 @@ impl SimDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The LTX file queue answers as a B-tree map does, whatever the order of writes and deletes.
+    #[test]
+    fn ltx_files_behave_as_an_ordered_map() {
+        let mut ours = LtxFiles::default();
+        let mut map: BTreeMap<(u64, u64), FileState> = BTreeMap::new();
+        let mut state = 7u64;
+        for step in 0..4_000u64 {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let r = state >> 33;
+            // Mostly appends and oldest-first deletes, sometimes anywhere.
+            let key = match r % 4 {
+                0 | 1 => (step, step),
+                2 => map.keys().next().copied().unwrap_or((1, 1)),
+                _ => ((r >> 8) % 64, (r >> 16) % 64),
+            };
+            let file = FileState { data: vec![(step % 251) as u8], undo: None };
+            if r % 3 == 0 {
+                assert_eq!(ours.remove(&key).map(|f| f.data), map.remove(&key).map(|f| f.data));
+            } else {
+                assert_eq!(ours.insert(key, file.clone()).map(|f| f.data), map.insert(key, file).map(|f| f.data));
+            }
+            assert_eq!(ours.get(&key).map(|f| &f.data), map.get(&key).map(|f| &f.data));
+            assert_eq!(ours.is_empty(), map.is_empty());
+        }
+        assert!(ours.iter().map(|(k, f)| (*k, f.data.clone())).eq(map.iter().map(|(k, f)| (*k, f.data.clone()))));
+        assert!(map.len() > 10);
+    }
 
     #[test]
     fn undoable_page_write_undoes_exactly() {

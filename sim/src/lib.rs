@@ -15,6 +15,7 @@ pub mod disk;
 pub mod lease;
 pub mod machine;
 pub mod net;
+pub mod pending;
 pub mod random;
 pub mod rng;
 pub mod runner;

@@ -27,8 +27,10 @@ pub const PAGES_MAX: u32 = 24;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpKind {
-    Write { db: String },
-    Read { db: String },
+    /// A write to one of [`DBS`].
+    Write { db: &'static str },
+    /// A read of one of [`DBS`].
+    Read { db: &'static str },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +98,21 @@ pub struct Session {
 pub fn write_pages(rng: &mut Rng, request_id: u64, current_commit: u32) -> (u32, Vec<(u32, Vec<u8>)>) {
     let limit = (current_commit + 1).clamp(1, PAGES_MAX);
     let count = rng.range(1, 3) as usize;
-    let mut pgnos: Vec<u32> = (0..count).map(|_| rng.range(1, u64::from(limit)) as u32).collect();
-    pgnos.sort_unstable();
-    pgnos.dedup();
+    // At most three page numbers: an array, sorted and deduplicated in place.
+    let mut drawn = [0u32; 3];
+    for slot in &mut drawn[..count] {
+        *slot = rng.range(1, u64::from(limit)) as u32;
+    }
+    let drawn = &mut drawn[..count];
+    drawn.sort_unstable();
+    let mut distinct = 0;
+    for i in 0..count {
+        if distinct == 0 || drawn[distinct - 1] != drawn[i] {
+            drawn[distinct] = drawn[i];
+            distinct += 1;
+        }
+    }
+    let pgnos = &drawn[..distinct];
     let salt = rng.next_u64();
     let pages = pgnos.iter().map(|pgno| (*pgno, page_content(request_id, *pgno, salt))).collect();
     let commit = current_commit.max(*pgnos.last().expect("at least one page"));

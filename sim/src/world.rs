@@ -125,7 +125,7 @@ struct Slot<M: Machine> {
     incarnation: u32,
     inbox: Vec<MachineInput<M::Msg>>,
     timer: Option<(TrueUs, u64)>,
-    io: BTreeMap<u64, IoKind>,
+    io: crate::pending::Pending<IoKind>,
     disk_free_at: TrueUs,
     /// Lease requests waiting for an answer.
     lease_pending: std::collections::BTreeSet<u64>,
@@ -180,7 +180,7 @@ pub struct World<M: Machine> {
     probe_ok: bool,
     commits: u64,
     /// While a local commit is being handed to a node: the database file before its pages.
-    commit_undo: Option<(NodeIdx, String, crate::disk::DbUndo)>,
+    commit_undo: Option<(NodeIdx, crate::disk::DbUndo)>,
     /// Local commits handed to nodes so far (makes every commit's pages unique).
     commit_seq: u64,
     /// Per directed node link: messages arriving before this instant wait for it (a held
@@ -218,7 +218,7 @@ impl<M: Machine> World<M> {
                 incarnation: 0,
                 inbox: Vec::new(),
                 timer: None,
-                io: BTreeMap::new(),
+                io: crate::pending::Pending::default(),
                 disk_free_at: 0,
                 lease_pending: std::collections::BTreeSet::new(),
                 writes_in_node: BTreeMap::new(),
@@ -472,7 +472,7 @@ impl<M: Machine> World<M> {
                 if slot.incarnation != inc {
                     return;
                 }
-                let Some(kind) = slot.io.get_mut(&id) else { return };
+                let Some(kind) = slot.io.get_mut(id) else { return };
                 let result = slot.disk.write_taking(kind);
                 self.push(done_at, Ev::IoDone { node, inc, id, failed: result.err() });
             }
@@ -481,7 +481,7 @@ impl<M: Machine> World<M> {
                 if slot.incarnation != inc {
                     return;
                 }
-                let Some(kind) = slot.io.remove(&id) else { return };
+                let Some(kind) = slot.io.remove(id) else { return };
                 let commit_of = match &kind {
                     IoKind::WriteFile { commit_of: Some(db), .. } => Some(&**db),
                     _ => None,
@@ -560,7 +560,7 @@ impl<M: Machine> World<M> {
             self.commit_seq += 1;
             (*commit, *pages) = workload::write_pages(&mut self.rng_work, self.commit_seq, current);
             let undo = slot.disk.write_pages_undoable(db, *page_size, *commit, pages);
-            self.commit_undo = Some((node, db.clone(), undo));
+            self.commit_undo = Some((node, undo));
         }
         let local = slot.clock.local(self.now);
         slot.machine.as_mut().expect("running node has a machine").handle_input(local, input);
@@ -682,11 +682,11 @@ impl<M: Machine> World<M> {
             MachineEvent::CommitUnknown { db } => (db, Outcome::Unknown),
             MachineEvent::WriteRejected { db, reason } => {
                 // Refused on the spot: SQLite rolls its pages back from the journal.
-                if let Some((n, name, before)) = self.commit_undo.take() {
-                    if n == node && *name == **db {
+                if let Some((n, before)) = self.commit_undo.take() {
+                    if n == node && before.db() == &**db {
                         self.slots[usize::from(node)].disk.undo_pages(before);
                     } else {
-                        self.commit_undo = Some((n, name, before));
+                        self.commit_undo = Some((n, before));
                     }
                 }
                 (db, Outcome::Failed(reason.clone()))
@@ -730,12 +730,12 @@ impl<M: Machine> World<M> {
         self.input(node, input);
     }
 
-    fn client_write(&mut self, session: u32, db: &str) {
+    fn client_write(&mut self, session: u32, db: &'static str) {
         if self.sessions[session as usize].outstanding.is_some() {
             return;
         }
         let node = self.sessions[session as usize].believed_primary;
-        let op = self.history.invoke(session, node, OpKind::Write { db: db.to_string() }, self.now);
+        let op = self.history.invoke(session, node, OpKind::Write { db }, self.now);
         self.sessions[session as usize].outstanding = Some(op);
         let slot = &self.slots[usize::from(node)];
         if slot.status == Status::Crashed {
@@ -785,7 +785,7 @@ impl<M: Machine> World<M> {
         let checksum = slot.disk.db_checksum(db);
         let position = view.positions.iter().find(|(d, ..)| **d == *db);
         let txid = position.map(|(_, t, c)| if *c == checksum { *t } else { 0 });
-        let op = self.history.invoke(session, node, OpKind::Read { db: db.to_string() }, self.now);
+        let op = self.history.invoke(session, node, OpKind::Read { db }, self.now);
         self.history.complete(op, Outcome::Ok { txid: txid.unwrap_or(0), checksum }, self.now);
         if let (Some((id, ..)), Some(txid)) = (position, txid.filter(|t| *t > 0)) {
             self.checker.on_read(self.now, node, id, txid, checksum);

@@ -7,6 +7,10 @@
 //! On top of superfly/ltx v0.3.14's decoder checks, it enforces the page rules its encoder
 //! enforces (no page 0, none past commit, no lock page, ascending order, complete snapshots), so
 //! it rejects only files the Go encoder can never have written.
+//!
+//! [`decode_slice`] reads a whole in-memory file in one pass when it is valid and its page block
+//! is at most 1 MiB (one buffer for the decoded page block, no per-page staging copy), and
+//! otherwise through the streaming decoder, which alone decides every error.
 
 use super::checksum::{page_checksum, DbChecksum, Hasher, CHECKSUM_FLAG};
 use super::encoder::PageRules;
@@ -223,6 +227,89 @@ impl<R: Read> Decoder<R> {
 /// Bytes after the trailer are an error ([`LtxError::TrailingData`]).
 #[allow(clippy::type_complexity)] // the signature other modules code against
 pub fn decode_slice(bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>, Trailer), LtxError> {
+    if let Some(decoded) = decode_slice_fast(bytes) {
+        return Ok(decoded);
+    }
+    decode_slice_streaming(bytes)
+}
+
+/// Content of a compressed page block that [`decode_slice_fast`] decodes into one buffer; a
+/// larger one goes through the streaming decoder (which holds one LZ4 block at a time).
+const FAST_CONTENT_MAX_BYTES: usize = 1 << 20;
+
+/// [`decode_slice`] of a valid file in one pass over the slice: the page block (decoded in one go
+/// when compressed) is parsed in place, each page copied once into its own `Vec`, and the file
+/// checksum taken over the page block in one call. `None` on anything else — any rule broken,
+/// anything unusual in the LZ4 frame, a large page block — and the streaming decoder then reads
+/// the same bytes and reports what it reports; so `Some` is exactly the streaming decoder's
+/// result for a file it accepts. It checks every rule the streaming decoder checks.
+#[allow(clippy::type_complexity)]
+fn decode_slice_fast(bytes: &[u8]) -> Option<(Header, Vec<(u32, Vec<u8>)>, Trailer)> {
+    let header_bytes: &[u8; HEADER_SIZE] = bytes.get(..HEADER_SIZE)?.try_into().ok()?;
+    let header = Header::from_bytes(header_bytes).ok()?;
+    let rest = &bytes[HEADER_SIZE..];
+    let decoded;
+    let (block, trailer_at) = if header.is_compressed() {
+        let (content, frame_len) = lz4frame::decode_frame_slice(rest, FAST_CONTENT_MAX_BYTES)?;
+        decoded = content;
+        (decoded.as_slice(), frame_len)
+    } else {
+        (rest, 0)
+    };
+    let page_size = header.page_size as usize;
+    let mut rules = PageRules::new(&header);
+    let mut db_sum = DbChecksum::new();
+    let mut pages = Vec::with_capacity(block.len() / (PAGE_HEADER_SIZE + page_size));
+    let mut at = 0usize;
+    // Bounded: every iteration consumes a page header and a page of `block`, or ends.
+    loop {
+        let pgno_bytes: [u8; PAGE_HEADER_SIZE] = block.get(at..at + PAGE_HEADER_SIZE)?.try_into().ok()?;
+        at += PAGE_HEADER_SIZE;
+        let pgno = u32::from_be_bytes(pgno_bytes);
+        if pgno == 0 {
+            break;
+        }
+        rules.accept(pgno).ok()?;
+        let page = block.get(at..at + page_size)?;
+        at += page_size;
+        if header.is_snapshot() {
+            db_sum.toggle(page_checksum(pgno, page));
+        }
+        pages.push((pgno, page.to_vec()));
+    }
+    rules.check_end().ok()?;
+    let page_block = &block[..at];
+    let trailer_at = if header.is_compressed() {
+        // The frame must end right after the zero page header.
+        if at != block.len() {
+            return None;
+        }
+        trailer_at
+    } else {
+        at
+    };
+    let trailer_bytes: &[u8; TRAILER_SIZE] = rest.get(trailer_at..)?.try_into().ok()?;
+    let trailer = Trailer::from_bytes(trailer_bytes);
+    trailer.validate().ok()?;
+    let mut hasher = Hasher::new();
+    hasher.update(header_bytes);
+    hasher.update(page_block);
+    hasher.update(&trailer_bytes[..8]);
+    if hasher.finish_flagged() != trailer.file_checksum {
+        return None;
+    }
+    if header.commit == 0 && trailer.post_apply_checksum != CHECKSUM_FLAG {
+        return None;
+    }
+    if header.is_snapshot() && db_sum.value() != trailer.post_apply_checksum {
+        return None;
+    }
+    Some((header, pages, trailer))
+}
+
+/// [`decode_slice`] through the streaming [`Decoder`].
+#[allow(clippy::type_complexity)]
+fn decode_slice_streaming(bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>, Trailer), LtxError> {
     let mut dec = Decoder::new(bytes)?;
     let header = *dec.header();
     let mut pages = Vec::new();
@@ -235,4 +322,73 @@ pub fn decode_slice(bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>, Traile
         return Err(LtxError::TrailingData(rest.len()));
     }
     Ok((header, pages, trailer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ltx::checksum::page_checksum;
+    use crate::ltx::{encode_to_vec, HEADER_FLAG_COMPRESS_LZ4};
+
+    /// Valid files of every kind: compressed or not, snapshot or incremental, one page to
+    /// several LZ4 blocks' worth, pages that compress and pages that do not.
+    fn files() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for flags in [0, HEADER_FLAG_COMPRESS_LZ4] {
+            for (page_size, pages) in [(512u32, 1u32), (512, 3), (4096, 40), (512, 300)] {
+                let data = |pgno: u32| -> Vec<u8> {
+                    let mut state = u64::from(pgno) * 0x9e37_79b9;
+                    (0..page_size)
+                        .map(|i| {
+                            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                            if pgno % 2 == 0 && i > 64 { 0 } else { (state >> 56) as u8 }
+                        })
+                        .collect()
+                };
+                let lock = crate::ltx::checksum::lock_pgno(page_size);
+                let all: Vec<(u32, Vec<u8>)> = (1..=pages).filter(|p| *p != lock).map(|p| (p, data(p))).collect();
+                let sum = all.iter().fold(DbChecksum::new(), |mut s, (p, d)| {
+                    s.toggle(page_checksum(*p, d));
+                    s
+                });
+                let snapshot = Header { flags, page_size, commit: pages, min_txid: 1, max_txid: 1, timestamp_ms: 1, ..Header::default() };
+                out.push(encode_to_vec(snapshot, all.iter().map(|(p, d)| (*p, d.as_slice())), sum.value()).unwrap());
+                let incremental = Header { min_txid: 2, max_txid: 3, pre_apply_checksum: CHECKSUM_FLAG | 5, ..snapshot };
+                let some: Vec<_> = all.iter().step_by(3).map(|(p, d)| (*p, d.as_slice())).collect();
+                out.push(encode_to_vec(incremental, some, CHECKSUM_FLAG | 77).unwrap());
+            }
+        }
+        out
+    }
+
+    /// The one-pass path gives the streaming decoder's result for every valid file, and for a
+    /// damaged file either declines (the streaming decoder then reports the error) or agrees.
+    #[test]
+    fn fast_path_agrees_with_the_streaming_decoder() {
+        let mut declined = 0;
+        for file in files() {
+            let streamed = decode_slice_streaming(&file).unwrap();
+            assert_eq!(decode_slice_fast(&file), Some(streamed.clone()));
+            assert_eq!(decode_slice(&file).unwrap(), streamed);
+            let step = (file.len() / 200).max(1);
+            for at in (0..file.len()).step_by(step) {
+                for flip in [0x01u8, 0x80] {
+                    let mut bad = file.clone();
+                    bad[at] ^= flip;
+                    match decode_slice_fast(&bad) {
+                        Some(fast) => assert_eq!(Ok(fast), decode_slice_streaming(&bad), "byte {at} ^ {flip:#x}"),
+                        None => declined += 1,
+                    }
+                }
+            }
+            for cut in [1, 4, 16, 17, file.len() / 2] {
+                assert_eq!(decode_slice_fast(&file[..file.len() - cut]), None);
+            }
+            let mut longer = file.clone();
+            longer.push(0);
+            assert_eq!(decode_slice_fast(&longer), None);
+            assert_eq!(decode_slice(&longer).unwrap_err(), LtxError::TrailingData(1));
+        }
+        assert!(declined > 1000, "damaged files are declined ({declined})");
+    }
 }

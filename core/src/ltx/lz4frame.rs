@@ -218,6 +218,93 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// The whole content of the LZ4 frame at the start of `bytes`, decoded in one pass straight from
+/// the slice (no copy of the stored blocks, one output buffer), and the frame's length in
+/// `bytes`. `None` for anything [`start`] would hand to `FrameDecoder`, for any damage the
+/// streaming [`FrameReader`] reports (block size, block or content checksum, content size, a
+/// block that does not decode, the slice ending early), and for content beyond
+/// `content_max_bytes`: the caller then reads the bytes with the streaming reader, which reports
+/// exactly what it always reports. `Some` only for a frame the streaming reader reads whole to the
+/// same bytes without an error.
+pub(crate) fn decode_frame_slice(bytes: &[u8], content_max_bytes: usize) -> Option<(Vec<u8>, usize)> {
+    let at = |from: usize, n: usize| bytes.get(from..from.checked_add(n)?);
+    let u32_at = |from: usize| at(from, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if u32_at(0)? != MAGIC {
+        return None;
+    }
+    let (flg, bd) = (*bytes.get(4)?, *bytes.get(5)?);
+    let block_size_code = (bd & BD_BLOCK_SIZE_MASK) >> 4;
+    let understood = flg & FLG_VERSION_MASK == FLG_VERSION_01
+        && flg & FLG_INDEPENDENT_BLOCKS != 0
+        && flg & (FLG_RESERVED | FLG_DICTIONARY_ID) == 0
+        && bd & !BD_BLOCK_SIZE_MASK == 0
+        && (4..=7).contains(&block_size_code);
+    if !understood {
+        return None;
+    }
+    let descriptor_len = if flg & FLG_CONTENT_SIZE != 0 { 15 } else { 7 };
+    let descriptor = at(0, descriptor_len)?;
+    if (XxHash32::oneshot(0, &descriptor[4..descriptor_len - 1]) >> 8) as u8 != descriptor[descriptor_len - 1] {
+        return None;
+    }
+    let content_size = if flg & FLG_CONTENT_SIZE != 0 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&descriptor[6..14]);
+        Some(u64::from_le_bytes(b))
+    } else {
+        None
+    };
+    let block_max = 1usize << (8 + 2 * usize::from(block_size_code));
+    let block_checksums = flg & FLG_BLOCK_CHECKSUMS != 0;
+    let mut content: Vec<u8> = Vec::new();
+    let mut i = descriptor_len;
+    // Bounded: every iteration consumes at least the 4-byte block size of `bytes`.
+    loop {
+        let info = u32_at(i)?;
+        i += 4;
+        if info == 0 {
+            break;
+        }
+        let len = (info & !BLOCK_UNCOMPRESSED_BIT) as usize;
+        if len > block_max {
+            return None;
+        }
+        let stored = at(i, len)?;
+        i += len;
+        if block_checksums {
+            if XxHash32::oneshot(0, stored) != u32_at(i)? {
+                return None;
+            }
+            i += 4;
+        }
+        let old_len = content.len();
+        if info & BLOCK_UNCOMPRESSED_BIT != 0 {
+            if old_len + len > content_max_bytes {
+                return None;
+            }
+            content.extend_from_slice(stored);
+        } else {
+            let decoded = decoded_len(stored, block_max);
+            if old_len + decoded > content_max_bytes {
+                return None;
+            }
+            content.resize(old_len + decoded, 0);
+            let n = lz4_flex::block::decompress_into(stored, &mut content[old_len..]).ok()?;
+            content.truncate(old_len + n);
+        }
+    }
+    if content_size.is_some_and(|expected| expected != content.len() as u64) {
+        return None;
+    }
+    if flg & FLG_CONTENT_CHECKSUM != 0 {
+        if XxHash32::oneshot(0, &content) != u32_at(i)? {
+            return None;
+        }
+        i += 4;
+    }
+    Some((content, i))
+}
+
 /// The decoded length of one LZ4 block, from its sequence headers alone (token, literal length,
 /// literals skipped, offset, match length), or `max` when the block is malformed or decodes to
 /// more than `max` — then the block decoder gets the largest buffer allowed and reports what is

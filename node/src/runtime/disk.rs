@@ -50,6 +50,11 @@ pub const EPOCH_LINES_MAX: usize = 8;
 pub const SPARE_PREFIX: &str = ".spare-";
 /// Spare files created at once, with one directory fsync for all of them.
 pub const SPARE_BATCH: usize = 32;
+/// Once this many WAL-backed LTX files of a database wait for their sync, a background thread
+/// syncs them ([`DataDir::sync_wal_backed`]), so that the sync SQLite's WAL restart must wait
+/// for covers at most about this many files instead of a whole WAL generation's (~1,000
+/// commits at SQLite's default checkpoint size: a 250–500 ms stall of the commit path here).
+pub const WAL_BACKED_SYNC_AHEAD: usize = 32;
 
 /// The data directory of one node.
 #[derive(Debug, Clone)]
@@ -63,6 +68,18 @@ pub struct DataDir {
     /// Per database: size of the last LTX written, and (applies, their LTX bytes) written into
     /// the database file since its last fsync ([`APPLY_UNSYNCED_MAX`]).
     applied: Arc<Mutex<BTreeMap<DbName, AppliedSinceSync>>>,
+    /// Per database: held for the whole of a [`DataDir::sync_wal_backed`], so that a caller
+    /// returns only once the files another caller took from `unsynced` are durable too.
+    wal_sync: Arc<Mutex<BTreeMap<DbName, Arc<Mutex<()>>>>>,
+    /// Per database: the background thread syncing its WAL-backed files ahead of time, while it
+    /// runs ([`WAL_BACKED_SYNC_AHEAD`]).
+    sync_ahead: Arc<Mutex<BTreeMap<DbName, SyncAhead>>>,
+}
+
+#[derive(Debug, Default)]
+struct SyncAhead {
+    running: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -86,7 +103,14 @@ type SpareLink = (PathBuf, PathBuf);
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
-        DataDir { root: root.into(), spares: Arc::default(), unsynced: Arc::default(), applied: Arc::default() }
+        DataDir {
+            root: root.into(),
+            spares: Arc::default(),
+            unsynced: Arc::default(),
+            applied: Arc::default(),
+            wal_sync: Arc::default(),
+            sync_ahead: Arc::default(),
+        }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -359,7 +383,15 @@ impl DataDir {
         })();
         match result {
             Ok(()) => {
-                self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default().push((spare, fin));
+                let waiting = {
+                    let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+                    let list = unsynced.entry(db.clone()).or_default();
+                    list.push((spare, fin));
+                    list.len()
+                };
+                if waiting >= WAL_BACKED_SYNC_AHEAD {
+                    self.start_sync_ahead(db);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -375,7 +407,13 @@ impl DataDir {
     /// restarting or truncating the WAL (`fs.rs` calls it through
     /// [`super::RuntimeHandle::sync_wal_backed`]) — before any durable write that follows them
     /// (done in [`DataDir::execute_with`]) and at a clean shutdown. Returns how many it synced.
+    ///
+    /// Callers may overlap (the FUSE thread, the disk worker, the background thread of
+    /// [`WAL_BACKED_SYNC_AHEAD`]): one at a time per database takes the files and syncs them,
+    /// so a call returns only once every file written before it is durable.
     pub fn sync_wal_backed(&self, db: &DbName) -> io::Result<usize> {
+        let lock = Arc::clone(self.wal_sync.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default());
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
         let pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).remove(db).unwrap_or_default();
         if pending.is_empty() {
             return Ok(0);
@@ -413,6 +451,41 @@ impl DataDir {
             let _ = fs::remove_file(spare);
         }
         Ok(synced)
+    }
+
+    /// Syncs `db`'s WAL-backed LTX files on a background thread unless one is doing so already
+    /// ([`WAL_BACKED_SYNC_AHEAD`]). A failure is logged: the files stay queued for the next
+    /// sync, which the WAL restart, a durable write or the shutdown does in the foreground.
+    fn start_sync_ahead(&self, db: &DbName) {
+        let mut ahead = self.sync_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        let state = ahead.entry(db.clone()).or_default();
+        if state.running {
+            return;
+        }
+        state.running = true;
+        let (data, name) = (self.clone(), db.clone());
+        let spawned = std::thread::Builder::new().name("ltxfs-ltx-sync".into()).spawn(move || {
+            if let Err(e) = data.sync_wal_backed(&name) {
+                tracing::warn!(db = %name, error = %e, "cannot sync WAL-backed LTX files ahead of time");
+            }
+            data.sync_ahead.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().running = false;
+        });
+        match spawned {
+            Ok(thread) => state.thread = Some(thread),
+            Err(e) => {
+                tracing::warn!(%db, error = %e, "cannot start a thread to sync WAL-backed LTX files");
+                state.running = false;
+            }
+        }
+    }
+
+    /// Waits for the background sync of `db` started last, if any (tests).
+    #[cfg(test)]
+    fn join_sync_ahead(&self, db: &DbName) {
+        let thread = self.sync_ahead.lock().unwrap_or_else(|p| p.into_inner()).get_mut(db).and_then(|s| s.thread.take());
+        if let Some(thread) = thread {
+            thread.join().expect("the sync thread does not panic");
+        }
     }
 
     /// [`DataDir::sync_wal_backed`] and [`DataDir::sync_applied`] for every database (clean
@@ -897,6 +970,34 @@ mod tests {
         assert_eq!(nlink(3), 2);
         write_with(&data, 4, false);
         assert_eq!((nlink(3), nlink(4)), (1, 1), "the WAL-backed LTX before a durable one is synced first");
+    }
+
+    #[test]
+    fn wal_backed_ltx_files_are_synced_in_the_background_once_enough_wait() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::new(tmp.path());
+        let db = DbName::new("a.db".to_string()).unwrap();
+        const C: u64 = 0x8000_0000_0000_0000;
+        let write = |txid: u64| {
+            let bytes = ltx_bytes(txid, txid, C | (txid - 1), C | txid);
+            let kind = IoKind::WriteLtx { db: db.clone(), min_txid: txid, max_txid: txid, bytes, fsync: true, epoch: Epoch(1) };
+            data.execute_with(&kind, Epoch(1), Pos::ZERO, &super::super::NoHook, true).unwrap();
+        };
+        let nlink = |txid: u64| fs::metadata(data.ltx_path(&db, txid, txid)).unwrap().nlink();
+        let n = WAL_BACKED_SYNC_AHEAD as u64;
+        for txid in 2..=n {
+            write(txid);
+        }
+        data.join_sync_ahead(&db);
+        assert!((2..=n).all(|t| nlink(t) == 2), "below the threshold nothing is synced ahead");
+        write(n + 1);
+        data.join_sync_ahead(&db);
+        assert!((2..=n + 1).all(|t| nlink(t) == 1), "the threshold's write starts a background sync of all of them");
+        assert_eq!(data.sync_wal_backed(&db).unwrap(), 0, "nothing left for the WAL restart to sync");
+        write(n + 2);
+        assert_eq!(nlink(n + 2), 2, "the count starts again");
+        assert_eq!(data.sync_wal_backed(&db).unwrap(), 1);
     }
 
 }

@@ -43,7 +43,16 @@ pub struct LagResult {
     pub visible_before_return: usize,
     /// Transactions never seen on the replica before the end of the wait.
     pub never_visible: usize,
+    /// Gaps of more than [`STALL_GAP`] between two commits returning on the primary (the
+    /// schedule asks for one every 1/rate): the primary's commit path stalled; the writer then
+    /// commits its backlog back to back, faster than the fixed rate.
+    pub commit_stalls: usize,
+    /// The longest gap between two commits returning.
+    pub longest_commit_gap: Duration,
 }
+
+/// A gap between two commits that counts as a stall of the primary's commit path.
+pub const STALL_GAP: Duration = Duration::from_millis(10);
 
 const DB: &str = "lag.db";
 
@@ -186,6 +195,7 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
         }
     }
     lags.sort();
+    let gaps: Vec<Duration> = committed.windows(2).map(|w| w[1] - w[0]).collect();
     // Where the time goes: the nodes' own latency histograms (printed, not part of the result).
     for (who, port, metric) in [("primary", primary.spec.http_port, "ltxfs_commit_seconds"), ("replica", replica.spec.http_port, "ltxfs_apply_seconds")] {
         if let Some(text) = http_get_local(port, "/metrics") {
@@ -210,6 +220,8 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
         max: lags.last().copied().unwrap_or_default(),
         visible_before_return: early,
         never_visible: never,
+        commit_stalls: gaps.iter().filter(|g| **g > STALL_GAP).count(),
+        longest_commit_gap: gaps.iter().max().copied().unwrap_or_default(),
     }))
 }
 

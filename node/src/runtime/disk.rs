@@ -18,9 +18,10 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ltxfs_core::catchup::LtxFileMeta;
 use ltxfs_core::ids::{DbName, Epoch};
@@ -51,10 +52,15 @@ pub const SPARE_PREFIX: &str = ".spare-";
 /// Spare files created at once, with one directory fsync for all of them.
 pub const SPARE_BATCH: usize = 32;
 /// Once this many WAL-backed LTX files of a database wait for their sync, a background thread
-/// syncs them ([`DataDir::sync_wal_backed`]), so that the sync SQLite's WAL restart must wait
-/// for covers at most about this many files instead of a whole WAL generation's (~1,000
-/// commits at SQLite's default checkpoint size: a 250–500 ms stall of the commit path here).
+/// syncs them ([`DataDir::sync_wal_backed`]'s rule), so that the sync SQLite's WAL restart must
+/// wait for covers tens of files instead of a whole WAL generation's (~1,000 commits at
+/// SQLite's default checkpoint size: a 250–500 ms stall of the commit path here).
 pub const WAL_BACKED_SYNC_AHEAD: usize = 32;
+/// The background sync fdatasyncs two files, then waits for the next LTX write or this long:
+/// its flushes are spread between the commits' own instead of queued in front of them, and
+/// it still syncs faster than files are written. A round ends once fewer than half of
+/// [`WAL_BACKED_SYNC_AHEAD`] files wait.
+pub const SYNC_AHEAD_PACE: Duration = Duration::from_millis(1);
 
 /// The data directory of one node.
 #[derive(Debug, Clone)]
@@ -62,9 +68,9 @@ pub struct DataDir {
     root: PathBuf,
     /// Empty spare files whose names are durable, per LTX directory (see [`promote_spares`]).
     spares: Arc<Mutex<BTreeMap<PathBuf, SparePool>>>,
-    /// WAL-backed LTX files written without their fsync, per database, oldest first: (spare
-    /// name, final name) of one inode ([`DataDir::sync_wal_backed`]).
-    unsynced: Arc<Mutex<BTreeMap<DbName, Vec<SpareLink>>>>,
+    /// WAL-backed LTX files written without their fsync, per database
+    /// ([`DataDir::sync_wal_backed`]); the condition variable is notified at each write.
+    unsynced: Arc<(Mutex<BTreeMap<DbName, Unsynced>>, Condvar)>,
     /// Per database: size of the last LTX written, and (applies, their LTX bytes) written into
     /// the database file since its last fsync ([`APPLY_UNSYNCED_MAX`]).
     applied: Arc<Mutex<BTreeMap<DbName, AppliedSinceSync>>>,
@@ -74,6 +80,27 @@ pub struct DataDir {
     /// Per database: the background thread syncing its WAL-backed files ahead of time, while it
     /// runs ([`WAL_BACKED_SYNC_AHEAD`]).
     sync_ahead: Arc<Mutex<BTreeMap<DbName, SyncAhead>>>,
+}
+
+/// The WAL-backed LTX files of one database not synced yet.
+#[derive(Debug, Default)]
+struct Unsynced {
+    /// Oldest first: (spare name, final name) of one inode.
+    files: VecDeque<SpareLink>,
+    /// Files ever written: `files[i]` is the `written - files.len() + i`-th.
+    written: u64,
+}
+
+impl Unsynced {
+    fn first_seq(&self) -> u64 {
+        self.written - self.files.len() as u64
+    }
+    /// Puts files taken from the front back there (a sync that failed).
+    fn restore(&mut self, taken: impl DoubleEndedIterator<Item = SpareLink>) {
+        for link in taken.rev() {
+            self.files.push_front(link);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -384,11 +411,13 @@ impl DataDir {
         match result {
             Ok(()) => {
                 let waiting = {
-                    let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
-                    let list = unsynced.entry(db.clone()).or_default();
-                    list.push((spare, fin));
-                    list.len()
+                    let mut unsynced = self.unsynced();
+                    let u = unsynced.entry(db.clone()).or_default();
+                    u.files.push_back((spare, fin));
+                    u.written += 1;
+                    u.files.len()
                 };
+                self.unsynced.1.notify_all();
                 if waiting >= WAL_BACKED_SYNC_AHEAD {
                     self.start_sync_ahead(db);
                 }
@@ -412,45 +441,91 @@ impl DataDir {
     /// [`WAL_BACKED_SYNC_AHEAD`]): one at a time per database takes the files and syncs them,
     /// so a call returns only once every file written before it is durable.
     pub fn sync_wal_backed(&self, db: &DbName) -> io::Result<usize> {
-        let lock = Arc::clone(self.wal_sync.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default());
+        let lock = self.wal_sync_lock(db);
         let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).remove(db).unwrap_or_default();
+        let pending: Vec<SpareLink> = self.unsynced().get_mut(db).map(|u| u.files.drain(..).collect()).unwrap_or_default();
         if pending.is_empty() {
             return Ok(0);
         }
         // Their frames first (synchronous=NORMAL never syncs them): an LTX must never be
         // durable while the WAL frames of the commits before it are not.
-        let wal_sync = match File::open(self.db_dir(db).join(WAL_FILE)) {
-            Ok(f) => f.sync_data().map(|()| stats::fsync(FsyncKind::Wal)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = wal_sync {
-            self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default().splice(0..0, pending);
+        if let Err(e) = self.sync_wal(db) {
+            self.unsynced().entry(db.clone()).or_default().restore(pending.into_iter());
             return Err(e);
         }
         let mut synced = 0;
         for (i, (spare, fin)) in pending.iter().enumerate() {
-            let result = match File::open(fin) {
-                Ok(f) => f.sync_data().map(|()| {
-                    stats::fsync(FsyncKind::Ltx);
-                    synced += 1;
-                }),
-                // Deleted since (retention, a snapshot): nothing to keep.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                // Keep the rest for the next attempt, this one included.
-                let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
-                let entry = unsynced.entry(db.clone()).or_default();
-                let rest: Vec<_> = pending[i..].to_vec();
-                entry.splice(0..0, rest);
-                return Err(e);
+            match sync_ltx_file(fin) {
+                Ok(done) => synced += usize::from(done),
+                Err(e) => {
+                    // Keep the rest for the next attempt, this one included.
+                    self.unsynced().entry(db.clone()).or_default().restore(pending[i..].iter().cloned());
+                    return Err(e);
+                }
             }
             let _ = fs::remove_file(spare);
         }
         Ok(synced)
+    }
+
+    /// One background round ([`WAL_BACKED_SYNC_AHEAD`]): the WAL, then every file written
+    /// before that WAL sync, one at a time, paced by [`SYNC_AHEAD_PACE`]; again while at least
+    /// half of [`WAL_BACKED_SYNC_AHEAD`] files wait. The same rule as
+    /// [`DataDir::sync_wal_backed`], which may take over the rest at any time (each step holds
+    /// the database's sync lock; no wait does).
+    fn sync_ahead_round(&self, db: &DbName) -> io::Result<usize> {
+        let lock = self.wal_sync_lock(db);
+        let mut synced = 0;
+        while self.unsynced().get(db).map_or(0, |u| u.files.len()) >= WAL_BACKED_SYNC_AHEAD / 2 {
+            let covered = {
+                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let covered = self.unsynced().get(db).map_or(0, |u| u.written);
+                self.sync_wal(db)?;
+                covered
+            };
+            for step in 0.. {
+                {
+                    let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = match self.unsynced().get_mut(db) {
+                        Some(u) if u.first_seq() < covered => u.files.pop_front(),
+                        _ => None,
+                    };
+                    let Some((spare, fin)) = next else { break };
+                    match sync_ltx_file(&fin) {
+                        Ok(done) => synced += usize::from(done),
+                        Err(e) => {
+                            self.unsynced().entry(db.clone()).or_default().restore(std::iter::once((spare, fin)));
+                            return Err(e);
+                        }
+                    }
+                    let _ = fs::remove_file(spare);
+                }
+                if step % 2 == 1 {
+                    let all = self.unsynced();
+                    let written = all.get(db).map_or(0, |u| u.written);
+                    let paced = self.unsynced.1.wait_timeout_while(all, SYNC_AHEAD_PACE, |all| all.get(db).map_or(0, |u| u.written) == written);
+                    drop(paced.unwrap_or_else(|p| p.into_inner()));
+                }
+            }
+        }
+        Ok(synced)
+    }
+
+    fn unsynced(&self) -> MutexGuard<'_, BTreeMap<DbName, Unsynced>> {
+        self.unsynced.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wal_sync_lock(&self, db: &DbName) -> Arc<Mutex<()>> {
+        Arc::clone(self.wal_sync.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default())
+    }
+
+    /// fdatasync of `db`'s WAL (none if there is no WAL).
+    fn sync_wal(&self, db: &DbName) -> io::Result<()> {
+        match File::open(self.db_dir(db).join(WAL_FILE)) {
+            Ok(f) => f.sync_data().map(|()| stats::fsync(FsyncKind::Wal)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Syncs `db`'s WAL-backed LTX files on a background thread unless one is doing so already
@@ -465,7 +540,7 @@ impl DataDir {
         state.running = true;
         let (data, name) = (self.clone(), db.clone());
         let spawned = std::thread::Builder::new().name("ltxfs-ltx-sync".into()).spawn(move || {
-            if let Err(e) = data.sync_wal_backed(&name) {
+            if let Err(e) = data.sync_ahead_round(&name) {
                 tracing::warn!(db = %name, error = %e, "cannot sync WAL-backed LTX files ahead of time");
             }
             data.sync_ahead.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().running = false;
@@ -491,7 +566,7 @@ impl DataDir {
     /// [`DataDir::sync_wal_backed`] and [`DataDir::sync_applied`] for every database (clean
     /// shutdown).
     pub fn sync_all_deferred(&self) -> io::Result<usize> {
-        let dbs: Vec<DbName> = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let dbs: Vec<DbName> = self.unsynced().keys().cloned().collect();
         let mut synced = 0;
         for db in dbs {
             synced += self.sync_wal_backed(&db)?;
@@ -665,6 +740,19 @@ fn make_spare_batch(dir: &Path) -> io::Result<Vec<PathBuf>> {
     stats::fsync(FsyncKind::Dir);
     batch.reverse();
     Ok(batch)
+}
+
+/// fdatasync of a WAL-backed LTX file by its final name; false if it is gone (deleted since by
+/// retention or a snapshot: nothing to keep).
+fn sync_ltx_file(fin: &Path) -> io::Result<bool> {
+    match File::open(fin) {
+        Ok(f) => f.sync_data().map(|()| {
+            stats::fsync(FsyncKind::Ltx);
+            true
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// WAL-backed LTX files a crash caught before their sync ([`DataDir::write_ltx_wal_backed`]):

@@ -49,11 +49,9 @@ pub const EPOCH_LINES_MAX: usize = 8;
 
 /// Names of the spare LTX files in `ltx/` start with this (see [`promote_spares`]).
 pub const SPARE_PREFIX: &str = ".spare-";
-/// Spare files created at once, with one directory fsync for all of them. Under other I/O on
-/// the disk each batch (made in the background) stalled the primary's commit path 10-30 ms in
-/// some runs — at 32 files per batch every 32 commits; 256 makes it 8× rarer. Unused spares
-/// are deleted at start-up.
-pub const SPARE_BATCH: usize = 256;
+/// Spare files created at once, with one directory fsync for all of them. (256 was tried: the
+/// stall of the commit path at each batch became 8× rarer but longer, and the lag tail worse.)
+pub const SPARE_BATCH: usize = 32;
 // Spare names carry a 3-digit index: the names of a batch sort in the order it is used.
 const _: () = assert!(SPARE_BATCH <= 1000);
 /// Once this many WAL-backed LTX files of a database wait for their sync, a background thread

@@ -43,9 +43,30 @@ pub struct LagResult {
     pub visible_before_return: usize,
     /// Transactions never seen on the replica before the end of the wait.
     pub never_visible: usize,
+    /// Gaps of more than [`STALL_GAP`] between two commits returning on the primary (the
+    /// schedule asks for one every 1/rate): the primary's commit path stalled; the writer then
+    /// commits its backlog back to back, faster than the fixed rate.
+    pub commit_stalls: usize,
+    /// The longest gap between two commits returning.
+    pub longest_commit_gap: Duration,
 }
 
+/// A gap between two commits that counts as a stall of the primary's commit path.
+pub const STALL_GAP: Duration = Duration::from_millis(10);
+
 const DB: &str = "lag.db";
+
+/// With this environment variable set (to anything), the run directory is kept and gets
+/// `timeline.csv`: per transaction its commit and visibility wall times (µs since the Unix
+/// epoch, the clock of the nodes' `events.ndjson`), to line up with what the nodes logged.
+pub const KEEP_ENV: &str = "LTXFS_LAG_KEEP";
+
+/// Wall time of an `Instant` taken in this process, in µs since the Unix epoch.
+fn wall_us(at: Instant, anchor: (Instant, std::time::SystemTime)) -> u128 {
+    let base = anchor.1.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let wall = if at >= anchor.0 { base + (at - anchor.0) } else { base.saturating_sub(anchor.0 - at) };
+    wall.as_micros()
+}
 
 pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
     let dir = node::run_dir("lag")?;
@@ -152,18 +173,29 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
 
     let mut lags = Vec::with_capacity(n);
     let (mut early, mut never) = (0, 0);
+    let keep = std::env::var_os(KEEP_ENV).is_some();
+    let anchor = (Instant::now(), std::time::SystemTime::now());
+    let mut timeline = String::from("txid,commit_wall_us,visible_wall_us,lag_us\n");
     for (i, commit) in committed.iter().enumerate() {
         let txid = base + 1 + i as u64;
-        match seen.iter().find(|(t, _)| *t >= txid) {
-            Some((_, at)) if at < commit => {
+        let visible = seen.iter().find(|(t, _)| *t >= txid).map(|(_, at)| *at);
+        match visible {
+            Some(at) if at < *commit => {
                 early += 1;
                 lags.push(Duration::ZERO);
             }
-            Some((_, at)) => lags.push(*at - *commit),
+            Some(at) => lags.push(at - *commit),
             None => never += 1,
+        }
+        if keep {
+            use std::fmt::Write as _;
+            let vis = visible.map_or(String::new(), |at| wall_us(at, anchor).to_string());
+            let lag = visible.map_or(String::new(), |at| at.saturating_duration_since(*commit).as_micros().to_string());
+            let _ = writeln!(timeline, "{txid},{},{vis},{lag}", wall_us(*commit, anchor));
         }
     }
     lags.sort();
+    let gaps: Vec<Duration> = committed.windows(2).map(|w| w[1] - w[0]).collect();
     // Where the time goes: the nodes' own latency histograms (printed, not part of the result).
     for (who, port, metric) in [("primary", primary.spec.http_port, "ltxfs_commit_seconds"), ("replica", replica.spec.http_port, "ltxfs_apply_seconds")] {
         if let Some(text) = http_get_local(port, "/metrics") {
@@ -174,6 +206,11 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
     drop(db);
     drop(replica);
     drop(primary);
+    if keep {
+        let kept = dir.keep();
+        std::fs::write(kept.join("timeline.csv"), timeline).map_err(|e| format!("timeline.csv: {e}"))?;
+        eprintln!("e2e: lag run kept in {}", kept.display());
+    }
     Ok(Outcome::Measured(LagResult {
         transactions: n,
         achieved_tx_per_s: n as f64 / elapsed.as_secs_f64(),
@@ -183,6 +220,8 @@ pub fn run(bin: &Path, params: &Params) -> Result<Outcome> {
         max: lags.last().copied().unwrap_or_default(),
         visible_before_return: early,
         never_visible: never,
+        commit_stalls: gaps.iter().filter(|g| **g > STALL_GAP).count(),
+        longest_commit_gap: gaps.iter().max().copied().unwrap_or_default(),
     }))
 }
 

@@ -181,7 +181,7 @@ pub fn report_lag(params: &lag::Params, outcome: &lag::Outcome) -> String {
         lag::Outcome::Measured(r) => format!(
             "{} transactions ({}) at {} tx/s target ({:.0} achieved): p50 {}, p90 {}, p99 {}, \
              max {} (goal p50 ≤ 2 ms, p99 ≤ 10 ms: {}); {} visible before the primary's commit \
-             returned, {} never visible\n",
+             returned, {} never visible; primary commit stalls > {}: {} (longest gap {})\n",
             r.transactions,
             params.mode.label(),
             params.tx_per_s,
@@ -197,6 +197,9 @@ pub fn report_lag(params: &lag::Params, outcome: &lag::Outcome) -> String {
             },
             r.visible_before_return,
             r.never_visible,
+            ms(lag::STALL_GAP),
+            r.commit_stalls,
+            ms(r.longest_commit_gap),
         ),
     }
 }

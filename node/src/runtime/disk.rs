@@ -18,9 +18,10 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ltxfs_core::catchup::LtxFileMeta;
 use ltxfs_core::ids::{DbName, Epoch};
@@ -48,8 +49,21 @@ pub const EPOCH_LINES_MAX: usize = 8;
 
 /// Names of the spare LTX files in `ltx/` start with this (see [`promote_spares`]).
 pub const SPARE_PREFIX: &str = ".spare-";
-/// Spare files created at once, with one directory fsync for all of them.
+/// Spare files created at once, with one directory fsync for all of them. (256 was tried: the
+/// stall of the commit path at each batch became 8× rarer but longer, and the lag tail worse.)
 pub const SPARE_BATCH: usize = 32;
+// Spare names carry a 3-digit index: the names of a batch sort in the order it is used.
+const _: () = assert!(SPARE_BATCH <= 1000);
+/// Once this many WAL-backed LTX files of a database wait for their sync, a background thread
+/// syncs them ([`DataDir::sync_wal_backed`]'s rule), so that the sync SQLite's WAL restart must
+/// wait for covers tens of files instead of a whole WAL generation's (~1,000 commits at
+/// SQLite's default checkpoint size: a 250–500 ms stall of the commit path here).
+pub const WAL_BACKED_SYNC_AHEAD: usize = 32;
+/// The background sync fdatasyncs two files, then waits for the next LTX write or this long:
+/// its flushes are spread between the commits' own instead of queued in front of them, and
+/// it still syncs faster than files are written. A round ends once fewer than half of
+/// [`WAL_BACKED_SYNC_AHEAD`] files wait.
+pub const SYNC_AHEAD_PACE: Duration = Duration::from_millis(1);
 
 /// The data directory of one node.
 #[derive(Debug, Clone)]
@@ -57,12 +71,45 @@ pub struct DataDir {
     root: PathBuf,
     /// Empty spare files whose names are durable, per LTX directory (see [`promote_spares`]).
     spares: Arc<Mutex<BTreeMap<PathBuf, SparePool>>>,
-    /// WAL-backed LTX files written without their fsync, per database, oldest first: (spare
-    /// name, final name) of one inode ([`DataDir::sync_wal_backed`]).
-    unsynced: Arc<Mutex<BTreeMap<DbName, Vec<SpareLink>>>>,
+    /// WAL-backed LTX files written without their fsync, per database
+    /// ([`DataDir::sync_wal_backed`]); the condition variable is notified at each write.
+    unsynced: Arc<(Mutex<BTreeMap<DbName, Unsynced>>, Condvar)>,
     /// Per database: size of the last LTX written, and (applies, their LTX bytes) written into
     /// the database file since its last fsync ([`APPLY_UNSYNCED_MAX`]).
     applied: Arc<Mutex<BTreeMap<DbName, AppliedSinceSync>>>,
+    /// Per database: held for the whole of a [`DataDir::sync_wal_backed`], so that a caller
+    /// returns only once the files another caller took from `unsynced` are durable too.
+    wal_sync: Arc<Mutex<BTreeMap<DbName, Arc<Mutex<()>>>>>,
+    /// Per database: the background thread syncing its WAL-backed files ahead of time, while it
+    /// runs ([`WAL_BACKED_SYNC_AHEAD`]).
+    sync_ahead: Arc<Mutex<BTreeMap<DbName, SyncAhead>>>,
+}
+
+/// The WAL-backed LTX files of one database not synced yet.
+#[derive(Debug, Default)]
+struct Unsynced {
+    /// Oldest first: (spare name, final name) of one inode.
+    files: VecDeque<SpareLink>,
+    /// Files ever written: `files[i]` is the `written - files.len() + i`-th.
+    written: u64,
+}
+
+impl Unsynced {
+    fn first_seq(&self) -> u64 {
+        self.written - self.files.len() as u64
+    }
+    /// Puts files taken from the front back there (a sync that failed).
+    fn restore(&mut self, taken: impl DoubleEndedIterator<Item = SpareLink>) {
+        for link in taken.rev() {
+            self.files.push_front(link);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SyncAhead {
+    running: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -86,7 +133,14 @@ type SpareLink = (PathBuf, PathBuf);
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
-        DataDir { root: root.into(), spares: Arc::default(), unsynced: Arc::default(), applied: Arc::default() }
+        DataDir {
+            root: root.into(),
+            spares: Arc::default(),
+            unsynced: Arc::default(),
+            applied: Arc::default(),
+            wal_sync: Arc::default(),
+            sync_ahead: Arc::default(),
+        }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -359,7 +413,17 @@ impl DataDir {
         })();
         match result {
             Ok(()) => {
-                self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default().push((spare, fin));
+                let waiting = {
+                    let mut unsynced = self.unsynced();
+                    let u = unsynced.entry(db.clone()).or_default();
+                    u.files.push_back((spare, fin));
+                    u.written += 1;
+                    u.files.len()
+                };
+                self.unsynced.1.notify_all();
+                if waiting >= WAL_BACKED_SYNC_AHEAD {
+                    self.start_sync_ahead(db);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -375,50 +439,137 @@ impl DataDir {
     /// restarting or truncating the WAL (`fs.rs` calls it through
     /// [`super::RuntimeHandle::sync_wal_backed`]) — before any durable write that follows them
     /// (done in [`DataDir::execute_with`]) and at a clean shutdown. Returns how many it synced.
+    ///
+    /// Callers may overlap (the FUSE thread, the disk worker, the background thread of
+    /// [`WAL_BACKED_SYNC_AHEAD`]): one at a time per database takes the files and syncs them,
+    /// so a call returns only once every file written before it is durable.
     pub fn sync_wal_backed(&self, db: &DbName) -> io::Result<usize> {
-        let pending = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).remove(db).unwrap_or_default();
+        let lock = self.wal_sync_lock(db);
+        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pending: Vec<SpareLink> = self.unsynced().get_mut(db).map(|u| u.files.drain(..).collect()).unwrap_or_default();
         if pending.is_empty() {
             return Ok(0);
         }
         // Their frames first (synchronous=NORMAL never syncs them): an LTX must never be
         // durable while the WAL frames of the commits before it are not.
-        let wal_sync = match File::open(self.db_dir(db).join(WAL_FILE)) {
-            Ok(f) => f.sync_data().map(|()| stats::fsync(FsyncKind::Wal)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = wal_sync {
-            self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default().splice(0..0, pending);
+        if let Err(e) = self.sync_wal(db) {
+            self.unsynced().entry(db.clone()).or_default().restore(pending.into_iter());
             return Err(e);
         }
         let mut synced = 0;
         for (i, (spare, fin)) in pending.iter().enumerate() {
-            let result = match File::open(fin) {
-                Ok(f) => f.sync_data().map(|()| {
-                    stats::fsync(FsyncKind::Ltx);
-                    synced += 1;
-                }),
-                // Deleted since (retention, a snapshot): nothing to keep.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                // Keep the rest for the next attempt, this one included.
-                let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
-                let entry = unsynced.entry(db.clone()).or_default();
-                let rest: Vec<_> = pending[i..].to_vec();
-                entry.splice(0..0, rest);
-                return Err(e);
+            match sync_ltx_file(fin) {
+                Ok(done) => synced += usize::from(done),
+                Err(e) => {
+                    // Keep the rest for the next attempt, this one included.
+                    self.unsynced().entry(db.clone()).or_default().restore(pending[i..].iter().cloned());
+                    return Err(e);
+                }
             }
             let _ = fs::remove_file(spare);
         }
         Ok(synced)
     }
 
+    /// One background round ([`WAL_BACKED_SYNC_AHEAD`]): the WAL, then every file written
+    /// before that WAL sync, one at a time, paced by [`SYNC_AHEAD_PACE`]; again while at least
+    /// half of [`WAL_BACKED_SYNC_AHEAD`] files wait. The same rule as
+    /// [`DataDir::sync_wal_backed`], which may take over the rest at any time (each step holds
+    /// the database's sync lock; no wait does).
+    fn sync_ahead_round(&self, db: &DbName) -> io::Result<usize> {
+        let lock = self.wal_sync_lock(db);
+        let mut synced = 0;
+        while self.unsynced().get(db).map_or(0, |u| u.files.len()) >= WAL_BACKED_SYNC_AHEAD / 2 {
+            let covered = {
+                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let covered = self.unsynced().get(db).map_or(0, |u| u.written);
+                self.sync_wal(db)?;
+                covered
+            };
+            for step in 0.. {
+                {
+                    let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = match self.unsynced().get_mut(db) {
+                        Some(u) if u.first_seq() < covered => u.files.pop_front(),
+                        _ => None,
+                    };
+                    let Some((spare, fin)) = next else { break };
+                    match sync_ltx_file(&fin) {
+                        Ok(done) => synced += usize::from(done),
+                        Err(e) => {
+                            self.unsynced().entry(db.clone()).or_default().restore(std::iter::once((spare, fin)));
+                            return Err(e);
+                        }
+                    }
+                    let _ = fs::remove_file(spare);
+                }
+                if step % 2 == 1 {
+                    let all = self.unsynced();
+                    let written = all.get(db).map_or(0, |u| u.written);
+                    let paced = self.unsynced.1.wait_timeout_while(all, SYNC_AHEAD_PACE, |all| all.get(db).map_or(0, |u| u.written) == written);
+                    drop(paced.unwrap_or_else(|p| p.into_inner()));
+                }
+            }
+        }
+        Ok(synced)
+    }
+
+    fn unsynced(&self) -> MutexGuard<'_, BTreeMap<DbName, Unsynced>> {
+        self.unsynced.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wal_sync_lock(&self, db: &DbName) -> Arc<Mutex<()>> {
+        Arc::clone(self.wal_sync.lock().unwrap_or_else(|p| p.into_inner()).entry(db.clone()).or_default())
+    }
+
+    /// fdatasync of `db`'s WAL (none if there is no WAL).
+    fn sync_wal(&self, db: &DbName) -> io::Result<()> {
+        match File::open(self.db_dir(db).join(WAL_FILE)) {
+            Ok(f) => f.sync_data().map(|()| stats::fsync(FsyncKind::Wal)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Syncs `db`'s WAL-backed LTX files on a background thread unless one is doing so already
+    /// ([`WAL_BACKED_SYNC_AHEAD`]). A failure is logged: the files stay queued for the next
+    /// sync, which the WAL restart, a durable write or the shutdown does in the foreground.
+    fn start_sync_ahead(&self, db: &DbName) {
+        let mut ahead = self.sync_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        let state = ahead.entry(db.clone()).or_default();
+        if state.running {
+            return;
+        }
+        state.running = true;
+        let (data, name) = (self.clone(), db.clone());
+        let spawned = std::thread::Builder::new().name("ltxfs-ltx-sync".into()).spawn(move || {
+            if let Err(e) = data.sync_ahead_round(&name) {
+                tracing::warn!(db = %name, error = %e, "cannot sync WAL-backed LTX files ahead of time");
+            }
+            data.sync_ahead.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().running = false;
+        });
+        match spawned {
+            Ok(thread) => state.thread = Some(thread),
+            Err(e) => {
+                tracing::warn!(%db, error = %e, "cannot start a thread to sync WAL-backed LTX files");
+                state.running = false;
+            }
+        }
+    }
+
+    /// Waits for the background sync of `db` started last, if any (tests).
+    #[cfg(test)]
+    fn join_sync_ahead(&self, db: &DbName) {
+        let thread = self.sync_ahead.lock().unwrap_or_else(|p| p.into_inner()).get_mut(db).and_then(|s| s.thread.take());
+        if let Some(thread) = thread {
+            thread.join().expect("the sync thread does not panic");
+        }
+    }
+
     /// [`DataDir::sync_wal_backed`] and [`DataDir::sync_applied`] for every database (clean
     /// shutdown).
     pub fn sync_all_deferred(&self) -> io::Result<usize> {
-        let dbs: Vec<DbName> = self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let dbs: Vec<DbName> = self.unsynced().keys().cloned().collect();
         let mut synced = 0;
         for db in dbs {
             synced += self.sync_wal_backed(&db)?;
@@ -584,7 +735,7 @@ fn make_spare_batch(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let mut batch = Vec::with_capacity(SPARE_BATCH);
     for i in 0..SPARE_BATCH {
-        let path = dir.join(format!("{SPARE_PREFIX}{stamp:032x}-{i:02}"));
+        let path = dir.join(format!("{SPARE_PREFIX}{stamp:032x}-{i:03}"));
         OpenOptions::new().write(true).create_new(true).open(&path)?;
         batch.push(path);
     }
@@ -592,6 +743,19 @@ fn make_spare_batch(dir: &Path) -> io::Result<Vec<PathBuf>> {
     stats::fsync(FsyncKind::Dir);
     batch.reverse();
     Ok(batch)
+}
+
+/// fdatasync of a WAL-backed LTX file by its final name; false if it is gone (deleted since by
+/// retention or a snapshot: nothing to keep).
+fn sync_ltx_file(fin: &Path) -> io::Result<bool> {
+    match File::open(fin) {
+        Ok(f) => f.sync_data().map(|()| {
+            stats::fsync(FsyncKind::Ltx);
+            true
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// WAL-backed LTX files a crash caught before their sync ([`DataDir::write_ltx_wal_backed`]):
@@ -818,6 +982,16 @@ mod tests {
     }
 
     #[test]
+    fn spares_are_used_in_the_order_of_their_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut in_use_order = make_spare_batch(tmp.path()).unwrap();
+        in_use_order.reverse(); // used from the end
+        let names: Vec<String> = in_use_order.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
+        assert_eq!(names.len(), SPARE_BATCH);
+        assert_eq!(names, spares_in(tmp.path()), "promote_spares restores in name order: it must be the write order");
+    }
+
+    #[test]
     fn an_ltx_whose_rename_was_lost_is_restored_from_its_spare() {
         let tmp = tempfile::tempdir().unwrap();
         let data = DataDir::new(tmp.path());
@@ -897,6 +1071,34 @@ mod tests {
         assert_eq!(nlink(3), 2);
         write_with(&data, 4, false);
         assert_eq!((nlink(3), nlink(4)), (1, 1), "the WAL-backed LTX before a durable one is synced first");
+    }
+
+    #[test]
+    fn wal_backed_ltx_files_are_synced_in_the_background_once_enough_wait() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::new(tmp.path());
+        let db = DbName::new("a.db".to_string()).unwrap();
+        const C: u64 = 0x8000_0000_0000_0000;
+        let write = |txid: u64| {
+            let bytes = ltx_bytes(txid, txid, C | (txid - 1), C | txid);
+            let kind = IoKind::WriteLtx { db: db.clone(), min_txid: txid, max_txid: txid, bytes, fsync: true, epoch: Epoch(1) };
+            data.execute_with(&kind, Epoch(1), Pos::ZERO, &super::super::NoHook, true).unwrap();
+        };
+        let nlink = |txid: u64| fs::metadata(data.ltx_path(&db, txid, txid)).unwrap().nlink();
+        let n = WAL_BACKED_SYNC_AHEAD as u64;
+        for txid in 2..=n {
+            write(txid);
+        }
+        data.join_sync_ahead(&db);
+        assert!((2..=n).all(|t| nlink(t) == 2), "below the threshold nothing is synced ahead");
+        write(n + 1);
+        data.join_sync_ahead(&db);
+        assert!((2..=n + 1).all(|t| nlink(t) == 1), "the threshold's write starts a background sync of all of them");
+        assert_eq!(data.sync_wal_backed(&db).unwrap(), 0, "nothing left for the WAL restart to sync");
+        write(n + 2);
+        assert_eq!(nlink(n + 2), 2, "the count starts again");
+        assert_eq!(data.sync_wal_backed(&db).unwrap(), 1);
     }
 
 }

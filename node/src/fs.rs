@@ -733,7 +733,7 @@ impl Shared {
             Err(err) => tracing::error!(%err, "cannot start the lock opener; applies go ahead without SQLite's locks"),
         }
         let Some(rt) = self.runtime.get() else { return };
-        let mut events = rt.subscribe();
+        let mut events = rt.subscribe_roles();
         let shared = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("ltxfs-step-down".into()).spawn(move || loop {
             match events.blocking_recv() {

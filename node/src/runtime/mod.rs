@@ -340,6 +340,8 @@ enum DiskJob {
 /// A cheap, cloneable handle to a running node.
 #[derive(Clone)]
 pub struct RuntimeHandle {
+    /// Role changes only (also on `events`): for listeners that must not wake per transaction.
+    roles: broadcast::Sender<RuntimeEvent>,
     cmd: mpsc::UnboundedSender<Cmd>,
     net: mpsc::Sender<NetMsg>,
     status: Arc<Mutex<Status>>,
@@ -401,6 +403,11 @@ impl RuntimeHandle {
     /// Whether the node has been ready once (see the module docs, "Readiness").
     pub fn ready(&self) -> watch::Receiver<Readiness> {
         self.ready.clone()
+    }
+
+    /// The [`RuntimeEvent::Role`] changes from now on (no per-transaction events).
+    pub fn subscribe_roles(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.roles.subscribe()
     }
 
     /// A stream of [`RuntimeEvent`]s from now on.
@@ -535,6 +542,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (net_tx, net_rx) = mpsc::channel(NET_QUEUE_MAX);
     let (events, _) = broadcast::channel(EVENT_BUFFER_MAX);
+    let (roles, _) = broadcast::channel(EVENT_BUFFER_MAX);
     let (target_tx, target_rx) = watch::channel(None);
     let (ready_tx, ready_rx) = watch::channel(Readiness::Waiting);
     let data_dir_path = config.data_dir.clone();
@@ -546,6 +554,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         net: net_tx,
         status: status.clone(),
         events: events.clone(),
+        roles: roles.clone(),
         metrics: metrics.clone(),
         config: config.clone(),
         primary_target: target_rx,
@@ -582,6 +591,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         wal_backed: BTreeSet::new(),
         status,
         events,
+        roles,
         metrics,
         config,
         view: LeaseView::default(),
@@ -676,6 +686,7 @@ struct NodeTask<L: LeaseBackend> {
     wal_backed: BTreeSet<DbName>,
     status: Arc<Mutex<Status>>,
     events: broadcast::Sender<RuntimeEvent>,
+    roles: broadcast::Sender<RuntimeEvent>,
     metrics: Arc<Metrics>,
     config: Arc<RuntimeConfig>,
     view: LeaseView,
@@ -1172,6 +1183,7 @@ impl<L: LeaseBackend> NodeTask<L> {
         if self.last_role != Some((role, epoch)) {
             self.last_role = Some((role, epoch));
             let _ = self.events.send(RuntimeEvent::Role { role: role_name(role), epoch: epoch.0, writable });
+            let _ = self.roles.send(RuntimeEvent::Role { role: role_name(role), epoch: epoch.0, writable });
             self.log_event(serde_json::json!({ "type": "role", "role": role_name(role), "epoch": epoch.0, "writable": writable }));
             tracing::info!(role = role_name(role), epoch = epoch.0, writable, "role");
         }

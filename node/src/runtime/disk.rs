@@ -402,8 +402,14 @@ impl DataDir {
         let fin = dir.join(ltx::file_name(min, max));
         let result = (|| {
             OpenOptions::new().write(true).open(&spare)?.write_all(bytes)?;
-            let _ = fs::remove_file(&fin);
-            fs::hard_link(&spare, &fin)
+            match fs::hard_link(&spare, &fin) {
+                // A file of an abandoned attempt at this TXID range: replaced.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    fs::remove_file(&fin)?;
+                    fs::hard_link(&spare, &fin)
+                }
+                other => other,
+            }
         })();
         match result {
             Ok(()) => {

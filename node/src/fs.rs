@@ -82,11 +82,13 @@ const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FO
 /// The WAL: direct I/O. Through the page cache the kernel splits a write at every page boundary
 /// it crosses, and a WAL frame's page starts 24 bytes into a page: every frame cost SQLite three
 /// WRITE round trips (header, the page up to the boundary, the rest) instead of two. SQLite
-/// never maps the WAL, and reads it only for pages newer than its own cache.
+/// never maps the WAL, and reads it only for pages newer than its own cache. The same for the
+/// rollback journal (each page record is 4 + page size + 4 bytes, so its pages straddle page
+/// boundaries too; SQLite reads a journal only to roll it back).
 const WAL_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_NOFLUSH);
 
 fn open_flags(kind: Kind) -> FopenFlags {
-    if kind == Kind::Wal {
+    if kind == Kind::Wal || kind == Kind::Journal {
         WAL_OPEN_FLAGS
     } else {
         OPEN_FLAGS

@@ -60,6 +60,18 @@ pub(crate) struct FrameReader<R: Read> {
     ended: bool,
 }
 
+/// The block size code of a descriptor this reader decodes itself (version 01, independent
+/// blocks, no dictionary, no reserved bits, 64 KiB..4 MiB blocks); `None` for anything else.
+fn understood_block_size_code(flg: u8, bd: u8) -> Option<u8> {
+    let block_size_code = (bd & BD_BLOCK_SIZE_MASK) >> 4;
+    let understood = flg & FLG_VERSION_MASK == FLG_VERSION_01
+        && flg & FLG_INDEPENDENT_BLOCKS != 0
+        && flg & (FLG_RESERVED | FLG_DICTIONARY_ID) == 0
+        && bd & !BD_BLOCK_SIZE_MASK == 0
+        && (4..=7).contains(&block_size_code);
+    understood.then_some(block_size_code)
+}
+
 /// Reads a frame descriptor from `r`. Errors are truncation or I/O errors of `r` only.
 pub(crate) fn start<R: Read>(mut r: R) -> Result<FrameStart<R>, LtxError> {
     let mut d = [0u8; MAX_DESCRIPTOR_SIZE];
@@ -69,15 +81,9 @@ pub(crate) fn start<R: Read>(mut r: R) -> Result<FrameStart<R>, LtxError> {
     }
     r.read_exact(&mut d[4..7])?;
     let (flg, bd) = (d[4], d[5]);
-    let block_size_code = (bd & BD_BLOCK_SIZE_MASK) >> 4;
-    let understood = flg & FLG_VERSION_MASK == FLG_VERSION_01
-        && flg & FLG_INDEPENDENT_BLOCKS != 0
-        && flg & (FLG_RESERVED | FLG_DICTIONARY_ID) == 0
-        && bd & !BD_BLOCK_SIZE_MASK == 0
-        && (4..=7).contains(&block_size_code);
-    if !understood {
+    let Some(block_size_code) = understood_block_size_code(flg, bd) else {
         return Ok(FrameStart::Other(d[..7].to_vec(), r));
-    }
+    };
     let mut n = 7;
     if flg & FLG_CONTENT_SIZE != 0 {
         r.read_exact(&mut d[7..15])?;
@@ -233,15 +239,7 @@ pub(crate) fn decode_frame_slice(bytes: &[u8], content_max_bytes: usize) -> Opti
         return None;
     }
     let (flg, bd) = (*bytes.get(4)?, *bytes.get(5)?);
-    let block_size_code = (bd & BD_BLOCK_SIZE_MASK) >> 4;
-    let understood = flg & FLG_VERSION_MASK == FLG_VERSION_01
-        && flg & FLG_INDEPENDENT_BLOCKS != 0
-        && flg & (FLG_RESERVED | FLG_DICTIONARY_ID) == 0
-        && bd & !BD_BLOCK_SIZE_MASK == 0
-        && (4..=7).contains(&block_size_code);
-    if !understood {
-        return None;
-    }
+    let block_size_code = understood_block_size_code(flg, bd)?;
     let descriptor_len = if flg & FLG_CONTENT_SIZE != 0 { 15 } else { 7 };
     let descriptor = at(0, descriptor_len)?;
     if (XxHash32::oneshot(0, &descriptor[4..descriptor_len - 1]) >> 8) as u8 != descriptor[descriptor_len - 1] {

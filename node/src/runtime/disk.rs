@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ltxfs_core::catchup::LtxFileMeta;
 use ltxfs_core::ids::{DbName, Epoch};
@@ -69,8 +69,8 @@ pub struct DataDir {
     /// Empty spare files whose names are durable, per LTX directory (see [`promote_spares`]).
     spares: Arc<Mutex<BTreeMap<PathBuf, SparePool>>>,
     /// WAL-backed LTX files written without their fsync, per database
-    /// ([`DataDir::sync_wal_backed`]); the condition variable is notified at each write.
-    unsynced: Arc<(Mutex<BTreeMap<DbName, Unsynced>>, Condvar)>,
+    /// ([`DataDir::sync_wal_backed`]).
+    unsynced: Arc<Mutex<BTreeMap<DbName, Unsynced>>>,
     /// Per database: size of the last LTX written, and (applies, their LTX bytes) written into
     /// the database file since its last fsync ([`APPLY_UNSYNCED_MAX`]).
     applied: Arc<Mutex<BTreeMap<DbName, AppliedSinceSync>>>,
@@ -87,8 +87,6 @@ pub struct DataDir {
 struct Unsynced {
     /// Oldest first: (spare name, final name) of one inode.
     files: VecDeque<SpareLink>,
-    /// Files ever written: `files[i]` is the `written - files.len() + i`-th.
-    written: u64,
 }
 
 impl Unsynced {
@@ -417,10 +415,8 @@ impl DataDir {
                     let mut unsynced = self.unsynced();
                     let u = unsynced.entry(db.clone()).or_default();
                     u.files.push_back((spare, fin));
-                    u.written += 1;
                     u.files.len()
                 };
-                self.unsynced.1.notify_all();
                 if waiting >= WAL_BACKED_SYNC_AHEAD {
                     self.start_sync_ahead(db);
                 }
@@ -503,7 +499,7 @@ impl DataDir {
     }
 
     fn unsynced(&self) -> MutexGuard<'_, BTreeMap<DbName, Unsynced>> {
-        self.unsynced.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn wal_sync_lock(&self, db: &DbName) -> Arc<Mutex<()>> {

@@ -72,6 +72,20 @@ fn understood_block_size_code(flg: u8, bd: u8) -> Option<u8> {
     understood.then_some(block_size_code)
 }
 
+/// A whole frame descriptor (magic included): `None` if its header checksum byte (the last,
+/// covering FLG up to the byte before it) is wrong, else its content size field.
+fn checked_content_size(flg: u8, descriptor: &[u8]) -> Option<Option<u64>> {
+    let (checksum, covered) = descriptor.split_last()?;
+    if (XxHash32::oneshot(0, covered.get(4..)?) >> 8) as u8 != *checksum {
+        return None;
+    }
+    if flg & FLG_CONTENT_SIZE == 0 {
+        return Some(None);
+    }
+    let size: [u8; 8] = descriptor.get(6..14)?.try_into().ok()?;
+    Some(Some(u64::from_le_bytes(size)))
+}
+
 /// Reads a frame descriptor from `r`. Errors are truncation or I/O errors of `r` only.
 pub(crate) fn start<R: Read>(mut r: R) -> Result<FrameStart<R>, LtxError> {
     let mut d = [0u8; MAX_DESCRIPTOR_SIZE];
@@ -89,17 +103,8 @@ pub(crate) fn start<R: Read>(mut r: R) -> Result<FrameStart<R>, LtxError> {
         r.read_exact(&mut d[7..15])?;
         n = 15;
     }
-    // The header checksum byte is the last one read; it covers FLG up to the byte before it.
-    let header_checksum = (XxHash32::oneshot(0, &d[4..n - 1]) >> 8) as u8;
-    if header_checksum != d[n - 1] {
+    let Some(content_size) = checked_content_size(flg, &d[..n]) else {
         return Ok(FrameStart::Other(d[..n].to_vec(), r));
-    }
-    let content_size = if flg & FLG_CONTENT_SIZE != 0 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&d[6..14]);
-        Some(u64::from_le_bytes(b))
-    } else {
-        None
     };
     Ok(FrameStart::Fast(Box::new(FrameReader {
         r,
@@ -241,17 +246,7 @@ pub(crate) fn decode_frame_slice(bytes: &[u8], content_max_bytes: usize) -> Opti
     let (flg, bd) = (*bytes.get(4)?, *bytes.get(5)?);
     let block_size_code = understood_block_size_code(flg, bd)?;
     let descriptor_len = if flg & FLG_CONTENT_SIZE != 0 { 15 } else { 7 };
-    let descriptor = at(0, descriptor_len)?;
-    if (XxHash32::oneshot(0, &descriptor[4..descriptor_len - 1]) >> 8) as u8 != descriptor[descriptor_len - 1] {
-        return None;
-    }
-    let content_size = if flg & FLG_CONTENT_SIZE != 0 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&descriptor[6..14]);
-        Some(u64::from_le_bytes(b))
-    } else {
-        None
-    };
+    let content_size = checked_content_size(flg, at(0, descriptor_len)?)?;
     let block_max = 1usize << (8 + 2 * usize::from(block_size_code));
     let block_checksums = flg & FLG_BLOCK_CHECKSUMS != 0;
     let mut content: Vec<u8> = Vec::new();

@@ -96,8 +96,11 @@ pub struct DataDir {
     writer: Arc<Mutex<Option<std::sync::mpsc::Sender<DbName>>>>,
     /// The `epoch` journal of each database as last read or written ([`DataDir::epoch_lines`]):
     /// every commit consults its last line, and only this `DataDir` writes it.
-    epochs: Arc<Mutex<BTreeMap<DbName, Vec<(Pos, Epoch)>>>>,
+    epochs: Arc<Mutex<BTreeMap<DbName, EpochLines>>>,
 }
+
+/// The lines of one `epoch` journal, oldest first.
+type EpochLines = Vec<(Pos, Epoch)>;
 
 /// WAL-backed LTX files of one database waiting for the background writer.
 #[derive(Debug, Default)]

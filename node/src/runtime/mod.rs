@@ -49,7 +49,7 @@ pub mod stats;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -353,6 +353,16 @@ pub struct RuntimeHandle {
     next_conn: Arc<AtomicU64>,
     data: DataDir,
     hook: Arc<dyn ApplyHook>,
+    /// The node task's state, for a commit stepped into the core on the caller's thread.
+    direct: Arc<dyn DirectCommit>,
+}
+
+/// A local commit stepped into the core by the committing thread itself (the FUSE thread),
+/// under the lock the node task holds while it handles anything: no hand-off to the node
+/// task and back, and no wait for it to be scheduled, when the commit completes at once
+/// (a WAL-backed LTX, written in the background; asynchronous replication).
+trait DirectCommit: Send + Sync {
+    fn commit(&self, commit: LocalCommit, reply: CommitReply, wal_backed: bool);
 }
 
 impl RuntimeHandle {
@@ -384,7 +394,7 @@ impl RuntimeHandle {
         let (reply, rx) = oneshot::channel();
         let wal_backed = wal_backed && wal.is_some();
         let commit = LocalCommit { db, page_size, commit, pages, wall: wall_now(), wal };
-        self.cmd.send(Cmd::Commit { commit, reply, wal_backed }).map_err(|_| RuntimeError::Stopped)?;
+        self.direct.commit(commit, reply, wal_backed);
         rx.blocking_recv().map_err(|_| RuntimeError::Stopped)?
     }
 
@@ -549,51 +559,26 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
     let config = Arc::new(config);
     let status = Arc::new(Mutex::new(initial_status(&config)));
     let metrics = Arc::new(Metrics::default());
-    let handle = RuntimeHandle {
-        cmd: cmd_tx.clone(),
-        net: net_tx,
-        status: status.clone(),
-        events: events.clone(),
-        roles: roles.clone(),
-        metrics: metrics.clone(),
-        config: config.clone(),
-        primary_target: target_rx,
-        ready: ready_rx,
-        next_conn: Arc::new(AtomicU64::new(1)),
-        data: data.clone(),
-        hook: hook.clone(),
-    };
-    let mut watch_rx = lease.watch();
-    let view_tx = cmd_tx.clone();
-    tokio::spawn(async move {
-        loop {
-            let view = watch_rx.borrow_and_update().clone();
-            if view_tx.send(Cmd::LeaseView(view)).is_err() {
-                return;
-            }
-            if watch_rx.changed().await.is_err() {
-                return;
-            }
-        }
-    });
+    let rt = tokio::runtime::Handle::current();
     let mut task = NodeTask {
         node,
         origin,
-        data,
-        hook,
+        data: data.clone(),
+        hook: hook.clone(),
         lease,
-        cmd_tx,
+        cmd_tx: cmd_tx.clone(),
+        rt,
         peers: Peers::default(),
         workers: BTreeMap::new(),
         worker_jobs: BTreeMap::new(),
         inline_done: Vec::new(),
         commits: BTreeMap::new(),
         wal_backed: BTreeSet::new(),
-        status,
-        events,
-        roles,
-        metrics,
-        config,
+        status: status.clone(),
+        events: events.clone(),
+        roles: roles.clone(),
+        metrics: metrics.clone(),
+        config: config.clone(),
         view: LeaseView::default(),
         target_tx,
         last_heartbeat_wall: None,
@@ -606,6 +591,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         recovery: None,
         ready_tx,
         catchup: None,
+        stopped: false,
     };
     task.drain(); // Node::new may already have outputs (a static primary's role change)
     task.step_input(Input::WallClock(wall_now()))?;
@@ -615,7 +601,36 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
     }
     task.refresh_status();
     task.flush_replies();
-    tokio::spawn(task.run(cmd_rx, net_rx));
+    let cell = Arc::new(TaskCell { task: Mutex::new(task), wake: tokio::sync::Notify::new() });
+    let handle = RuntimeHandle {
+        cmd: cmd_tx.clone(),
+        net: net_tx,
+        status: status.clone(),
+        events: events.clone(),
+        roles: roles.clone(),
+        metrics: metrics.clone(),
+        config: config.clone(),
+        primary_target: target_rx,
+        ready: ready_rx,
+        next_conn: Arc::new(AtomicU64::new(1)),
+        data,
+        hook,
+        direct: cell.clone(),
+    };
+    let mut watch_rx = cell.lock().lease.watch();
+    let view_tx = cmd_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let view = watch_rx.borrow_and_update().clone();
+            if view_tx.send(Cmd::LeaseView(view)).is_err() {
+                return;
+            }
+            if watch_rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(run(cell, cmd_rx, net_rx));
     Ok(handle)
 }
 
@@ -673,6 +688,8 @@ struct NodeTask<L: LeaseBackend> {
     hook: Arc<dyn ApplyHook>,
     lease: Arc<L>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
+    /// Where its tasks are spawned (it also runs on the committing thread: [`DirectCommit`]).
+    rt: tokio::runtime::Handle,
     peers: Peers,
     workers: BTreeMap<DbName, mpsc::UnboundedSender<DiskJob>>,
     /// Jobs sent to each database's disk worker and not finished yet.
@@ -707,6 +724,98 @@ struct NodeTask<L: LeaseBackend> {
     ready_tx: watch::Sender<Readiness>,
     /// Until ready: the initial catch-up of the current follow stream (`None` before it).
     catchup: Option<Catchup>,
+    /// The task loop has ended: a direct commit is answered `Stopped`.
+    stopped: bool,
+}
+
+/// The node task's state behind the lock that lets a committing thread step the core itself
+/// ([`DirectCommit`]); `wake` tells the task loop that the core's next timeout may be earlier.
+struct TaskCell<L: LeaseBackend> {
+    task: Mutex<NodeTask<L>>,
+    wake: tokio::sync::Notify,
+}
+
+impl<L: LeaseBackend> TaskCell<L> {
+    fn lock(&self) -> MutexGuard<'_, NodeTask<L>> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<L: LeaseBackend> DirectCommit for TaskCell<L> {
+    fn commit(&self, commit: LocalCommit, reply: CommitReply, wal_backed: bool) {
+        let mut task = self.lock();
+        if task.stopped {
+            let _ = reply.send(Err(RuntimeError::Stopped));
+            return;
+        }
+        let before = task.node.poll_timeout();
+        task.on_commit(commit, reply, wal_backed);
+        task.refresh_status();
+        task.flush_replies();
+        let after = task.node.poll_timeout();
+        drop(task);
+        if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The node task: handles commands, network messages and the core's timeouts, one at a time
+/// under the cell's lock (never held across an await).
+async fn run<L: LeaseBackend>(cell: Arc<TaskCell<L>>, mut cmd_rx: mpsc::UnboundedReceiver<Cmd>, mut net_rx: mpsc::Receiver<NetMsg>) {
+    loop {
+        let deadline = {
+            let task = cell.lock();
+            task.node.poll_timeout().map(|t| task.instant_of(t))
+        };
+        let ended = tokio::select! {
+            biased;
+            cmd = cmd_rx.recv() => match cmd {
+                Some(cmd) => {
+                    cell.lock().on_cmd(cmd);
+                    false
+                }
+                None => true,
+            },
+            msg = net_rx.recv() => match msg {
+                Some(m) => {
+                    cell.lock().on_net(m);
+                    false
+                }
+                None => true,
+            },
+            () = sleep_until_opt(deadline) => {
+                let mut task = cell.lock();
+                let now = task.now();
+                let _ = task.node.handle_input(now, Input::WallClock(wall_now()));
+                task.drain();
+                task.node.handle_timeout(now);
+                task.drain();
+                false
+            }
+            () = cell.wake.notified() => false,
+        };
+        let mut task = cell.lock();
+        task.refresh_status();
+        task.flush_replies();
+        if ended || (task.node.role() == Role::Stopped && task.shutdown_reply.is_some() && task.workers_idle()) {
+            break;
+        }
+    }
+    let mut task = cell.lock();
+    task.stopped = true;
+    task.refresh_status();
+    task.flush_replies();
+    task.peers.close_all();
+    if let Err(e) = task.data.sync_all_deferred() {
+        tracing::error!(error = %e, "cannot sync WAL-backed LTX files or applied database files at shutdown");
+    }
+    if let Some(reply) = task.shutdown_reply.take() {
+        let _ = reply.send(());
+    }
+    for (_, reply) in std::mem::take(&mut task.commits) {
+        let _ = reply.send(Err(RuntimeError::Stopped));
+    }
 }
 
 /// The initial catch-up a follow stream carries (readiness only; decides nothing).
@@ -734,47 +843,6 @@ impl<L: LeaseBackend> NodeTask<L> {
 
     fn instant_of(&self, t: Time) -> Instant {
         self.origin.checked_add(Duration::from_nanos(t.as_nanos())).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
-    }
-
-    async fn run(mut self, mut cmd_rx: mpsc::UnboundedReceiver<Cmd>, mut net_rx: mpsc::Receiver<NetMsg>) {
-        loop {
-            let deadline = self.node.poll_timeout().map(|t| self.instant_of(t));
-            tokio::select! {
-                biased;
-                cmd = cmd_rx.recv() => match cmd {
-                    Some(cmd) => self.on_cmd(cmd),
-                    None => break,
-                },
-                msg = net_rx.recv() => match msg {
-                    Some(m) => self.on_net(m),
-                    None => break,
-                },
-                () = sleep_until_opt(deadline) => {
-                    let now = self.now();
-                    let _ = self.node.handle_input(now, Input::WallClock(wall_now()));
-                    self.drain();
-                    self.node.handle_timeout(now);
-                    self.drain();
-                }
-            }
-            self.refresh_status();
-            self.flush_replies();
-            if self.node.role() == Role::Stopped && self.shutdown_reply.is_some() && self.workers_idle() {
-                break;
-            }
-        }
-        self.refresh_status();
-        self.flush_replies();
-        self.peers.close_all();
-        if let Err(e) = self.data.sync_all_deferred() {
-            tracing::error!(error = %e, "cannot sync WAL-backed LTX files or applied database files at shutdown");
-        }
-        if let Some(reply) = self.shutdown_reply.take() {
-            let _ = reply.send(());
-        }
-        for (_, reply) in std::mem::take(&mut self.commits) {
-            let _ = reply.send(Err(RuntimeError::Stopped));
-        }
     }
 
     /// No I/O command or lease request is outstanding (a clean shutdown waits for them).
@@ -926,7 +994,7 @@ impl<L: LeaseBackend> NodeTask<L> {
         let cmd = self.cmd_tx.clone();
         let name = db.clone();
         let jobs = self.worker_jobs.entry(db.clone()).or_default().clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             while let Some(job) = rx.recv().await {
                 let _done = JobDone(&jobs);
                 let (data, hook, name) = (data.clone(), hook.clone(), name.clone());
@@ -991,7 +1059,7 @@ impl<L: LeaseBackend> NodeTask<L> {
                     self.outstanding += 1;
                     let lease = self.lease.clone();
                     let cmd = self.cmd_tx.clone();
-                    tokio::spawn(async move {
+                    self.rt.spawn(async move {
                         let result = match request.kind {
                             LeaseKind::Acquire => lease.acquire().await,
                             LeaseKind::Renew { epoch } => lease.renew(epoch).await,

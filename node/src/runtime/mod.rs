@@ -40,7 +40,9 @@
 //! `<data>/events.ndjson` (no fsync: it survives a process crash, not a power cut) with the
 //! epoch, the wall time the core accepted the commit and the wall time of the lease deadline it
 //! was accepted under. Tests check from these files that at most one node accepted writes at any
-//! moment; operators can read who wrote what under which epoch.
+//! moment; operators can read who wrote what under which epoch. It is bounded: past
+//! [`EVENT_LOG_BYTES_MAX`] it is renamed `events.ndjson.1` (replacing the previous one) and a
+//! new one is started.
 
 pub mod disk;
 pub mod peers;
@@ -587,7 +589,7 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
         outstanding: 0,
         replies: Vec::new(),
         accepted: BTreeMap::new(),
-        event_log: open_event_log(&data_dir_path),
+        event_log: EventLog::open(&data_dir_path, EVENT_LOG_BYTES_MAX),
         recovery: None,
         ready_tx,
         catchup: None,
@@ -634,15 +636,43 @@ pub fn start<L: LeaseBackend>(config: RuntimeConfig, lease: Arc<L>, hook: Arc<dy
     Ok(handle)
 }
 
-/// Opens `<data>/events.ndjson` for appending (a failure is logged, never fatal).
-fn open_event_log(data_dir: &std::path::Path) -> Option<std::fs::File> {
-    let path = data_dir.join("events.ndjson");
-    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "cannot open the event log");
-            None
+/// Size from which `<data>/events.ndjson` is rotated (one older file is kept).
+pub const EVENT_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// `<data>/events.ndjson`, appended to, rotated past a size (see the module docs).
+struct EventLog {
+    path: PathBuf,
+    file: std::fs::File,
+    bytes: u64,
+    bytes_max: u64,
+}
+
+impl EventLog {
+    /// Opens `<dir>/events.ndjson` for appending (a failure is logged, never fatal).
+    fn open(dir: &std::path::Path, bytes_max: u64) -> Option<EventLog> {
+        let path = dir.join("events.ndjson");
+        let opened = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|f| Ok((f.metadata()?.len(), f)));
+        match opened {
+            Ok((bytes, file)) => Some(EventLog { path, file, bytes, bytes_max }),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot open the event log");
+                None
+            }
         }
+    }
+
+    fn append(&mut self, line: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if self.bytes > 0 && self.bytes + line.len() as u64 > self.bytes_max {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            std::fs::rename(&self.path, &old)?;
+            self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.bytes = 0;
+        }
+        self.file.write_all(line.as_bytes())?;
+        self.bytes += line.len() as u64;
+        Ok(())
     }
 }
 
@@ -719,7 +749,7 @@ struct NodeTask<L: LeaseBackend> {
     /// Per database in flight: (wall ms the core accepted it, wall ms of the lease deadline).
     accepted: BTreeMap<DbName, (i64, Option<i64>)>,
     /// `<data>/events.ndjson` (see the module docs); `None` if it cannot be opened.
-    event_log: Option<std::fs::File>,
+    event_log: Option<EventLog>,
     recovery: Option<RecoveryStatus>,
     ready_tx: watch::Sender<Readiness>,
     /// Until ready: the initial catch-up of the current follow stream (`None` before it).
@@ -1168,13 +1198,12 @@ impl<L: LeaseBackend> NodeTask<L> {
 
     /// Appends one line to `<data>/events.ndjson` with the wall time and this node's id.
     fn log_event(&mut self, mut record: serde_json::Value) {
-        use std::io::Write as _;
-        let Some(file) = self.event_log.as_mut() else { return };
+        let Some(log) = self.event_log.as_mut() else { return };
         record["wallMs"] = wall_now().0.into();
         record["node"] = self.config.node_id.to_string().into();
         let mut line = record.to_string();
         line.push('\n');
-        if let Err(e) = file.write_all(line.as_bytes()) {
+        if let Err(e) = log.append(&line) {
             tracing::warn!(error = %e, "cannot append to the event log");
         }
     }
@@ -1348,4 +1377,30 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// name members by hostname.
 pub fn node_id_from_name(name: &str) -> NodeId {
     NodeId(ltxfs_core::ltx::checksum::crc64_go_iso(name.as_bytes()).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventLog;
+
+    #[test]
+    fn the_event_log_is_rotated_past_its_size_keeping_one_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(dir.path(), 100).unwrap();
+        let line = format!("{}\n", "x".repeat(39)); // 40 bytes
+        for _ in 0..2 {
+            log.append(&line).unwrap();
+        }
+        assert!(!dir.path().join("events.ndjson.1").exists(), "80 bytes: not rotated yet");
+        log.append(&line).unwrap(); // would make 120
+        assert_eq!(std::fs::read_to_string(dir.path().join("events.ndjson.1")).unwrap(), line.repeat(2));
+        assert_eq!(std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap(), line);
+        // Reopened (a restart): the size already there counts.
+        drop(log);
+        let mut log = EventLog::open(dir.path(), 100).unwrap();
+        log.append(&line).unwrap();
+        log.append(&line).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("events.ndjson.1")).unwrap(), line.repeat(2));
+        assert_eq!(std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap(), line);
+    }
 }

@@ -34,7 +34,7 @@
 //! position is, who is primary, or what to replicate (the core, through [`RuntimeHandle`]).
 
 use node::runtime::stats::{self, FsyncKind};
-use node::runtime::{ApplyHook, CommitOutcome, RuntimeEvent, RuntimeHandle};
+use node::runtime::{ApplyHook, CommitOutcome, RuntimeEvent, RuntimeHandle, Status};
 use tokio::sync::broadcast::error::RecvError;
 use crate::mount_locks::{self, Holder, MountLocks};
 use fuser::{
@@ -288,7 +288,7 @@ impl Db {
         wal: Option<WalFrames>,
     ) -> io::Result<CommitOutcome> {
         let db = self.db_name()?;
-        if !rt.status().positions.contains_key(&self.name) {
+        if !rt.with_status(|s| s.positions.contains_key(&self.name)) {
             pages = self.full_image_pages(page_size, commit, pages)?;
         }
         let started = Instant::now();
@@ -909,7 +909,7 @@ impl Shared {
 
     /// Whether local writes are refused: anything but the primary.
     fn read_only(&self) -> bool {
-        self.runtime.get().is_none_or(|rt| !rt.status().writable_now())
+        self.runtime.get().is_none_or(|rt| !rt.with_status(Status::writable_now))
     }
 }
 

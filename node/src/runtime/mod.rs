@@ -407,6 +407,11 @@ impl RuntimeHandle {
         self.data.sync_wal_backed(db)
     }
 
+    /// Reads the latest state without copying it (the FUSE thread asks on every write).
+    pub fn with_status<T>(&self, f: impl FnOnce(&Status) -> T) -> T {
+        f(&self.status.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The latest state snapshot.
     pub fn status(&self) -> Status {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()

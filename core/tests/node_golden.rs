@@ -325,6 +325,47 @@ fn replica_applies_in_order_and_acks() {
     assert_eq!(n.index_checksum(&db()), Some(p2.checksum));
 }
 
+/// LTX that arrive while one is being written queue up; when it is applied, the queued ones
+/// that continue it are merged into one LTX: one write (one fsync), one apply, one ack at the
+/// newest position, and the database ends where applying them one by one would.
+#[test]
+fn a_replica_that_fell_behind_applies_its_queued_ltx_as_one() {
+    let mut n = static_replica();
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (snap, p1) = make_ltx(&mut index, 1, Pos::ZERO, 2, &[(1, 1), (2, 2)]);
+    apply(&mut n, ltx_msg(E1, &snap));
+    let (two, p2) = make_ltx(&mut index, 2, p1, 2, &[(2, 7)]);
+    let (three, p3) = make_ltx(&mut index, 3, p2, 3, &[(1, 8), (3, 9)]);
+    let (four, p4) = make_ltx(&mut index, 4, p3, 3, &[(3, 10)]);
+    n.handle_input(ms(20), ltx_msg(E1, &two)).unwrap();
+    let out = drain(&mut n);
+    assert!(matches!(&out[..], [Output::Io(IoCommand { kind: IoKind::WriteLtx { min_txid: 2, max_txid: 2, .. }, .. })]), "{out:?}");
+    let write_two = io_id(&out[0]);
+    // Two more arrive while TXID 2 is being written: queued.
+    n.handle_input(ms(21), ltx_msg(E1, &three)).unwrap();
+    n.handle_input(ms(22), ltx_msg(E1, &four)).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    n.handle_input(ms(23), done(write_two)).unwrap();
+    let out = drain(&mut n);
+    n.handle_input(ms(24), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    assert_eq!(out[..2], [ev(Event::Applied { db: db(), pos: p2, from: N1 }), Output::Send { to: N1, msg: Message::Ack { epoch: E1, db: db(), pos: p2 } }]);
+    // 3 and 4 as one file.
+    let Some(Output::Io(IoCommand { id, kind: IoKind::WriteLtx { min_txid: 3, max_txid: 4, bytes, fsync: true, .. }, .. })) = out.get(2) else {
+        panic!("one merged write expected: {out:?}")
+    };
+    let (header, pages, trailer) = ltx::decode_slice(bytes).unwrap();
+    assert_eq!((header.pre_apply_checksum, trailer.post_apply_checksum, header.commit), (p2.checksum, p4.checksum, 3));
+    assert_eq!(pages, vec![(1, page(8)), (3, page(10))], "the newest version of each page");
+    assert_eq!(out.len(), 3, "{out:?}");
+    n.handle_input(ms(25), done(*id)).unwrap();
+    let out = drain(&mut n);
+    n.handle_input(ms(26), done(io_id(&out[0]))).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::Applied { db: db(), pos: p4, from: N1 }), Output::Send { to: N1, msg: Message::Ack { epoch: E1, db: db(), pos: p4 } }]);
+    assert_eq!(n.db_pos(&db()).unwrap().pos, p4);
+    assert_eq!(n.index_checksum(&db()), Some(p4.checksum));
+}
+
 #[test]
 fn gap_makes_the_replica_request_a_resync() {
     let mut n = static_replica();

@@ -18,6 +18,11 @@ use super::*;
 /// A checked LTX: the fresh index of a snapshot, or for an incremental its pages' checksums.
 type Checked = (Option<ChecksumIndex>, Vec<u64>);
 
+/// At most this many queued incremental LTX are merged into one apply ([`Node::merge_queued`]).
+pub const APPLY_MERGE_MAX: usize = 32;
+/// ... and at most this many bytes of them.
+pub const APPLY_MERGE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 impl Node {
     /// Whether this node takes LTX from `from` now: followers take them from anyone with a
     /// current epoch; a recovering primary only from its fetch sources.
@@ -106,6 +111,7 @@ impl Node {
             self.event(Event::StaleEpochRejected { from: inc.from, epoch: inc.epoch, highest: self.highest_epoch });
             return self.apply_next(db);
         }
+        let inc = self.merge_queued(&db, inc);
         let snapshot = inc.header.is_snapshot();
         let checked = if snapshot { self.check_snapshot(&db, &inc) } else { self.check_incremental(&db, &inc) };
         let Some((new_index, page_sums)) = checked else { return };
@@ -149,6 +155,74 @@ impl Node {
             epoch: inc.epoch,
         };
         self.io(kind, IoPurpose::ReplicaWriteLtx { db });
+    }
+
+    /// A replica that fell behind (LTX queued while one was written and applied) merges the
+    /// incremental LTX that continue `inc` — same sender and epoch, contiguous, the database
+    /// never shrinking in between — into one LTX, as the primary's catch-up does: one file
+    /// written and made durable, one apply, instead of one each (under disk load each one's
+    /// fsync made the queue, and the lag, grow). It is checked like any other: its pre-apply
+    /// position must be this node's and its pages must end at its post-apply checksum.
+    /// Anything it cannot merge is left queued as it was.
+    fn merge_queued(&mut self, db: &DbName, inc: Incoming) -> Incoming {
+        if inc.header.is_snapshot() {
+            return inc;
+        }
+        let Some(d) = self.dbs.get_mut(db) else { return inc };
+        let mut run: Vec<Incoming> = Vec::new();
+        let mut bytes = inc.bytes.len();
+        // Bounded by APPLY_MERGE_MAX.
+        while run.len() + 1 < APPLY_MERGE_MAX {
+            let last = run.last().unwrap_or(&inc);
+            let Some(next) = d.queue.front() else { break };
+            let continues = !next.header.is_snapshot()
+                && next.from == last.from
+                && next.epoch == last.epoch
+                && next.header.page_size == last.header.page_size
+                && last.header.max_txid.checked_add(1) == Some(next.header.min_txid)
+                && next.header.pre_apply_checksum == last.trailer.post_apply_checksum
+                && next.header.commit >= last.header.commit
+                && last.header.commit > 0
+                && bytes + next.bytes.len() <= APPLY_MERGE_BYTES_MAX;
+            if !continues {
+                break;
+            }
+            bytes += next.bytes.len();
+            run.push(d.queue.pop_front().expect("front checked"));
+        }
+        let Some(last) = run.last() else { return inc };
+        let mut pages: BTreeMap<u32, &[u8]> = BTreeMap::new();
+        for one in std::iter::once(&inc).chain(run.iter()) {
+            for (pgno, data) in &one.pages {
+                pages.insert(*pgno, data.as_slice());
+            }
+        }
+        let header = ltx::Header {
+            flags: inc.header.flags,
+            page_size: inc.header.page_size,
+            commit: last.header.commit,
+            min_txid: inc.header.min_txid,
+            max_txid: last.header.max_txid,
+            timestamp_ms: last.header.timestamp_ms,
+            pre_apply_checksum: inc.header.pre_apply_checksum,
+            ..ltx::Header::default()
+        };
+        let post = last.trailer.post_apply_checksum;
+        let merged = ltx::encode_to_vec(header, pages.iter().map(|(p, b)| (*p, *b)), post).ok().and_then(|b| {
+            let (h, pages, t) = ltx::decode_slice(&b).ok()?;
+            Some(Incoming { from: last.from, epoch: last.epoch, header: h, pages, trailer: t, bytes: b })
+        });
+        match merged {
+            Some(m) => m,
+            None => {
+                // Not mergeable after all (never seen): apply them one by one.
+                let d = self.dbs.get_mut(db).expect("open");
+                for one in run.into_iter().rev() {
+                    d.queue.push_front(one);
+                }
+                inc
+            }
+        }
     }
 
     /// A snapshot replaces everything; returns its fresh index if its checksum is right.

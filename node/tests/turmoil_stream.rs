@@ -5,7 +5,9 @@
 //! primary through `RuntimeHandle::commit`, as the FUSE layer does, and turmoil partitions links
 //! and crashes or restarts hosts. Every test ends with all positions, checksums and database files
 //! equal. Time is turmoil's (tokio's paused clock): heartbeats, HTTP/2 PINGs and reconnect backoff
-//! all run on it; disk I/O runs on each host's blocking pool.
+//! all run on it; disk I/O runs on each host's blocking pool. A test may give the primary a long
+//! heartbeat (so its PINGs take long to notice a dead connection) and bound a catch-up in
+//! simulated time well below that.
 
 mod support;
 
@@ -31,6 +33,16 @@ const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const PRIMARY: &str = "n1";
 /// Longest a wait may take, in simulated time.
 const WAIT_MAX: Duration = Duration::from_secs(60);
+/// Heartbeat interval of every node unless a test says otherwise (HTTP/2 PINGs after 1 s of
+/// silence, dead 1 s later: see `transport::keepalive`).
+const HEARTBEAT: Duration = Duration::from_millis(200);
+/// A primary that rarely sends on an idle stream: heartbeats every 10 s, HTTP/2 PINGs after
+/// 50 s of silence, dead 50 s later. A connection that died silently stays registered on it for
+/// that long unless something else ends it.
+const QUIET_HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long (simulated) a replica that reconnected may take to reach the primary's position:
+/// a few reconnect backoffs and round trips, far below the quiet primary's PING timeout.
+const RECONNECT_CATCH_UP_MAX: Duration = Duration::from_secs(5);
 
 fn node_id(name: &str) -> NodeId {
     let i = NODES.iter().position(|n| *n == name).expect("known node");
@@ -107,11 +119,14 @@ impl Faults {
     }
 }
 
-fn runtime_config(dir: &Path, name: &'static str) -> RuntimeConfig {
+/// Each node's heartbeat interval (which also sets its HTTP/2 PING timing).
+type Heartbeats = fn(&str) -> Duration;
+
+fn runtime_config(dir: &Path, name: &'static str, heartbeats: Heartbeats) -> RuntimeConfig {
     let id = node_id(name);
     let peers = NODES.iter().map(|n| node_id(n)).filter(|p| *p != id).collect();
     let mut core = CoreConfig::new(ClusterId(0x7u64 << 40 | 0x51), peers, LeaseMode::Static { primary: node_id(PRIMARY) });
-    core.heartbeat_interval = Duration::from_millis(200);
+    core.heartbeat_interval = heartbeats(name);
     RuntimeConfig {
         node_id: id,
         hostname: name.to_string(),
@@ -125,14 +140,14 @@ fn runtime_config(dir: &Path, name: &'static str) -> RuntimeConfig {
 
 /// Registers `name` as a turmoil host whose software is a node: runtime + HTTP server + stream
 /// client, on `dir/<name>`. A bounce runs it again on the same directory.
-fn add_node(sim: &mut turmoil::Sim<'_>, dir: &Path, name: &'static str, nodes: &Nodes) {
+fn add_node(sim: &mut turmoil::Sim<'_>, dir: &Path, name: &'static str, nodes: &Nodes, heartbeats: Heartbeats) {
     let (dir, nodes) = (dir.to_path_buf(), nodes.clone());
     sim.host(name, move || {
         let (dir, nodes) = (dir.clone(), nodes.clone());
         async move {
             let listener = SimListener(turmoil::net::TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT)).await?);
             let primary = LeaseHolder { node_id: node_id(PRIMARY), hostname: PRIMARY.into(), advertise_url: format!("http://{PRIMARY}:{PORT}") };
-            let handle = runtime::start(runtime_config(&dir, name), Arc::new(StaticLease::new(primary)), Arc::new(NoHook))?;
+            let handle = runtime::start(runtime_config(&dir, name, heartbeats), Arc::new(StaticLease::new(primary)), Arc::new(NoHook))?;
             nodes.started.lock().unwrap().entry(name).or_default().push(handle.status());
             nodes.handles.lock().unwrap().insert(name, handle.clone());
             node::http::serve_with(listener, SimDialer, handle).await?;
@@ -147,12 +162,21 @@ where
     F: FnOnce(Nodes, Faults, PathBuf) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    simulate_with(seed, |_| HEARTBEAT, test);
+}
+
+/// [`simulate`] with each node's heartbeat interval from `heartbeats`.
+fn simulate_with<F, Fut>(seed: u64, heartbeats: Heartbeats, test: F)
+where
+    F: FnOnce(Nodes, Faults, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut sim = turmoil::Builder::new().simulation_duration(Duration::from_secs(900)).rng_seed(seed).build();
     let (nodes, faults) = (Nodes::default(), Faults::default());
     for name in NODES {
-        add_node(&mut sim, dir.path(), name, &nodes);
+        add_node(&mut sim, dir.path(), name, &nodes, heartbeats);
     }
     let client = test(nodes.clone(), faults.clone(), dir.path().to_path_buf());
     sim.client("test", async move {
@@ -178,6 +202,21 @@ async fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out (simulated time) waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `name` is at `txid` and asserts it took at most `bound` of simulated time.
+async fn wait_txid_within(nodes: &Nodes, name: &str, txid: u64, bound: Duration) {
+    let start = tokio::time::Instant::now();
+    let deadline = start + bound;
+    while position(nodes, name).is_none_or(|p| p.txid != txid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} not at txid {txid} within {bound:?} (simulated); at {:?}, connected to the primary: {:?}",
+            position(nodes, name).map(|p| p.txid),
+            nodes.handle(name).map(|h| h.status().connected_to_primary),
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -432,5 +471,81 @@ fn a_one_way_partition_from_the_primary_heals() {
         }
         assert_eq!(metric(&nodes, "n3", |m| &m.snapshots_received), snapshots, "caught up incrementally");
         assert_converged(&nodes, &dir, 7, 6);
+    });
+}
+
+/// The primary is quiet ([`QUIET_HEARTBEAT`]); replicas notice a silent stream within ~2 s.
+fn quiet_primary(name: &str) -> Duration {
+    if name == PRIMARY { QUIET_HEARTBEAT } else { HEARTBEAT }
+}
+
+/// After a replica came back on a new connection while the primary still held its old, dead
+/// one: the replica must reach the primary's position within [`RECONNECT_CATCH_UP_MAX`], and
+/// keep following once the primary has certainly seen the old connection end (its PINGs
+/// unanswered), with commits still arriving within the bound.
+async fn assert_followed_on_the_new_connection(nodes: &Nodes, w: &mut Writer, replica: &str, txid: u64) {
+    let (ping_every, ping_timeout) = node::http::transport::keepalive(QUIET_HEARTBEAT);
+    assert!(ping_timeout >= RECONNECT_CATCH_UP_MAX * 4, "the bound must be well under the primary's PING timeout");
+    wait_txid_within(nodes, replica, txid, RECONNECT_CATCH_UP_MAX).await;
+    // A scenario step in simulated time, not a synchronisation: by then the primary's own PINGs
+    // have ended the old connection whatever else did.
+    tokio::time::sleep(ping_every + ping_timeout + Duration::from_secs(1)).await;
+    assert!(nodes.handle(replica).unwrap().status().connected_to_primary);
+    w.insert(nodes, 2, "after").await;
+    for r in ["n2", "n3"] {
+        wait_txid_within(nodes, r, txid + 2, RECONNECT_CATCH_UP_MAX).await;
+    }
+}
+
+#[test]
+fn a_replica_restarted_behind_a_partition_is_answered_on_its_new_connection() {
+    // n2's host dies while cut off from the primary: the end of its stream never reaches the
+    // primary, which keeps the old connection registered (its PINGs would take 100 s). The
+    // restarted n2 connects again once the link is back and asks for a stream: the primary's
+    // answer must go on that new connection, not on the dead one.
+    simulate_with(7, quiet_primary, |nodes, faults, dir| async move {
+        let mut w = start_cluster(&nodes, &dir).await;
+        w.insert(&nodes, 3, "before").await;
+        for r in ["n2", "n3"] {
+            wait_txid(&nodes, r, 4).await;
+        }
+        turmoil::partition(PRIMARY, "n2");
+        let crashed = nodes.handle("n2").unwrap();
+        faults.apply(Fault::Crash("n2")).await;
+        tokio::time::timeout(WAIT_MAX, crashed.stopped()).await.expect("the crashed host's runtime is gone");
+        w.insert(&nodes, 4, "while down").await;
+        wait_txid(&nodes, "n3", 8).await;
+        faults.apply(Fault::Bounce("n2")).await;
+        wait_for("n2 to restart", || nodes.starts("n2").len() == 2).await;
+        assert_eq!(nodes.starts("n2")[1].positions.get(DB).map(|p| p.txid), Some(4), "n2 restarts from its own files");
+        turmoil::repair(PRIMARY, "n2");
+        assert_followed_on_the_new_connection(&nodes, &mut w, "n2", 8).await;
+        assert_eq!(metric(&nodes, "n2", |m| &m.snapshots_received), 0, "caught up incrementally");
+        assert_converged(&nodes, &dir, 10, 9);
+    });
+}
+
+#[test]
+fn a_replica_that_gave_up_a_silent_stream_is_answered_on_its_new_connection() {
+    // A partition n1 <-> n2: n2's PINGs go unanswered, so it closes its stream (the close is
+    // lost too) and keeps redialing; the quiet primary has not noticed anything when the link
+    // comes back and n2's new connection asks for a stream.
+    simulate_with(8, quiet_primary, |nodes, _faults, dir| async move {
+        let mut w = start_cluster(&nodes, &dir).await;
+        w.insert(&nodes, 3, "before").await;
+        for r in ["n2", "n3"] {
+            wait_txid(&nodes, r, 4).await;
+        }
+        // TXID 1 carries every page: its LTX counts as a snapshot. Nothing after it may.
+        let snapshots = metric(&nodes, "n2", |m| &m.snapshots_received);
+        turmoil::partition(PRIMARY, "n2");
+        w.insert(&nodes, 4, "during").await;
+        wait_txid(&nodes, "n3", 8).await;
+        wait_for("n2 to give up the silent stream", || !nodes.handle("n2").unwrap().status().connected_to_primary).await;
+        assert_eq!(position(&nodes, "n2").unwrap().txid, 4, "nothing crosses the partition");
+        turmoil::repair(PRIMARY, "n2");
+        assert_followed_on_the_new_connection(&nodes, &mut w, "n2", 8).await;
+        assert_eq!(metric(&nodes, "n2", |m| &m.snapshots_received), snapshots, "caught up incrementally");
+        assert_converged(&nodes, &dir, 10, 9);
     });
 }

@@ -137,8 +137,9 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Reports the connection down even when `connect_once` is cancelled (the primary changed):
-/// without it the runtime kept a dead connection as the peer's oldest and could never send to
-/// that peer again — a deposed primary that became a replica of its former replica got nothing.
+/// without it the runtime kept a dead connection as the peer's link until the peer connected
+/// again, and sent it nothing meanwhile — a deposed primary that became a replica of its former
+/// replica waited for it.
 struct PeerDownGuard {
     handle: Option<RuntimeHandle>,
     peer: NodeId,

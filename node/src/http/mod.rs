@@ -8,7 +8,9 @@
 //!   HTTP/2 stream: replicas dial the primary with prior-knowledge h2c, so stream requests, acks
 //!   and resync requests go up the same stream the LTX frames come down — no second request, and
 //!   one ordered stream per direction as the core requires). Either side may open it; the
-//!   runtime treats the peer as connected while any such stream lives. A frame that does not
+//!   newest stream with a peer is its link, and opening one closes the peer's previous one (a
+//!   peer that reconnects has given up on it, though this side may not know yet: see
+//!   `runtime::peers`); the peer counts as connected while its link lives. A frame that does not
 //!   decode or is over the size limit closes the connection (counted in
 //!   `ltxfs_frames_rejected_total`); nothing reaches the core from it.
 //! - `GET /info` (JSON status), `GET /events` (NDJSON: an `init` line with the status, then

@@ -895,20 +895,19 @@ impl<L: LeaseBackend> NodeTask<L> {
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::PeerUp { peer, conn, tx, closer } => {
-                let first = self.peers.add(peer, conn, tx, closer);
-                if !first {
-                    // Another connection to the same peer: messages in flight on the old one
-                    // may be lost, so tell the core the link was reset.
+                // The new connection becomes the peer's link; the one it replaces is closed
+                // (see `peers`). That is the old link's end as far as the core is concerned:
+                // what was in flight on it may be lost, and its later end changes nothing.
+                if let Some(replaced) = self.peers.add(peer, conn, tx, closer) {
+                    tracing::debug!(%peer, ?replaced, new = ?conn, "a new connection replaces the peer's link");
                     let _ = self.step_input(Input::PeerDisconnected { peer });
                 }
                 let _ = self.step_input(Input::PeerConnected { peer });
             }
             Cmd::PeerDown { peer, conn } => {
+                // Only the link's end is news to the core; a replaced connection's was reported.
                 if self.peers.remove(peer, conn) {
                     let _ = self.step_input(Input::PeerDisconnected { peer });
-                    if self.peers.is_connected(peer) {
-                        let _ = self.step_input(Input::PeerConnected { peer });
-                    }
                 }
             }
             Cmd::IoDone { id, result } => {

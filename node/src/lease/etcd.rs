@@ -14,7 +14,11 @@
 //! - Release: revoke the lease (the key goes with it; others may acquire at once).
 //! - Handoff: if the key is still ours, put a reservation `<key>/handoff` = target node (on its
 //!   own lease of `ttl`, so it expires if the target never comes), then revoke our lease.
-//! - Watch: the key is polled every `poll_interval` (default 200 ms, below one heartbeat).
+//! - Watch: the key is polled every `poll_interval` (default 200 ms, below one heartbeat). A view
+//!   is published only if etcd's revision in its answer is not older than that of the view
+//!   published last: a poll still in flight when this node acquired the lease must not announce,
+//!   after the acquisition, that nobody holds it (the core took that as its lease lost and
+//!   stepped down 5 ms after a promotion; the old primary then took the lease back).
 //!
 //! It decides nothing about roles; errors reaching etcd are `LeaseResult::Error`.
 
@@ -51,6 +55,8 @@ pub struct EtcdLease {
     /// The etcd lease id backing the epoch this node holds.
     held: Mutex<Option<(Epoch, i64)>>,
     view: watch::Sender<LeaseView>,
+    /// etcd's revision when the published view was read (see the module docs).
+    view_revision: Mutex<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +79,13 @@ impl EtcdLease {
     /// Creates the backend and starts polling the key (on the current tokio runtime).
     pub fn start(config: EtcdConfig) -> std::sync::Arc<EtcdLease> {
         let (view, _) = watch::channel(LeaseView { dynamic: true, holder: None, epoch: Epoch::ZERO });
-        let lease = std::sync::Arc::new(EtcdLease { config, http: reqwest::Client::new(), held: Mutex::new(None), view });
+        let lease = std::sync::Arc::new(EtcdLease { config, http: reqwest::Client::new(), held: Mutex::new(None), view, view_revision: Mutex::new(0) });
         let weak = std::sync::Arc::downgrade(&lease);
         tokio::spawn(async move {
             loop {
                 let Some(lease) = weak.upgrade() else { return };
-                if let Ok(current) = lease.read_holder().await {
-                    lease.publish(current);
+                if let Ok((current, revision)) = lease.read_holder().await {
+                    lease.publish(current, revision);
                 }
                 let interval = lease.config.poll_interval;
                 drop(lease);
@@ -96,7 +102,14 @@ impl EtcdLease {
         B64.encode(format!("{}/handoff", self.config.key).as_bytes())
     }
 
-    fn publish(&self, current: Option<(LeaseHolder, Epoch)>) {
+    /// Publishes what etcd said at `revision`, unless a view read at a later revision was
+    /// published already.
+    fn publish(&self, current: Option<(LeaseHolder, Epoch)>, revision: i64) {
+        let mut published = self.view_revision.lock().unwrap_or_else(|p| p.into_inner());
+        if revision < *published {
+            return;
+        }
+        *published = revision;
         self.view.send_if_modified(|v| {
             let next = match current {
                 Some((holder, epoch)) => LeaseView { dynamic: true, holder: Some(holder), epoch },
@@ -121,10 +134,11 @@ impl EtcdLease {
         Err(EtcdError::Unreachable(last))
     }
 
-    /// The key's holder and epoch, if it exists.
-    async fn read_holder(&self) -> Result<Option<(LeaseHolder, Epoch)>, EtcdError> {
+    /// The key's holder and epoch, if it exists, and etcd's revision at the read.
+    async fn read_holder(&self) -> Result<(Option<(LeaseHolder, Epoch)>, i64), EtcdError> {
         let resp = self.call("/v3/kv/range", json!({ "key": self.key_b64() })).await?;
-        Ok(resp["kvs"].get(0).and_then(parse_kv))
+        let revision = int(&resp["header"]["revision"]).ok_or_else(|| EtcdError::Protocol(format!("range: {resp}")))?;
+        Ok((resp["kvs"].get(0).and_then(parse_kv), revision))
     }
 
     async fn grant(&self) -> Result<(i64, Duration), EtcdError> {
@@ -168,7 +182,7 @@ impl EtcdLease {
             let revision = int(&resp["header"]["revision"]).ok_or_else(|| EtcdError::Protocol(format!("txn: {resp}")))?;
             let epoch = Epoch(revision as u64);
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, id));
-            self.publish(Some((self.config.me.clone(), epoch)));
+            self.publish(Some((self.config.me.clone(), epoch)), revision);
             return Ok(LeaseResult::Granted { epoch, ttl });
         }
         let _ = self.revoke(id).await;
@@ -202,8 +216,8 @@ impl EtcdLease {
         // Publish what etcd says now, never a guess: a release after the lease expired (a
         // deposed primary stepping down late) must not announce "nobody holds it" while another
         // node does — that made the deposed node drop its new upstream and campaign.
-        if let Ok(current) = self.read_holder().await {
-            self.publish(current);
+        if let Ok((current, revision)) = self.read_holder().await {
+            self.publish(current, revision);
         }
         Ok(LeaseResult::Released)
     }
@@ -257,5 +271,26 @@ impl LeaseBackend for EtcdLease {
     }
     fn watch(&self) -> watch::Receiver<LeaseView> {
         self.view.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_read_before_the_published_one_is_not_published() {
+        let me = LeaseHolder { node_id: NodeId(7), hostname: "n7".into(), advertise_url: "http://127.0.0.1:1".into() };
+        let config = EtcdConfig { endpoints: vec![], key: "k".into(), ttl: Duration::from_secs(10), poll_interval: Duration::from_secs(1), me: me.clone() };
+        let (view, rx) = watch::channel(LeaseView { dynamic: true, holder: None, epoch: Epoch::ZERO });
+        let lease = EtcdLease { config, http: reqwest::Client::new(), held: Mutex::new(None), view, view_revision: Mutex::new(0) };
+        // Acquired at revision 12 ...
+        lease.publish(Some((me.clone(), Epoch(12))), 12);
+        // ... then a poll that etcd answered at revision 11 (before the acquisition) arrives.
+        lease.publish(None, 11);
+        assert_eq!(*rx.borrow(), LeaseView { dynamic: true, holder: Some(me.clone()), epoch: Epoch(12) });
+        // A later answer is published, whatever it says.
+        lease.publish(None, 13);
+        assert_eq!(*rx.borrow(), LeaseView { dynamic: true, holder: None, epoch: Epoch(12) });
     }
 }

@@ -67,8 +67,10 @@ pub enum DbNameError {
 }
 
 impl DbName {
-    pub fn new(name: impl Into<String>) -> Result<DbName, DbNameError> {
-        let name = name.into();
+    /// Validates `name` and copies it into its shared allocation (one allocation, whether the
+    /// caller holds a `String` or a `&str`).
+    pub fn new(name: impl AsRef<str>) -> Result<DbName, DbNameError> {
+        let name = name.as_ref();
         if name.is_empty() {
             return Err(DbNameError::Empty);
         }
@@ -83,6 +85,7 @@ impl DbName {
         }
         Ok(DbName(std::sync::Arc::from(name)))
     }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

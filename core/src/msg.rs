@@ -258,10 +258,18 @@ impl Message {
 
     /// Decodes one whole message; every malformation is a typed [`MsgError`].
     pub fn decode(bytes: &[u8]) -> Result<Message, MsgError> {
+        Message::decode_with_names(bytes, &[])
+    }
+
+    /// [`Message::decode`], except that a database name spelled like one of `known` is decoded
+    /// as that name: a shared reference, where decoding it anew validates and allocates it. The
+    /// result is the same message (names are compared by their text); a receiver passes the names
+    /// it already holds, since nearly every message names one of them.
+    pub fn decode_with_names(bytes: &[u8], known: &[DbName]) -> Result<Message, MsgError> {
         if bytes.len() > MESSAGE_BYTES_MAX {
             return Err(MsgError::TooLarge(bytes.len()));
         }
-        let mut r = Reader { buf: bytes, at: 0 };
+        let mut r = Reader { buf: bytes, at: 0, known };
         let version = r.u8()?;
         if version != MSG_VERSION {
             return Err(MsgError::UnknownVersion(version));
@@ -368,6 +376,8 @@ impl Writer {
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
+    /// Names to reuse instead of allocating (see [`Message::decode_with_names`]).
+    known: &'a [DbName],
 }
 
 impl<'a> Reader<'a> {
@@ -408,6 +418,12 @@ impl<'a> Reader<'a> {
     fn name(&mut self) -> Result<DbName, MsgError> {
         let len = usize::from(self.u16()?);
         let b = self.take(len)?;
+        // A known name is valid UTF-8 and a valid name already: equal bytes make it that name.
+        // Compared in place: names are a few bytes, less than a call into `memcmp` costs.
+        let same = |n: &&DbName| n.as_str().len() == b.len() && n.as_str().bytes().zip(b).all(|(x, y)| x == *y);
+        if let Some(name) = self.known.iter().find(same) {
+            return Ok(name.clone());
+        }
         let s = std::str::from_utf8(b).map_err(|_| MsgError::BadUtf8)?;
         Ok(DbName::new(s)?)
     }
@@ -478,6 +494,28 @@ mod tests {
         for m in samples() {
             let bytes = m.encode();
             assert_eq!(Message::decode(&bytes), Ok(m.clone()), "{}", m.kind());
+        }
+    }
+
+    #[test]
+    fn decoding_with_known_names_gives_the_same_messages() {
+        let known = [db("b.db"), db("a.db")];
+        for m in samples() {
+            let bytes = m.encode();
+            assert_eq!(Message::decode_with_names(&bytes, &known), Ok(m.clone()), "{}", m.kind());
+            assert_eq!(Message::decode_with_names(&bytes, &known[..1]), Ok(m.clone()), "{}", m.kind());
+        }
+        // A name that is not known is still validated.
+        let mut v = Message::Ack { epoch: Epoch(1), db: db("ab"), pos: Pos::ZERO }.encode();
+        v[12] = b'/';
+        assert_eq!(Message::decode_with_names(&v, &known), Err(MsgError::BadDbName(DbNameError::BadCharacter)));
+        // Every prefix stays a typed error with known names too.
+        for m in samples() {
+            let bytes = m.encode();
+            for len in 0..bytes.len() {
+                let err = Message::decode_with_names(&bytes[..len], &known).unwrap_err();
+                assert!(matches!(err, MsgError::Truncated { .. }), "{} len {len}: {err:?}", m.kind());
+            }
         }
     }
 

@@ -157,7 +157,8 @@ pub enum MachineInput<M> {
     Receive { from: NodeIdx, msg: M },
     LeaseReply { id: u64, result: LeaseResult },
     IoDone { id: u64, result: Result<IoValue, IoError> },
-    LocalCommit { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, wall_ms: u64 },
+    /// `db` is one of the workload's fixed names.
+    LocalCommit { db: &'static str, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, wall_ms: u64 },
     Handoff { to: NodeIdx },
     /// The stream to `peer` is up (both ends running and reachable both ways).
     PeerConnected { peer: NodeIdx },

@@ -422,7 +422,7 @@ impl Machine for CoreNode {
             known: Vec::new(),
         };
         me.drain(false);
-        let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.clone()).collect();
+        let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.to_string()).collect();
         for (path, _) in disk.files() {
             if let Some(db) = path.dir() {
                 names.insert(db.to_string());

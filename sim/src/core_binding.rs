@@ -439,7 +439,7 @@ impl Machine for CoreNode {
     fn handle_input(&mut self, now_us: u64, input: MachineInput<Vec<u8>>) {
         self.now_us = self.now_us.max(now_us);
         let input = match input {
-            MachineInput::Receive { from, msg } => match Message::decode_with_names(&msg, &self.known) {
+            MachineInput::Receive { from, msg } => match Message::decode_owned_with_names(msg, &self.known) {
                 Ok(msg) => {
                     if let Message::Ltx { db, .. } | Message::Ack { db, .. } | Message::Resync { db, .. } = &msg {
                         self.remember(db);

@@ -50,8 +50,50 @@ pub const DB_NAME_BYTES_MAX: usize = 255;
 /// in the mount's flat root directory).
 /// Shared (`Arc<str>`): a name is cloned into every message, I/O command and event, and a
 /// clone is then a reference count, not an allocation.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Equality and order are those of the text (byte-wise, as `str`), compared in place: names are
+/// looked up in the core's per-database maps several times per message, and most comparisons
+/// meet the same shared allocation (equal at once) or differ within a few bytes, where a call
+/// into the C library's `memcmp` costs more than the comparison.
+#[derive(Debug, Clone)]
 pub struct DbName(std::sync::Arc<str>);
+
+/// The text's hash, as `str` hashes: equal names (equal text) hash alike.
+impl std::hash::Hash for DbName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for DbName {
+    fn eq(&self, other: &DbName) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for DbName {}
+
+impl PartialOrd for DbName {
+    fn partial_cmp(&self, other: &DbName) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DbName {
+    fn cmp(&self, other: &DbName) -> std::cmp::Ordering {
+        if std::sync::Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        // Bounded by the shorter name (at most DB_NAME_BYTES_MAX bytes).
+        for (x, y) in a.iter().zip(b) {
+            if x != y {
+                return x.cmp(y);
+            }
+        }
+        a.len().cmp(&b.len())
+    }
+}
 
 /// Why a string is not a valid [`DbName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,8 +109,10 @@ pub enum DbNameError {
 }
 
 impl DbName {
-    pub fn new(name: impl Into<String>) -> Result<DbName, DbNameError> {
-        let name = name.into();
+    /// Validates `name` and copies it into its shared allocation (one allocation, whether the
+    /// caller holds a `String` or a `&str`).
+    pub fn new(name: impl AsRef<str>) -> Result<DbName, DbNameError> {
+        let name = name.as_ref();
         if name.is_empty() {
             return Err(DbNameError::Empty);
         }
@@ -83,6 +127,7 @@ impl DbName {
         }
         Ok(DbName(std::sync::Arc::from(name)))
     }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -106,6 +151,19 @@ mod tests {
         assert_eq!(DbName::new(".."), Err(DbNameError::DotName));
         assert_eq!(DbName::new("x".repeat(256)), Err(DbNameError::TooLong(256)));
         assert!(DbName::new("x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn db_names_compare_like_their_text() {
+        let names = ["", "a", "a.db", "a.db2", "ab", "b", "\u{e9}", "x".repeat(255).as_str()].map(str::to_string);
+        for x in &names {
+            for y in &names {
+                let (Ok(a), Ok(b)) = (DbName::new(x), DbName::new(y)) else { continue };
+                assert_eq!(a.cmp(&b), x.cmp(y), "{x:?} vs {y:?}");
+                assert_eq!(a == b, x == y, "{x:?} vs {y:?}");
+                assert_eq!(a.cmp(&a.clone()), std::cmp::Ordering::Equal);
+            }
+        }
     }
 
     #[test]

@@ -258,10 +258,37 @@ impl Message {
 
     /// Decodes one whole message; every malformation is a typed [`MsgError`].
     pub fn decode(bytes: &[u8]) -> Result<Message, MsgError> {
+        Message::decode_with_names(bytes, &[])
+    }
+
+    /// [`Message::decode`], except that a database name spelled like one of `known` is decoded
+    /// as that name: a shared reference, where decoding it anew validates and allocates it. The
+    /// result is the same message (names are compared by their text); a receiver passes the names
+    /// it already holds, since nearly every message names one of them.
+    pub fn decode_with_names(bytes: &[u8], known: &[DbName]) -> Result<Message, MsgError> {
+        Message::decode_parts(bytes, known, false).map(|(msg, _)| msg)
+    }
+
+    /// [`Message::decode_with_names`] of a message the caller owns: an LTX chunk (the last field
+    /// of its message) keeps the message's own buffer, moved to its front, instead of a copy in
+    /// a new one. Same result, same errors.
+    pub fn decode_owned_with_names(mut bytes: Vec<u8>, known: &[DbName]) -> Result<Message, MsgError> {
+        let (mut msg, chunk_at) = Message::decode_parts(&bytes, known, true)?;
+        if let (Message::Ltx { bytes: chunk, .. }, Some(at)) = (&mut msg, chunk_at) {
+            // The chunk runs from `at` to the end: nothing may follow the last field.
+            bytes.drain(..at);
+            *chunk = bytes;
+        }
+        Ok(msg)
+    }
+
+    /// Decodes `bytes`; with `lend_chunk`, an LTX chunk is left empty and its first byte's
+    /// offset returned instead (it ends where the message ends).
+    fn decode_parts(bytes: &[u8], known: &[DbName], lend_chunk: bool) -> Result<(Message, Option<usize>), MsgError> {
         if bytes.len() > MESSAGE_BYTES_MAX {
             return Err(MsgError::TooLarge(bytes.len()));
         }
-        let mut r = Reader { buf: bytes, at: 0 };
+        let mut r = Reader { buf: bytes, at: 0, known, lend_chunk, chunk_at: None };
         let version = r.u8()?;
         if version != MSG_VERSION {
             return Err(MsgError::UnknownVersion(version));
@@ -272,7 +299,7 @@ impl Message {
         if r.at != bytes.len() {
             return Err(MsgError::TrailingBytes(bytes.len() - r.at));
         }
-        Ok(msg)
+        Ok((msg, r.chunk_at))
     }
 }
 
@@ -293,10 +320,10 @@ fn decode_fields(tag: u8, epoch: Epoch, r: &mut Reader<'_>) -> Result<Message, M
             let db = r.name()?;
             let offset = r.u64()?;
             let total_bytes = r.u64()?;
-            let bytes = r.bytes(LTX_CHUNK_BYTES_MAX)?;
-            let end = offset.checked_add(bytes.len() as u64);
+            let (bytes, len) = r.bytes(LTX_CHUNK_BYTES_MAX)?;
+            let end = offset.checked_add(len as u64);
             if end.is_none_or(|end| end > total_bytes) {
-                return Err(MsgError::ChunkOutOfRange { offset, len: bytes.len(), total_bytes });
+                return Err(MsgError::ChunkOutOfRange { offset, len, total_bytes });
             }
             Message::Ltx { epoch, db, offset, total_bytes, bytes }
         }
@@ -368,6 +395,12 @@ impl Writer {
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
+    /// Names to reuse instead of allocating (see [`Message::decode_with_names`]).
+    known: &'a [DbName],
+    /// Leave byte strings empty and record where they start instead of copying them.
+    lend_chunk: bool,
+    /// Where the byte string left empty starts.
+    chunk_at: Option<usize>,
 }
 
 impl<'a> Reader<'a> {
@@ -408,15 +441,29 @@ impl<'a> Reader<'a> {
     fn name(&mut self) -> Result<DbName, MsgError> {
         let len = usize::from(self.u16()?);
         let b = self.take(len)?;
+        // A known name is valid UTF-8 and a valid name already: equal bytes make it that name.
+        // Compared in place: names are a few bytes, less than a call into `memcmp` costs.
+        let same = |n: &&DbName| n.as_str().len() == b.len() && n.as_str().bytes().zip(b).all(|(x, y)| x == *y);
+        if let Some(name) = self.known.iter().find(same) {
+            return Ok(name.clone());
+        }
         let s = std::str::from_utf8(b).map_err(|_| MsgError::BadUtf8)?;
         Ok(DbName::new(s)?)
     }
-    fn bytes(&mut self, max: usize) -> Result<Vec<u8>, MsgError> {
+    /// A byte string and its length (the string left empty when lending, see
+    /// [`Reader::lend_chunk`]).
+    fn bytes(&mut self, max: usize) -> Result<(Vec<u8>, usize), MsgError> {
         let len = self.u32()? as usize;
         if len > max {
             return Err(MsgError::ChunkTooLarge(len));
         }
-        Ok(self.take(len)?.to_vec())
+        let at = self.at;
+        let b = self.take(len)?;
+        if self.lend_chunk {
+            self.chunk_at = Some(at);
+            return Ok((Vec::new(), len));
+        }
+        Ok((b.to_vec(), len))
     }
     fn pos(&mut self) -> Result<Pos, MsgError> {
         Ok(Pos { txid: self.u64()?, checksum: self.u64()? })
@@ -482,6 +529,31 @@ mod tests {
     }
 
     #[test]
+    fn decoding_with_known_names_gives_the_same_messages() {
+        let known = [db("b.db"), db("a.db")];
+        for m in samples() {
+            let bytes = m.encode();
+            assert_eq!(Message::decode_with_names(&bytes, &known), Ok(m.clone()), "{}", m.kind());
+            assert_eq!(Message::decode_with_names(&bytes, &known[..1]), Ok(m.clone()), "{}", m.kind());
+        }
+        // A name that is not known is still validated.
+        let mut v = Message::Ack { epoch: Epoch(1), db: db("ab"), pos: Pos::ZERO }.encode();
+        v[12] = b'/';
+        assert_eq!(Message::decode_with_names(&v, &known), Err(MsgError::BadDbName(DbNameError::BadCharacter)));
+        // Every prefix stays a typed error with known names too, and with an owned buffer.
+        for m in samples() {
+            let bytes = m.encode();
+            assert_eq!(Message::decode_owned_with_names(bytes.clone(), &known), Ok(m.clone()), "{}", m.kind());
+            assert_eq!(Message::decode_owned_with_names(bytes.clone(), &[]), Ok(m.clone()), "{}", m.kind());
+            for len in 0..bytes.len() {
+                let err = Message::decode_with_names(&bytes[..len], &known).unwrap_err();
+                assert!(matches!(err, MsgError::Truncated { .. }), "{} len {len}: {err:?}", m.kind());
+                assert_eq!(Message::decode_owned_with_names(bytes[..len].to_vec(), &known), Err(err));
+            }
+        }
+    }
+
+    #[test]
     fn every_strict_prefix_is_truncated_not_a_panic() {
         for m in samples() {
             let bytes = m.encode();
@@ -525,6 +597,12 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn owned_decoding_agrees_with_borrowed(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let known = [DbName::new("a").unwrap()];
+            proptest::prop_assert_eq!(Message::decode_owned_with_names(bytes.clone(), &known), Message::decode(&bytes));
         }
     }
 }

@@ -226,7 +226,7 @@ impl Checker {
     #[allow(clippy::too_many_arguments)]
     fn check_continuity(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, min_txid: u64, txid: u64, pre: u64, post: u64, what: &str) {
         let track = &mut self.nodes[usize::from(node)];
-        let (pos_txid, pos_checksum) = track.pos.get(&**db).copied().unwrap_or((0, CHECKSUM_EMPTY));
+        let (pos_txid, pos_checksum) = track.pos.get(db).copied().unwrap_or((0, CHECKSUM_EMPTY));
         if min_txid != pos_txid + 1 || pre != pos_checksum {
             self.fail(
                 Invariant::ChecksumContinuity,
@@ -238,7 +238,7 @@ impl Checker {
             );
             return;
         }
-        match track.pos.get_mut(&**db) {
+        match track.pos.get_mut(db) {
             Some(pos) => *pos = (txid, post),
             None => {
                 track.pos.insert(db.clone(), (txid, post));
@@ -277,7 +277,7 @@ impl Checker {
         if holder == node {
             return;
         }
-        let theirs = self.nodes[usize::from(holder)].chain.get(&**db).and_then(|c| c.get(&txid)).copied();
+        let theirs = self.nodes[usize::from(holder)].chain.get(db).and_then(|c| c.get(&txid)).copied();
         if let Some(theirs) = theirs {
             if theirs != checksum {
                 self.fail(
@@ -310,7 +310,7 @@ impl Checker {
         } else {
             track.pos.retain(|db, _| view.positions.iter().any(|(d, ..)| d == db));
             for (db, txid, checksum) in &view.positions {
-                match track.pos.get_mut(&**db) {
+                match track.pos.get_mut(db) {
                     Some(pos) => *pos = (*txid, *checksum),
                     None => {
                         track.pos.insert(db.clone(), (*txid, *checksum));
@@ -387,7 +387,7 @@ impl Checker {
                 let mut earlier_chains: Vec<(NodeIdx, std::iter::Peekable<std::collections::btree_map::Iter<'_, u64, u64>>)> =
                     live[..k]
                         .iter()
-                        .filter_map(|other| Some((*other, self.nodes[usize::from(*other)].chain.get(&**db)?.iter().peekable())))
+                        .filter_map(|other| Some((*other, self.nodes[usize::from(*other)].chain.get(db)?.iter().peekable())))
                         .collect();
                 // txid 0 marks "position unknown" (e.g. after a torn write), not a transaction.
                 for (&txid, &checksum) in chain.iter().filter(|(t, _)| **t > 0) {
@@ -458,10 +458,10 @@ impl Checker {
 
 /// The history map of `db`, created empty on first use (without cloning the name when it exists).
 fn chain_of<'a>(chains: &'a mut BTreeMap<DbId, BTreeMap<u64, u64>>, db: &DbId) -> &'a mut BTreeMap<u64, u64> {
-    if !chains.contains_key(&**db) {
+    if !chains.contains_key(db) {
         chains.insert(db.clone(), BTreeMap::new());
     }
-    chains.get_mut(&**db).expect("inserted above")
+    chains.get_mut(db).expect("inserted above")
 }
 
 /// The view's positions as the checker's map would list them (sorted by database).

@@ -84,6 +84,10 @@ fn db_name(name: &str) -> DbName {
     DbName::new(name).expect("the workload uses valid database names")
 }
 
+/// Core database names a node keeps for reuse, at most: a node has a handful of databases, and
+/// a name beyond this many is decoded (allocated) anew each time, as without the list.
+const KNOWN_NAMES_MAX: usize = 64;
+
 /// Header and trailer of an LTX file without decoding its pages.
 /// `a == b` for database names, compared byte by byte in place: names are a few bytes, and
 /// these comparisons run on every step, where a call into the C library's memcmp costs more
@@ -141,6 +145,9 @@ pub struct CoreNode {
     /// One shared [`DbId`] per database name, handed out in events and views (a node has a
     /// handful of databases: a list beats a map).
     names: std::cell::RefCell<Vec<DbId>>,
+    /// The core's names of the databases seen so far (local commits, messages), reused by the
+    /// message decoder and for local commits instead of a new allocation per message.
+    known: Vec<DbName>,
 }
 
 impl CoreNode {
@@ -342,6 +349,23 @@ impl CoreNode {
         id
     }
 
+    /// The core's name `db`, from [`CoreNode::known`] when it is there (else remembered there).
+    fn core_name(&mut self, db: &str) -> DbName {
+        if let Some(name) = self.known.iter().find(|n| same_name(n.as_str(), db)) {
+            return name.clone();
+        }
+        let name = db_name(db);
+        self.remember(&name);
+        name
+    }
+
+    /// Keeps `name` for reuse unless it is kept already or the list is full.
+    fn remember(&mut self, name: &DbName) {
+        if self.known.len() < KNOWN_NAMES_MAX && !self.known.iter().any(|n| same_name(n.as_str(), name.as_str())) {
+            self.known.push(name.clone());
+        }
+    }
+
     /// The epoch a primary puts on its commits, else the highest it accepted.
     fn epoch(&self) -> u64 {
         self.node.lease_epoch().unwrap_or(self.node.highest_epoch()).0
@@ -395,9 +419,10 @@ impl Machine for CoreNode {
             io: crate::pending::Pending::default(),
             applying: BTreeMap::new(),
             names: std::cell::RefCell::new(Vec::new()),
+            known: Vec::new(),
         };
         me.drain(false);
-        let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.clone()).collect();
+        let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.to_string()).collect();
         for (path, _) in disk.files() {
             if let Some(db) = path.dir() {
                 names.insert(db.to_string());
@@ -414,8 +439,13 @@ impl Machine for CoreNode {
     fn handle_input(&mut self, now_us: u64, input: MachineInput<Vec<u8>>) {
         self.now_us = self.now_us.max(now_us);
         let input = match input {
-            MachineInput::Receive { from, msg } => match Message::decode(&msg) {
-                Ok(msg) => Input::Receive { from: node_id(from), msg },
+            MachineInput::Receive { from, msg } => match Message::decode_owned_with_names(msg, &self.known) {
+                Ok(msg) => {
+                    if let Message::Ltx { db, .. } | Message::Ack { db, .. } | Message::Resync { db, .. } = &msg {
+                        self.remember(db);
+                    }
+                    Input::Receive { from: node_id(from), msg }
+                }
                 Err(e) => panic!("codec: n{} could not decode a message n{} encoded: {e}", self.index + 1, from + 1),
             },
             MachineInput::LeaseReply { id, result } => {
@@ -450,7 +480,7 @@ impl Machine for CoreNode {
                 Input::IoDone { id: ltxfs_core::node::IoId(id), result }
             }
             MachineInput::LocalCommit { db, page_size, commit, pages, wall_ms } => Input::LocalCommit(LocalCommit {
-                db: db_name(&db),
+                db: self.core_name(db),
                 page_size,
                 commit,
                 pages,

@@ -355,7 +355,7 @@ impl DbFile {
 /// its old content and old durable-undo entry.
 #[derive(Debug, Clone)]
 pub struct DbUndo {
-    db: String,
+    db: DbId,
     /// (page size, commit, durable commit) before; `None`: the file did not exist.
     file: Option<(u32, u32, Option<u32>)>,
     touched: Vec<(u32, Touched)>,
@@ -383,7 +383,8 @@ enum Touched {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Unsynced {
     File(FilePath),
-    Db(String),
+    /// A database, by the disk's own shared name for it (a reference count, not a copy).
+    Db(DbId),
 }
 
 /// Which fault the next command meets.
@@ -398,7 +399,9 @@ pub enum DiskFault {
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
     files: Files,
-    dbs: BTreeMap<String, DbFile>,
+    /// Database files by name; the keys are the shared names the disk hands out again (in
+    /// [`DbUndo`] and as the last unsynced target), so a local commit allocates no name.
+    dbs: BTreeMap<DbId, DbFile>,
     /// Commands still to fail with an injected error.
     failing: Option<(DiskFault, u32)>,
     torn_next_crash: bool,
@@ -420,7 +423,7 @@ impl SimDisk {
         self.dbs.get(name)
     }
 
-    pub fn dbs(&self) -> impl Iterator<Item = (&String, &DbFile)> {
+    pub fn dbs(&self) -> impl Iterator<Item = (&DbId, &DbFile)> {
         self.dbs.iter()
     }
 
@@ -514,7 +517,7 @@ impl SimDisk {
     /// [`SimDisk::write_pages`] of pages already made.
     fn put_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: impl IntoIterator<Item = (u32, Page)>) {
         if !self.dbs.contains_key(db) {
-            self.dbs.insert(db.to_string(), DbFile::default());
+            self.dbs.insert(DbId::from(db), DbFile::default());
         }
         let file = self.dbs.get_mut(db).expect("inserted above");
         file.cached_checksum.set(None);
@@ -534,7 +537,7 @@ impl SimDisk {
             file.undo_pages.insert_if_absent(pgno, old);
         }
         if !self.is_last_unsynced_db(db) {
-            self.last_unsynced = Some(Unsynced::Db(db.to_string()));
+            self.last_unsynced = Some(Unsynced::Db(self.shared_name(db)));
         }
     }
 
@@ -566,9 +569,17 @@ impl SimDisk {
         }
     }
 
+    /// The disk's shared name of database `db` (a new one if the disk has no such database).
+    fn shared_name(&self, db: &str) -> DbId {
+        match self.dbs.get_key_value(db) {
+            Some((name, _)) => name.clone(),
+            None => DbId::from(db),
+        }
+    }
+
     /// Whether the most recent unsynced write is to database `db`.
     fn is_last_unsynced_db(&self, db: &str) -> bool {
-        matches!(&self.last_unsynced, Some(Unsynced::Db(last)) if last == db)
+        matches!(&self.last_unsynced, Some(Unsynced::Db(last)) if **last == *db)
     }
 
     /// Makes every change of database `db` durable.
@@ -609,7 +620,7 @@ impl SimDisk {
     /// [`SimDisk::undo_pages`]: the old value of each page it changes, not the whole file
     /// (a local commit costs O(dirty pages), not O(database)).
     pub fn write_pages_undoable(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) -> DbUndo {
-        let mut undo = DbUndo { db: db.to_string(), file: None, touched: Vec::new(), last_unsynced: self.last_unsynced.clone() };
+        let mut undo = DbUndo { db: self.shared_name(db), file: None, touched: Vec::new(), last_unsynced: self.last_unsynced.clone() };
         if let Some(f) = self.dbs.get(db) {
             undo.file = Some((f.page_size, f.commit, f.undo_commit));
             let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.pgnos_from(commit.saturating_add(1)));
@@ -630,10 +641,10 @@ impl SimDisk {
     pub fn undo_pages(&mut self, undo: DbUndo) {
         match undo.file {
             None => {
-                self.dbs.remove(&undo.db);
+                self.dbs.remove(&*undo.db);
             }
             Some((page_size, commit, undo_commit)) => {
-                let f = self.dbs.get_mut(&undo.db).expect("a written database exists");
+                let f = self.dbs.get_mut(&*undo.db).expect("a written database exists");
                 f.cached_checksum.set(None);
                 f.page_size = page_size;
                 f.commit = commit;

@@ -17,7 +17,89 @@ pub type NodeIdx = u8;
 
 /// A database name in events and views: shared, so that passing one on costs a reference count,
 /// not an allocation (views are taken after every step of every node).
-pub type DbId = std::rc::Rc<str>;
+///
+/// It behaves as its text (`str`'s equality, order, hash, `Debug` and `Display`), but compares
+/// in place: names are compared on every step (views, checker maps, disk maps), most often with
+/// the same allocation (equal at once) or a name differing within a few bytes, where a call into
+/// the C library's `memcmp` costs more than the comparison.
+#[derive(Clone)]
+pub struct DbId(std::rc::Rc<str>);
+
+impl DbId {
+    /// Whether both are the same allocation (then they are equal).
+    pub fn ptr_eq(a: &DbId, b: &DbId) -> bool {
+        std::rc::Rc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl From<&str> for DbId {
+    fn from(name: &str) -> DbId {
+        DbId(std::rc::Rc::from(name))
+    }
+}
+
+impl std::ops::Deref for DbId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Consistent with `str`'s order and equality (see [`Ord for DbId`](DbId)), so maps keyed by
+/// `DbId` can be searched with a `&str`.
+impl std::borrow::Borrow<str> for DbId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for DbId {
+    fn eq(&self, other: &DbId) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for DbId {}
+
+impl PartialOrd for DbId {
+    fn partial_cmp(&self, other: &DbId) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DbId {
+    fn cmp(&self, other: &DbId) -> std::cmp::Ordering {
+        if DbId::ptr_eq(self, other) {
+            return std::cmp::Ordering::Equal;
+        }
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        // Bounded by the shorter name.
+        for (x, y) in a.iter().zip(b) {
+            if x != y {
+                return x.cmp(y);
+            }
+        }
+        a.len().cmp(&b.len())
+    }
+}
+
+impl Hash for DbId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Debug for DbId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for DbId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
 
 /// Something that can send or receive over the simulated network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -157,7 +239,8 @@ pub enum MachineInput<M> {
     Receive { from: NodeIdx, msg: M },
     LeaseReply { id: u64, result: LeaseResult },
     IoDone { id: u64, result: Result<IoValue, IoError> },
-    LocalCommit { db: String, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, wall_ms: u64 },
+    /// `db` is one of the workload's fixed names.
+    LocalCommit { db: &'static str, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, wall_ms: u64 },
     Handoff { to: NodeIdx },
     /// The stream to `peer` is up (both ends running and reachable both ways).
     PeerConnected { peer: NodeIdx },
@@ -242,4 +325,34 @@ pub trait Machine: Sized {
     }
     /// Names of planted bugs this machine can enable.
     fn planted_names() -> Vec<&'static str>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash_of(value: &impl Hash) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut h);
+        h.finish()
+    }
+
+    /// A `DbId` orders, compares, hashes and prints exactly as its text (traces and maps depend
+    /// on it), whether or not two ids share their allocation.
+    #[test]
+    fn db_ids_behave_as_their_text() {
+        let names = ["", "a", "ab", "b", "db", "db2", "\u{e9}t\u{e9}"];
+        for x in names {
+            let a = DbId::from(x);
+            assert_eq!(format!("{a:?} {a}"), format!("{x:?} {x}"));
+            assert_eq!(hash_of(&a), hash_of(&x));
+            assert_eq!(a.cmp(&a.clone()), std::cmp::Ordering::Equal);
+            for y in names {
+                let b = DbId::from(y);
+                assert_eq!(a.cmp(&b), x.cmp(y), "{x:?} vs {y:?}");
+                assert_eq!(a == b, x == y, "{x:?} vs {y:?}");
+            }
+        }
+    }
 }

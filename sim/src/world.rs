@@ -745,7 +745,7 @@ impl<M: Machine> World<M> {
         // The pages are chosen when the node gets the commit ([`World::deliver`]): SQLite writes
         // them against the database as it is then.
         let input = MachineInput::LocalCommit {
-            db: db.to_string(),
+            db,
             page_size: workload::PAGE_SIZE,
             commit: 0,
             pages: Vec::new(),

@@ -45,6 +45,11 @@ impl Node {
             self.drop_ltx(from, db, total_bytes);
             return;
         }
+        if offset == 0 && bytes.len() as u64 == total_bytes {
+            // A whole file in one chunk (every file up to the chunk limit): the chunk's buffer
+            // is the file, not copied into a new one.
+            return self.on_ltx(from, epoch, db, bytes);
+        }
         let partial = if offset == 0 {
             let capacity = total_bytes.min(crate::msg::LTX_CHUNK_BYTES_MAX as u64) as usize;
             Partial { from, total_bytes, bytes: Vec::with_capacity(capacity) }

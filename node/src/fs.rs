@@ -770,7 +770,7 @@ impl Shared {
     /// committed frames (that commit included) into the database file, empty the WAL and
     /// rewrite SQLite's WAL index, so every connection then reads the history's state.
     fn settle_unknown_commit(&self, name: &str) {
-        let Ok(db) = DbName::new(name.to_string()) else { return };
+        let Ok(db) = DbName::new(name) else { return };
         self.prepare_apply(&db, Holder::Settle);
         // The database's size as the fold (or an apply that came first) left it.
         let commit = {

@@ -52,7 +52,7 @@ fn a_primary_cut_from_etcd_stops_writing_and_rejoins_as_a_replica() {
         info(&c.nodes[r]).is_some_and(|v| v["connectedToPrimary"] == true && v["primary"]["hostname"] == NAMES[q])
     });
     let before = c.nodes[r].metric("ltxfs_stale_frames_rejected_total");
-    let db_name = DbName::new(DB.to_string()).unwrap();
+    let db_name = DbName::new(DB).unwrap();
     let stale = [
         Message::Heartbeat { epoch: Epoch(old_epoch), wall_ms: 0 },
         Message::Ltx { epoch: Epoch(old_epoch), db: db_name, offset: 0, total_bytes: 4, bytes: vec![0; 4] },

@@ -76,7 +76,7 @@ fn paused_primary(wal: bool) {
     // A frame of the old epoch, as the paused primary would have sent it, is refused.
     let r = (0..3).find(|i| *i != p && *i != q).unwrap();
     let before = c.nodes[r].metric("ltxfs_stale_frames_rejected_total");
-    let db_name = DbName::new(DB.to_string()).unwrap();
+    let db_name = DbName::new(DB).unwrap();
     let stale = [
         Message::Heartbeat { epoch: Epoch(old_epoch), wall_ms: 0 },
         Message::Ltx { epoch: Epoch(old_epoch), db: db_name, offset: 0, total_bytes: 4, bytes: vec![0; 4] },

@@ -130,6 +130,20 @@ impl Node {
     fn ltx_count(&self, name: &str) -> usize {
         self.ltx_files(name).len()
     }
+
+    /// The number of LTX files of `name` once it is `expected`, or what it is after 10 s: a WAL
+    /// commit's LTX file is written by a background thread, shortly after the commit returns
+    /// (rollback-journal modes write it before).
+    fn ltx_count_when(&self, name: &str, expected: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let n = self.ltx_count(name);
+            if n == expected || std::time::Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for Node {
@@ -161,6 +175,7 @@ fn sqlite3(db: &Path, sql: &str) -> String {
 
 /// Checks the LTX chain of `name` against the backing database and `-pos`.
 fn assert_chain_matches_database(node: &Node, name: &str, expected_txs: usize) {
+    node.ltx_count_when(name, expected_txs);
     let files = node.ltx_files(name);
     assert_eq!(
         files.len(),
@@ -224,7 +239,7 @@ fn journal_mode_round_trip(mode: &str) {
     // Switching an empty database to WAL writes its header (bytes 18/19 = 2) in a rollback-journal
     // transaction: that is a commit too.
     let mut txs = usize::from(mode == "WAL");
-    assert_eq!(node.ltx_count("app.db"), txs);
+    assert_eq!(node.ltx_count_when("app.db", txs), txs);
     conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     txs += 1;
@@ -233,13 +248,13 @@ fn journal_mode_round_trip(mode: &str) {
             .unwrap();
         txs += 1;
     }
-    assert_eq!(node.ltx_count("app.db"), txs);
+    assert_eq!(node.ltx_count_when("app.db", txs), txs);
 
     // A rolled-back transaction leaves no LTX.
     conn.execute_batch("BEGIN; INSERT INTO t(v) VALUES ('gone'); ROLLBACK;")
         .unwrap();
     assert_eq!(
-        node.ltx_count("app.db"),
+        node.ltx_count_when("app.db", txs),
         txs,
         "ROLLBACK must not produce an LTX"
     );
@@ -258,7 +273,7 @@ fn journal_mode_round_trip(mode: &str) {
     )
     .unwrap();
     txs += 2;
-    assert_eq!(node.ltx_count("app.db"), txs);
+    assert_eq!(node.ltx_count_when("app.db", txs), txs);
     drop(conn);
     sqlite3(&path, &format!("PRAGMA journal_mode={mode}; INSERT INTO t(v) VALUES ('cli 1'); INSERT INTO t(v) VALUES ('cli 2');"));
     txs += 2;
@@ -383,7 +398,7 @@ fn replica_refuses_writes_and_serves_reads() {
         std::fs::read_to_string(node.db("app.db-pos")).unwrap(),
         pos_before
     );
-    assert_eq!(node.ltx_count("app.db"), 2);
+    assert_eq!(node.ltx_count_when("app.db", 2), 2);
 }
 
 #[test]
@@ -497,7 +512,7 @@ fn record_detector_fixtures() {
         conn.execute("INSERT INTO t VALUES (?1)", [99]).unwrap();
         drop(conn);
         let expected = 5 + usize::from(mode == "WAL");
-        assert_eq!(node.ltx_count("app.db"), expected);
+        assert_eq!(node.ltx_count_when("app.db", expected), expected);
         let text = std::fs::read_to_string(record.join("app.db.ops")).unwrap();
         let header = format!(
             "# ltxfs detector recording: journal_mode={mode}, page_size=512; PRAGMA, CREATE TABLE, 3 INSERTs,\n\

@@ -559,27 +559,47 @@ impl DataDir {
         Ok(written)
     }
 
-    /// One WAL-backed LTX in a new file under its final name, marked unsynced.
+    /// One WAL-backed LTX in a new file under its final name, marked unsynced. The file is made
+    /// nameless (`O_TMPFILE`) and linked under its name once written, so a reader of the
+    /// directory never sees it incomplete (a file system without `O_TMPFILE`: written under a
+    /// temporary name, then renamed).
     fn write_unsynced(&self, db: &DbName, min: u64, max: u64, bytes: &[u8]) -> io::Result<UnsyncedLtx> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
-        let fin = self.ltx_path(db, min, max);
-        let create = || OpenOptions::new().write(true).create_new(true).mode(UNSYNCED_LTX_MODE).open(&fin);
-        let mut file = match create() {
-            Ok(f) => f,
-            // A file of an abandoned attempt at this TXID range: replaced.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fs::remove_file(&fin)?;
-                create()?
-            }
+        let dir = self.ltx_dir(db);
+        let fin = dir.join(ltx::file_name(min, max));
+        let unnamed = || OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).mode(UNSYNCED_LTX_MODE).open(&dir);
+        let opened = match unnamed() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(self.ltx_dir(db))?;
-                create()?
+                fs::create_dir_all(&dir)?;
+                unnamed()
+            }
+            other => other,
+        };
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+                let tmp = dir.join(format!(".{}.tmp", ltx::file_name(min, max)));
+                let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(UNSYNCED_LTX_MODE).open(&tmp)?;
+                file.write_all(bytes)?;
+                fs::rename(&tmp, &fin)?;
+                return Ok((fin, file));
             }
             Err(e) => return Err(e),
         };
-        if let Err(e) = file.write_all(bytes) {
-            let _ = fs::remove_file(&fin);
-            return Err(e);
+        file.write_all(bytes)?;
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let link = || {
+            nix::unistd::linkat(nix::fcntl::AT_FDCWD, proc_path.as_str(), nix::fcntl::AT_FDCWD, &fin, nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW)
+                .map_err(io::Error::from)
+        };
+        match link() {
+            // A file of an abandoned attempt at this TXID range: replaced.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&fin)?;
+                link()?;
+            }
+            other => other?,
         }
         Ok((fin, file))
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod ports;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -72,14 +72,7 @@ impl Ord for DbId {
         if DbId::ptr_eq(self, other) {
             return std::cmp::Ordering::Equal;
         }
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        // Bounded by the shorter name.
-        for (x, y) in a.iter().zip(b) {
-            if x != y {
-                return x.cmp(y);
-            }
-        }
-        a.len().cmp(&b.len())
+        ltxfs_core::ids::cmp_names(&self.0, &other.0)
     }
 }
 

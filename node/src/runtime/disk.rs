@@ -94,6 +94,8 @@ pub struct DataDir {
     /// Wakes the background writer of pending LTX files (started on first use). The writer's
     /// own copy of the `DataDir` has none, so it ends when every other copy is dropped.
     writer: Arc<Mutex<Option<std::sync::mpsc::Sender<DbName>>>>,
+    /// The writer is writing and looks for more before it sleeps: a commit need not wake it.
+    writer_busy: Arc<std::sync::atomic::AtomicBool>,
     /// The `epoch` journal of each database as last read or written ([`DataDir::epoch_lines`]):
     /// every commit consults its last line, and only this `DataDir` writes it.
     epochs: Arc<Mutex<BTreeMap<DbName, EpochLines>>>,
@@ -170,6 +172,7 @@ impl DataDir {
             pending: Arc::default(),
             ltx_write: Arc::default(),
             writer: Arc::default(),
+            writer_busy: Arc::default(),
             epochs: Arc::default(),
         }
     }
@@ -502,11 +505,30 @@ impl DataDir {
             // Its own copy without the sender: the thread ends when the runtime's copies go.
             let data = DataDir { writer: Arc::default(), ..self.clone() };
             let spawned = std::thread::Builder::new().name("ltxfs-ltx-write".into()).spawn(move || {
-                while let Ok(db) = rx.recv() {
-                    if let Err(e) = data.write_pending(&db, usize::MAX) {
-                        // They stay queued: the next durable write or WAL restart retries, and
-                        // fails with this error if it persists.
-                        tracing::warn!(%db, error = %e, "cannot write WAL-backed LTX files");
+                use std::sync::atomic::Ordering::SeqCst;
+                while rx.recv().is_ok() {
+                    data.writer_busy.store(true, SeqCst);
+                    // Until nothing is left: files queued meanwhile need no wake-up (each commit
+                    // woke this thread before: a futex wake on the FUSE thread per commit).
+                    loop {
+                        let waiting: Vec<DbName> = data.pending.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                        let mut failed = false;
+                        for db in &waiting {
+                            if let Err(e) = data.write_pending(db, usize::MAX) {
+                                // They stay queued: the next durable write or WAL restart
+                                // retries, and fails with this error if it persists.
+                                tracing::warn!(%db, error = %e, "cannot write WAL-backed LTX files");
+                                failed = true;
+                            }
+                        }
+                        data.writer_busy.store(false, SeqCst);
+                        // Looked at after the flag is down: a commit queued after this look
+                        // sees the flag down and wakes the thread.
+                        let more = !data.pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+                        if !more || failed {
+                            break;
+                        }
+                        data.writer_busy.store(true, SeqCst);
                     }
                 }
             });
@@ -514,6 +536,9 @@ impl DataDir {
                 return false;
             }
             *writer = Some(tx);
+        }
+        if self.writer_busy.load(std::sync::atomic::Ordering::SeqCst) {
+            return true; // it looks for more before it sleeps
         }
         writer.as_ref().is_some_and(|tx| tx.send(db.clone()).is_ok())
     }

@@ -27,6 +27,8 @@ pub fn require_tools() {
     }
 }
 
+// Also loaded by `support` in test binaries that use both harnesses.
+#[allow(clippy::duplicate_mod)]
 #[path = "../support/ports.rs"]
 mod ports;
 pub use ports::free_port;

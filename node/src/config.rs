@@ -104,6 +104,8 @@ pub struct FuseConfig {
     pub dir: PathBuf,
     pub allow_other: bool,
     pub debug: bool,
+    /// Run the FUSE thread on the CPU of the application thread it serves (see the README).
+    pub follow_caller_cpu: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -253,6 +255,7 @@ impl Default for FuseConfig {
             dir: PathBuf::from("/litefs"),
             allow_other: false,
             debug: false,
+            follow_caller_cpu: true,
         }
     }
 }
@@ -727,6 +730,7 @@ mod tests {
 fuse:
   dir: /mnt/${NODE}
   allow-other: true
+  follow-caller-cpu: false
 data:
   dir: /var/lib/ltxfs/$NODE
   compress: false
@@ -761,6 +765,8 @@ exec:
         let config = parse(GOOD).unwrap();
         assert_eq!(config.fuse.dir, PathBuf::from("/mnt/n1"));
         assert!(config.fuse.allow_other);
+        assert!(!config.fuse.follow_caller_cpu);
+        assert!(Config::default().fuse.follow_caller_cpu, "on unless turned off");
         assert_eq!(config.data.dir, PathBuf::from("/var/lib/ltxfs/n1"));
         assert!(!config.data.compress);
         assert_eq!(config.data.retention, Duration::from_secs(90));

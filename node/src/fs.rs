@@ -106,6 +106,8 @@ pub struct FsOptions {
     pub data_dir: PathBuf,
     /// Append every detector input of database `<db>` to `<dir>/<db>.ops` (test recordings).
     pub record_ops: Option<PathBuf>,
+    /// Run the FUSE thread on the CPU of the thread it serves (`crate::caller_cpu`).
+    pub follow_caller_cpu: bool,
 }
 
 /// Files of one database, in inode order.
@@ -672,6 +674,8 @@ pub struct Shared {
     reading: Mutex<BTreeMap<String, bool>>,
     /// The node's own SQLite locks, through descriptors of the mount.
     locks: MountLocks,
+    /// `fuse.follow-caller-cpu`.
+    follow_caller_cpu: bool,
 }
 
 /// The mounted file system. All requests are served under one lock (correctness first).
@@ -716,6 +720,7 @@ impl Shared {
             wal_indexes: Mutex::new(BTreeMap::new()),
             reading: Mutex::new(BTreeMap::new()),
             locks: MountLocks::new(),
+            follow_caller_cpu: state.opts.follow_caller_cpu,
         };
         for name in names {
             let _ = fs::remove_file(dbs_dir.join(&name).join("shm"));
@@ -915,7 +920,7 @@ impl Shared {
 
 fn state_placeholder() -> State {
     State {
-        opts: FsOptions { data_dir: PathBuf::new(), record_ops: None },
+        opts: FsOptions { data_dir: PathBuf::new(), record_ops: None, follow_caller_cpu: false },
         dbs: Vec::new(),
         by_name: BTreeMap::new(),
         uid: 0,
@@ -930,6 +935,13 @@ impl LtxFs {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state()
+    }
+
+    /// Keeps this FUSE thread on the CPU of the threads it serves (hot requests only).
+    fn follow(&self, req: &Request) {
+        if self.shared.follow_caller_cpu {
+            node::caller_cpu::observe(req.pid());
+        }
     }
 }
 
@@ -1694,7 +1706,7 @@ impl Filesystem for LtxFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1704,6 +1716,7 @@ impl Filesystem for LtxFs {
         reply: ReplyData,
     ) {
         stats::fuse_request("read");
+        self.follow(req);
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if let Some(content) = state.virtual_content(ino, &view) {
@@ -1733,7 +1746,7 @@ impl Filesystem for LtxFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -1744,6 +1757,7 @@ impl Filesystem for LtxFs {
         reply: ReplyWrite,
     ) {
         stats::fuse_request("write");
+        self.follow(req);
         let read_only = self.shared.read_only();
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
@@ -1792,7 +1806,10 @@ impl Filesystem for LtxFs {
                     let (shared, name) = (self.shared.clone(), db.name.clone());
                     let spawned = std::thread::Builder::new()
                         .name("ltxfs-settle".into())
-                        .spawn(move || shared.settle_unknown_commit(&name));
+                        .spawn(move || {
+                            node::caller_cpu::release();
+                            shared.settle_unknown_commit(&name)
+                        });
                     if let Err(e) = spawned {
                         tracing::error!(%e, "cannot settle a commit with an unknown outcome; exiting");
                         std::process::exit(99);

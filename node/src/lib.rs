@@ -2,6 +2,7 @@
 //! share — the runtime driving `ltxfs_core::node::Node`, the HTTP node API and the lease
 //! backends. The binary (`main.rs`) adds the CLI and the FUSE mount on top.
 
+pub mod caller_cpu;
 pub mod http;
 pub mod lease;
 pub mod runtime;

@@ -155,6 +155,7 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
     let shared = Shared::new(FsOptions {
         data_dir: data_dir.clone(),
         record_ops: request.record_ops.clone(),
+        follow_caller_cpu: config.fuse.follow_caller_cpu,
     })
     .map_err(|e| format!("cannot open data dir {}: {e}", data_dir.display()))?;
 
@@ -162,6 +163,8 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
         .worker_threads(2)
         .enable_all()
         .thread_name("ltxfs-node")
+        // The blocking pool grows from whichever thread needs it, the FUSE thread included.
+        .on_thread_start(node::caller_cpu::release)
         .build()
         .map_err(|e| format!("cannot start the node runtime: {e}"))?;
     let handle = {

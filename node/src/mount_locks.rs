@@ -100,6 +100,7 @@ impl MountLocks {
         let files = self.files.clone();
         let tid = self.opener_tid.clone();
         std::thread::Builder::new().name("ltxfs-lock-open".into()).spawn(move || {
+            node::caller_cpu::release();
             tid.store(nix::unistd::gettid().as_raw() as u32, Ordering::Release);
             opener(mount_dir, rx, files)
         })?;

@@ -505,6 +505,7 @@ impl DataDir {
             // Its own copy without the sender: the thread ends when the runtime's copies go.
             let data = DataDir { writer: Arc::default(), ..self.clone() };
             let spawned = std::thread::Builder::new().name("ltxfs-ltx-write".into()).spawn(move || {
+                crate::caller_cpu::release();
                 use std::sync::atomic::Ordering::SeqCst;
                 while rx.recv().is_ok() {
                     data.writer_busy.store(true, SeqCst);
@@ -734,6 +735,7 @@ impl DataDir {
         state.running = true;
         let (data, name) = (self.clone(), db.clone());
         let spawned = std::thread::Builder::new().name("ltxfs-ltx-sync".into()).spawn(move || {
+            crate::caller_cpu::release();
             if let Err(e) = data.sync_ahead_round(&name) {
                 tracing::warn!(db = %name, error = %e, "cannot sync WAL-backed LTX files ahead of time");
             }
@@ -818,6 +820,7 @@ impl DataDir {
                 pool.refilling = true;
                 let (all, dir) = (Arc::clone(&self.spares), dir.to_path_buf());
                 let spawned = std::thread::Builder::new().name("ltxfs-spares".into()).spawn(move || {
+                    crate::caller_cpu::release();
                     let batch = make_spare_batch(&dir);
                     let mut spares = all.lock().unwrap_or_else(|p| p.into_inner());
                     let pool = spares.entry(dir).or_default();

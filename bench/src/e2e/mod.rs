@@ -149,6 +149,21 @@ pub fn report_throughput(run: &throughput::Run) -> String {
         );
     }
     let _ = writeln!(out);
+    let _ = writeln!(out, "| workload | CPU µs / commit: raw SQLite | mount: application | mount: ltxfs (by thread) |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for r in results {
+        let threads: Vec<String> = r.cpu.node_us.iter().filter(|(_, us)| *us >= 0.5).map(|(name, us)| format!("{name} {us:.1}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {:.1} ({}) |",
+            r.mode.label(),
+            r.cpu.app_raw_us,
+            r.cpu.app_mount_us,
+            r.cpu.node_total_us(),
+            threads.join(", ")
+        );
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
         "| workload | FUSE requests / commit | by opcode / commit | ltxfs fsyncs / commit | by file / commit |"

@@ -41,6 +41,61 @@ pub struct ModeResult {
     pub pair_ratios: Vec<f64>,
     /// Counts over `traced` commits, or why there are none.
     pub counts: std::result::Result<(Counts, u64), String>,
+    /// CPU time per timed commit, from the kernel's per-thread accounting.
+    pub cpu: CpuPerCommit,
+}
+
+/// CPU time per commit (µs), summed over the timed chunks: the bench's own thread in each arm
+/// (SQLite plus, in the mount arm, the system calls that wait on FUSE) and the node's threads by
+/// name. Unlike tx/s these barely move with the machine's other load, so two builds compare.
+#[derive(Debug, Clone, Default)]
+pub struct CpuPerCommit {
+    pub app_raw_us: f64,
+    pub app_mount_us: f64,
+    /// (thread name, µs per commit), largest first.
+    pub node_us: Vec<(String, f64)>,
+}
+
+impl CpuPerCommit {
+    pub fn node_total_us(&self) -> f64 {
+        self.node_us.iter().map(|(_, us)| us).sum()
+    }
+}
+
+/// Nanoseconds on CPU of thread `tid` of process `pid` (`schedstat`'s first field).
+fn thread_cpu_ns(pid: &str, tid: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Nanoseconds on CPU of every thread of `pid`, summed by thread name.
+fn threads_cpu_ns(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let pid = pid.to_string();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if let Some(ns) = thread_cpu_ns(&pid, &tid) {
+            *by_name.entry(name.trim().to_string()).or_insert(0) += ns;
+        }
+    }
+    by_name
+}
+
+/// Nanoseconds on CPU of the calling thread.
+fn own_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Adds `after - before` per thread name to `sum` (threads that ended are left out).
+fn add_delta(sum: &mut std::collections::BTreeMap<String, u64>, before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>) {
+    for (name, ns) in after {
+        *sum.entry(name.clone()).or_insert(0) += ns.saturating_sub(before.get(name).copied().unwrap_or(0));
+    }
 }
 
 impl ModeResult {
@@ -115,15 +170,24 @@ pub fn run(bin: &Path, params: &Params) -> Result<Run> {
         let chunks = params.transactions / params.chunk;
         let mut pair_ratios = Vec::with_capacity(chunks);
         let chunk_time = |lat: &[Duration]| -> Duration { lat[lat.len() - params.chunk..].iter().sum() };
+        let pid = node.pid().ok_or("node not running")?;
+        let (mut app_raw_ns, mut app_mount_ns, mut node_ns) = (0u64, 0u64, std::collections::BTreeMap::new());
         for _ in 0..chunks {
             // Untimed: flush what the previous chunk left dirty, so neither arm pays (through
             // ext4's shared journal) for the other's unsynced writes.
             nix::unistd::sync();
+            let own = own_cpu_ns();
             raw.insert_many(params.chunk, &mut raw_lat)?;
+            app_raw_ns += own_cpu_ns().saturating_sub(own);
             nix::unistd::sync();
+            let (own, threads) = (own_cpu_ns(), threads_cpu_ns(pid));
             mount
                 .insert_many(params.chunk, &mut mount_lat)
                 .map_err(|e| format!("{e}\n{}", node.log_tail()))?;
+            app_mount_ns += own_cpu_ns().saturating_sub(own);
+            // Work the chunk left behind (the background LTX writer) lands in the next chunk's
+            // window or after the last one; it is a small share of either.
+            add_delta(&mut node_ns, &threads, &threads_cpu_ns(pid));
             // Same transaction count in both chunks: the tx/s ratio is the inverse time ratio.
             pair_ratios.push(chunk_time(&raw_lat).as_secs_f64() / chunk_time(&mount_lat).as_secs_f64());
         }
@@ -133,7 +197,12 @@ pub fn run(bin: &Path, params: &Params) -> Result<Run> {
         } else {
             count_window(&node, &mut mount, params.traced, dir.path(), mode)
         };
+        let timed = (chunks * params.chunk).max(1) as f64;
+        let mut node_us: Vec<(String, f64)> = node_ns.into_iter().map(|(name, ns)| (name, ns as f64 / 1000.0 / timed)).collect();
+        node_us.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let cpu = CpuPerCommit { app_raw_us: app_raw_ns as f64 / 1000.0 / timed, app_mount_us: app_mount_ns as f64 / 1000.0 / timed, node_us };
         let result = ModeResult {
+            cpu,
             mode,
             raw: arm(&mut raw_lat),
             mount: arm(&mut mount_lat),

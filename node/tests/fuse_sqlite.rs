@@ -579,3 +579,52 @@ fn no_arguments_mounts_the_embedded_default_and_sigint_unmounts() {
         "unmounted on SIGINT"
     );
 }
+
+/// The CPUs the node's FUSE thread may run on (`Cpus_allowed_list` of the thread `fuser-0`).
+fn fuse_thread_cpus(node: &Node) -> String {
+    let pid = node.child.as_ref().expect("running").id();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let dir = task.path();
+        if std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() == "fuser-0" {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).expect("Cpus_allowed_list");
+            return line["Cpus_allowed_list:".len()..].trim().to_string();
+        }
+    }
+    panic!("no fuser-0 thread in ltxfs {pid}");
+}
+
+#[test]
+fn the_fuse_thread_follows_the_writing_thread_to_its_cpu() {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let node = Node::start(true);
+    let db = node.db("follow.db");
+    let allowed = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).take(2).collect();
+    assert!(!cpus.is_empty());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let conn = Connection::open(&db).unwrap();
+            conn.pragma_update(None, "journal_mode", "wal").unwrap();
+            conn.pragma_update(None, "synchronous", "normal").unwrap();
+            conn.execute("create table t(x)", []).unwrap();
+            for &cpu in &cpus {
+                // This thread moves to `cpu`; its next writes (2 FUSE WRITEs per commit, the
+                // FUSE thread looks at its caller every 256 requests) bring the FUSE thread along.
+                let mut only = CpuSet::new();
+                only.set(cpu).unwrap();
+                sched_setaffinity(Pid::from_raw(0), &only).unwrap();
+                for i in 0..300 {
+                    conn.execute("insert into t values (?1)", [i]).unwrap();
+                }
+                assert_eq!(fuse_thread_cpus(&node), cpu.to_string(), "the FUSE thread did not follow its caller to CPU {cpu}");
+            }
+        });
+    });
+    assert_eq!(count_rows_of(&db), 300 * cpus.len() as i64);
+}
+
+fn count_rows_of(db: &Path) -> i64 {
+    Connection::open(db).unwrap().query_row("select count(*) from t", [], |r| r.get(0)).unwrap()
+}

@@ -611,7 +611,7 @@ fn the_fuse_thread_follows_the_writing_thread_to_its_cpu() {
             conn.execute("create table t(x)", []).unwrap();
             for &cpu in &cpus {
                 // This thread moves to `cpu`; its next writes (2 FUSE WRITEs per commit, the
-                // FUSE thread looks at its caller every 256 requests) bring the FUSE thread along.
+                // FUSE thread looks at its caller every 64 requests) bring the FUSE thread along.
                 let mut only = CpuSet::new();
                 only.set(cpu).unwrap();
                 sched_setaffinity(Pid::from_raw(0), &only).unwrap();

@@ -123,6 +123,8 @@ pub struct Node {
     outputs: VecDeque<Output>,
     /// LZ4 buffers reused by every local commit's LTX encode (speed only: same bytes).
     ltx_scratch: crate::ltx::EncodeScratch,
+    /// The decompression buffer reused by every received LTX's decode (speed only).
+    decode_scratch: crate::ltx::DecodeScratch,
 }
 
 impl Node {
@@ -154,6 +156,7 @@ impl Node {
             stream_retry_at: None,
             outputs: VecDeque::new(),
             ltx_scratch: crate::ltx::EncodeScratch::default(),
+            decode_scratch: crate::ltx::DecodeScratch::default(),
         };
         node.start_lease_role();
         node

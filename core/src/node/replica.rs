@@ -81,7 +81,7 @@ impl Node {
 
     /// A whole LTX file arrived: decode it and apply or queue it.
     fn on_ltx(&mut self, from: NodeId, epoch: Epoch, db: DbName, bytes: Vec<u8>) {
-        let (header, pages, trailer) = match ltx::decode_slice(&bytes) {
+        let (header, pages, trailer) = match ltx::decode_slice_with(&mut self.decode_scratch, &bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
                 self.event(Event::InvalidLtx { db: db.clone(), from, error });

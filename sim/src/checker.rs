@@ -496,9 +496,23 @@ impl Produced {
 
     fn get(&self, db: &DbId, txid: u64, post: u64) -> Option<&(u64, u64)> {
         let states = self.states(db)?;
-        let i = states.binary_search_by(|(k, _)| k.cmp(&(txid, post))).ok()?;
+        let key = (txid, post);
+        // TXIDs are dense and mostly decided once: the state sits at its distance from the first
+        // TXID unless histories branched (then bisection finds it).
+        if let Some(state) = dense_guess(states, txid, |((t, _), _)| *t).filter(|(k, _)| *k == key) {
+            return Some(&state.1);
+        }
+        let i = states.binary_search_by(|(k, _)| k.cmp(&key)).ok()?;
         Some(&states[i].1)
     }
+}
+
+/// The entry of `entries` (sorted by TXID, `txid_of` each entry's) at `txid`'s distance from the
+/// first entry's TXID, if there is one there: where `txid` sits when TXIDs are dense. The caller
+/// checks that it is the entry sought.
+fn dense_guess<T>(entries: &[T], txid: u64, txid_of: impl Fn(&T) -> u64) -> Option<&T> {
+    let first = txid_of(entries.first()?);
+    entries.get(usize::try_from(txid.checked_sub(first)?).ok()?)
 }
 
 /// One node's history of one database, txid → checksum, as a map ordered by txid would hold
@@ -519,6 +533,10 @@ impl Chain {
     }
 
     fn find(&self, txid: u64) -> Result<usize, usize> {
+        // Histories are dense runs of TXIDs: `txid` sits at its distance from the first one.
+        if dense_guess(&self.entries, txid, |(t, _)| *t).is_some_and(|(t, _)| *t == txid) {
+            return Ok((txid - self.entries[0].0) as usize);
+        }
         self.entries.binary_search_by_key(&txid, |(t, _)| *t)
     }
 

@@ -79,8 +79,10 @@ impl Node {
         }
         let d = self.dbs.get_mut(&c.db).expect("inserted above");
         // Each page hashed once for both the preview and the apply below.
-        let sums = crate::chkindex::page_sums(&c.pages);
-        let post = d.index.preview_with_sums(c.commit, &c.pages, &sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
+        let sums = &mut self.sums_scratch;
+        sums.clear();
+        sums.extend(c.pages.iter().map(|(pgno, data)| crate::ltx::checksum::page_checksum(*pgno, data)));
+        let post = d.index.preview_with_sums(c.commit, &c.pages, sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
         let txid = d.pos.txid + 1;
         let mut header = Header {
             flags: if compress { HEADER_FLAG_COMPRESS_LZ4 } else { 0 },
@@ -105,7 +107,7 @@ impl Node {
             }
         }
         let bytes = ltx::encode_to_vec_with(&mut self.ltx_scratch, header, c.pages.iter().map(|(p, b)| (*p, b.as_slice())), post)?;
-        let applied = d.index.apply_with_sums(c.commit, &c.pages, &sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
+        let applied = d.index.apply_with_sums(c.commit, &c.pages, sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
         assert_eq!(applied, post, "preview and apply agree");
         let pos = Pos { txid, checksum: post };
         let meta = crate::catchup::LtxFileMeta {

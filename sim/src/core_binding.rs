@@ -314,6 +314,7 @@ impl CoreNode {
                 // The epoch goes after the file's bytes in their own buffer (in place when the
                 // allocation has room): no copy, no move of the bytes.
                 let mut data = bytes;
+                data.reserve_exact(EPOCH_SUFFIX);
                 data.extend_from_slice(&epoch.0.to_be_bytes());
                 let path = ltx_path(self.id(&db), min_txid, max_txid);
                 let commit_of = local_commit.then(|| self.id(&db));

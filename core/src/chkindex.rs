@@ -101,10 +101,11 @@ impl ChecksumIndex {
 
     /// Checks a commit's pages: right length, ascending, not 0, not the lock page, within
     /// `commit`, and every page added by growth present.
-    fn validate(&self, commit: u32, pages: &[(u32, &[u8])]) -> Result<(), IndexError> {
+    fn validate<P: AsRef<[u8]>>(&self, commit: u32, pages: &[(u32, P)]) -> Result<(), IndexError> {
         let lock = lock_pgno(self.page_size);
         let mut prev = 0u32;
-        for &(pgno, data) in pages {
+        for (pgno, data) in pages {
+            let (pgno, data) = (*pgno, data.as_ref());
             if pgno == 0 {
                 return Err(IndexError::PageZero);
             }
@@ -125,21 +126,20 @@ impl ChecksumIndex {
         self.validate_growth(commit, pages, lock)
     }
 
-    fn validate_growth(&self, commit: u32, pages: &[(u32, &[u8])], lock: u32) -> Result<(), IndexError> {
+    fn validate_growth<P>(&self, commit: u32, pages: &[(u32, P)], lock: u32) -> Result<(), IndexError> {
         let old = self.page_count();
         if commit <= old {
             return Ok(());
         }
         // Pages old+1..=commit must all be written (they are a suffix of the ascending list).
-        let grown: Vec<u32> = pages.iter().map(|p| p.0).filter(|&p| p > old).collect();
+        let mut grown = pages.iter().map(|p| p.0).filter(|&p| p > old);
         let mut want = old + 1;
-        let mut it = grown.iter().peekable();
         while want <= commit {
             if want == lock {
                 want += 1;
                 continue;
             }
-            if it.next() != Some(&want) {
+            if grown.next() != Some(want) {
                 return Err(IndexError::MissingGrowthPage { pgno: want, commit });
             }
             want += 1;
@@ -149,7 +149,7 @@ impl ChecksumIndex {
 
     /// The database checksum after writing `pages` and resizing to `commit` pages, without
     /// changing the index. O(pages + truncated pages).
-    pub fn preview(&self, commit: u32, pages: &[(u32, &[u8])]) -> Result<u64, IndexError> {
+    pub fn preview<P: AsRef<[u8]>>(&self, commit: u32, pages: &[(u32, P)]) -> Result<u64, IndexError> {
         self.validate(commit, pages)?;
         Ok(self.preview_valid(commit, pages, &page_sums(pages)))
     }
@@ -157,13 +157,13 @@ impl ChecksumIndex {
     /// [`ChecksumIndex::preview`] with the pages' checksums already computed by [`page_sums`]
     /// (`sums[i]` belongs to `pages[i]`), so a commit that is previewed and then applied hashes
     /// each page once.
-    pub fn preview_with_sums(&self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> Result<u64, IndexError> {
+    pub fn preview_with_sums<P: AsRef<[u8]>>(&self, commit: u32, pages: &[(u32, P)], sums: &[u64]) -> Result<u64, IndexError> {
         self.validate(commit, pages)?;
         check_sums(pages, sums);
         Ok(self.preview_valid(commit, pages, sums))
     }
 
-    fn preview_valid(&self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> u64 {
+    fn preview_valid<P>(&self, commit: u32, pages: &[(u32, P)], sums: &[u64]) -> u64 {
         let mut total = self.total;
         let old = self.page_count();
         for pgno in commit.saturating_add(1)..=old {
@@ -179,20 +179,20 @@ impl ChecksumIndex {
     }
 
     /// Writes `pages`, resizes to `commit` pages and returns the new database checksum.
-    pub fn apply(&mut self, commit: u32, pages: &[(u32, &[u8])]) -> Result<u64, IndexError> {
+    pub fn apply<P: AsRef<[u8]>>(&mut self, commit: u32, pages: &[(u32, P)]) -> Result<u64, IndexError> {
         self.validate(commit, pages)?;
         let sums = page_sums(pages);
         Ok(self.apply_valid(commit, pages, &sums))
     }
 
     /// [`ChecksumIndex::apply`] with the pages' checksums already computed by [`page_sums`].
-    pub fn apply_with_sums(&mut self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> Result<u64, IndexError> {
+    pub fn apply_with_sums<P: AsRef<[u8]>>(&mut self, commit: u32, pages: &[(u32, P)], sums: &[u64]) -> Result<u64, IndexError> {
         self.validate(commit, pages)?;
         check_sums(pages, sums);
         Ok(self.apply_valid(commit, pages, sums))
     }
 
-    fn apply_valid(&mut self, commit: u32, pages: &[(u32, &[u8])], sums: &[u64]) -> u64 {
+    fn apply_valid<P>(&mut self, commit: u32, pages: &[(u32, P)], sums: &[u64]) -> u64 {
         let expected = self.preview_valid(commit, pages, sums);
         for pgno in commit.saturating_add(1)..=self.page_count() {
             self.total.toggle(self.page(pgno).unwrap_or(0));
@@ -265,16 +265,16 @@ impl ChecksumIndex {
 
 /// The page checksum of every page of a commit, in order, for
 /// [`ChecksumIndex::preview_with_sums`] and [`ChecksumIndex::apply_with_sums`].
-pub fn page_sums(pages: &[(u32, &[u8])]) -> Vec<u64> {
-    pages.iter().map(|&(pgno, data)| page_checksum(pgno, data)).collect()
+pub fn page_sums<P: AsRef<[u8]>>(pages: &[(u32, P)]) -> Vec<u64> {
+    pages.iter().map(|(pgno, data)| page_checksum(*pgno, data.as_ref())).collect()
 }
 
 /// Sums handed in must be the pages' own: one per page always, and (in debug builds, so every
 /// test run) each equal to a recomputation.
-fn check_sums(pages: &[(u32, &[u8])], sums: &[u64]) {
+fn check_sums<P: AsRef<[u8]>>(pages: &[(u32, P)], sums: &[u64]) {
     assert_eq!(pages.len(), sums.len(), "one checksum per page");
     debug_assert!(
-        pages.iter().zip(sums).all(|(&(pgno, data), &sum)| page_checksum(pgno, data) == sum),
+        pages.iter().zip(sums).all(|((pgno, data), &sum)| page_checksum(*pgno, data.as_ref()) == sum),
         "page checksums handed in match the pages"
     );
 }

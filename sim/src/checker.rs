@@ -71,7 +71,7 @@ struct NodeTrack {
     /// step.
     pos: BTreeMap<DbId, (u64, u64)>,
     /// txid → checksum since the node's last snapshot reset.
-    chain: BTreeMap<DbId, BTreeMap<u64, u64>>,
+    chain: BTreeMap<DbId, Chain>,
     /// Highest epoch of any frame the node applied.
     max_applied_epoch: u64,
 }
@@ -80,9 +80,8 @@ struct NodeTrack {
 #[derive(Debug, Clone)]
 pub struct Checker {
     nodes: Vec<NodeTrack>,
-    /// Every state a primary decided: (txid, post, db) → (pre, epoch). The numbers lead the key
-    /// so that a lookup compares names only on a (txid, checksum) tie.
-    produced: BTreeMap<(u64, u64, DbId), (u64, u64)>,
+    /// Every state a primary decided: (db, txid, post) → (pre, epoch).
+    produced: Produced,
     pub violation: Option<Violation>,
     /// Writable epochs seen (for the failover count).
     pub writable_epochs: BTreeSet<u64>,
@@ -96,7 +95,7 @@ impl Checker {
     pub fn new(nodes: u8) -> Checker {
         Checker {
             nodes: vec![NodeTrack::default(); usize::from(nodes)],
-            produced: BTreeMap::new(),
+            produced: Produced::default(),
             violation: None,
             writable_epochs: BTreeSet::new(),
             lost_acked_writes: 0,
@@ -124,7 +123,7 @@ impl Checker {
             MachineEvent::CommitDecided { db, txid, pre, post, epoch } => {
                 self.check_lease(now, node, *epoch, || format!("n{} decided {db} txid {txid}", node + 1), lease);
                 self.check_continuity(now, node, db, *txid, *txid, *pre, *post, "decided");
-                self.produced.insert((*txid, *post, db.clone()), (*pre, *epoch));
+                self.produced.insert(db, *txid, *post, (*pre, *epoch));
                 let track = &mut self.nodes[usize::from(node)];
                 chain_of(&mut track.chain, db).insert(*txid, *post);
             }
@@ -140,7 +139,7 @@ impl Checker {
                 self.check_prefix(now, node, db, *txid, *checksum, *epoch, lease);
                 let track = &mut self.nodes[usize::from(node)];
                 track.pos.insert(db.clone(), (*txid, *checksum));
-                track.chain.insert(db.clone(), BTreeMap::from([(*txid, *checksum)]));
+                track.chain.insert(db.clone(), Chain::single(*txid, *checksum));
             }
             MachineEvent::ClusterMismatch { .. } => self.cluster_mismatches += 1,
             _ => {}
@@ -254,7 +253,7 @@ impl Checker {
     /// (invariant 2) this makes every replica history a chain of the primary's states.
     #[allow(clippy::too_many_arguments)]
     fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
-        match self.produced.get(&(txid, checksum, db.clone())) {
+        match self.produced.get(db, txid, checksum) {
             None => {
                 self.fail(
                     Invariant::PrefixConsistency,
@@ -322,7 +321,7 @@ impl Checker {
         if restarted {
             for (db, txid, checksum) in &view.positions {
                 let chain = chain_of(&mut track.chain, db);
-                chain.retain(|t, _| t <= txid);
+                chain.truncate_after(*txid);
                 if chain.get(txid) != Some(checksum) {
                     chain.clear();
                     chain.insert(*txid, *checksum);
@@ -358,7 +357,7 @@ impl Checker {
         if txid == 0 || checksum == CHECKSUM_EMPTY {
             return;
         }
-        if !self.produced.contains_key(&(txid, checksum, db.clone())) {
+        if self.produced.get(db, txid, checksum).is_none() {
             self.fail(
                 Invariant::PrefixConsistency,
                 now,
@@ -384,7 +383,7 @@ impl Checker {
             for (db, chain) in &self.nodes[usize::from(*node)].chain {
                 // The earlier nodes' chains of `db`, each walked once alongside this one (both
                 // ascend by txid) instead of searched per entry.
-                let mut earlier_chains: Vec<(NodeIdx, std::iter::Peekable<std::collections::btree_map::Iter<'_, u64, u64>>)> =
+                let mut earlier_chains: Vec<(NodeIdx, std::iter::Peekable<ChainIter<'_>>)> =
                     live[..k]
                         .iter()
                         .filter_map(|other| Some((*other, self.nodes[usize::from(*other)].chain.get(db)?.iter().peekable())))
@@ -424,7 +423,7 @@ impl Checker {
             // Bounded by the txid: each step goes one txid down.
             while txid > 0 {
                 states.push((txid, checksum));
-                match self.produced.get(&(txid, checksum, db.clone())) {
+                match self.produced.get(db, txid, checksum) {
                     Some((pre, _)) => {
                         checksum = *pre;
                         txid -= 1;
@@ -456,10 +455,129 @@ impl Checker {
     }
 }
 
+/// The states primaries decided, as a map (db, txid, post-apply checksum) → (pre-apply
+/// checksum, epoch): per database a vector sorted by (txid, checksum), searched by bisection.
+/// Primaries decide TXIDs in increasing order (a new primary continues from its position), so
+/// nearly every insert is an append, where a B-tree map allocated nodes and chased pointers on
+/// every lookup (one per apply and per read).
+#[derive(Debug, Clone, Default)]
+struct Produced {
+    dbs: Vec<(DbId, Vec<ProducedState>)>,
+}
+
+/// One decided state: (txid, post-apply checksum) and its (pre-apply checksum, epoch).
+type ProducedState = ((u64, u64), (u64, u64));
+
+impl Produced {
+    fn states(&self, db: &DbId) -> Option<&Vec<ProducedState>> {
+        self.dbs.iter().find(|(d, _)| DbId::ptr_eq(d, db) || d == db).map(|(_, states)| states)
+    }
+
+    /// Records a decided state, replacing what was recorded for the same (db, txid, post).
+    fn insert(&mut self, db: &DbId, txid: u64, post: u64, value: (u64, u64)) {
+        let at = match self.dbs.iter().position(|(d, _)| DbId::ptr_eq(d, db) || d == db) {
+            Some(at) => at,
+            None => {
+                self.dbs.push((db.clone(), Vec::new()));
+                self.dbs.len() - 1
+            }
+        };
+        let states = &mut self.dbs[at].1;
+        let key = (txid, post);
+        if states.last().is_none_or(|(last, _)| *last < key) {
+            states.push((key, value));
+            return;
+        }
+        match states.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => states[i].1 = value,
+            Err(i) => states.insert(i, (key, value)),
+        }
+    }
+
+    fn get(&self, db: &DbId, txid: u64, post: u64) -> Option<&(u64, u64)> {
+        let states = self.states(db)?;
+        let key = (txid, post);
+        // TXIDs are dense and mostly decided once: the state sits at its distance from the first
+        // TXID unless histories branched (then bisection finds it).
+        if let Some(state) = dense_guess(states, txid, |((t, _), _)| *t).filter(|(k, _)| *k == key) {
+            return Some(&state.1);
+        }
+        let i = states.binary_search_by(|(k, _)| k.cmp(&key)).ok()?;
+        Some(&states[i].1)
+    }
+}
+
+/// The entry of `entries` (sorted by TXID, `txid_of` each entry's) at `txid`'s distance from the
+/// first entry's TXID, if there is one there: where `txid` sits when TXIDs are dense. The caller
+/// checks that it is the entry sought.
+fn dense_guess<T>(entries: &[T], txid: u64, txid_of: impl Fn(&T) -> u64) -> Option<&T> {
+    let first = txid_of(entries.first()?);
+    entries.get(usize::try_from(txid.checked_sub(first)?).ok()?)
+}
+
+/// One node's history of one database, txid → checksum, as a map ordered by txid would hold
+/// it: a vector sorted by txid, searched by bisection. Histories grow by one txid per commit or
+/// apply (appends); a B-tree map allocated nodes as they grew and chased pointers on every
+/// lookup (the prefix check looks one up per apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Chain {
+    entries: Vec<(u64, u64)>,
+}
+
+/// [`Chain::iter`]'s iterator: entries as `(&txid, &checksum)`, ascending.
+type ChainIter<'a> = std::iter::Map<std::slice::Iter<'a, (u64, u64)>, fn(&'a (u64, u64)) -> (&'a u64, &'a u64)>;
+
+impl Chain {
+    fn single(txid: u64, checksum: u64) -> Chain {
+        Chain { entries: vec![(txid, checksum)] }
+    }
+
+    fn find(&self, txid: u64) -> Result<usize, usize> {
+        // Histories are dense runs of TXIDs: `txid` sits at its distance from the first one.
+        if dense_guess(&self.entries, txid, |(t, _)| *t).is_some_and(|(t, _)| *t == txid) {
+            return Ok((txid - self.entries[0].0) as usize);
+        }
+        self.entries.binary_search_by_key(&txid, |(t, _)| *t)
+    }
+
+    /// Sets the checksum of `txid`.
+    fn insert(&mut self, txid: u64, checksum: u64) {
+        if self.entries.last().is_none_or(|(last, _)| *last < txid) {
+            self.entries.push((txid, checksum));
+            return;
+        }
+        match self.find(txid) {
+            Ok(at) => self.entries[at].1 = checksum,
+            Err(at) => self.entries.insert(at, (txid, checksum)),
+        }
+    }
+
+    fn get(&self, txid: &u64) -> Option<&u64> {
+        self.find(*txid).ok().map(|at| &self.entries[at].1)
+    }
+
+    /// Forgets every txid above `txid`.
+    fn truncate_after(&mut self, txid: u64) {
+        let keep = self.entries.partition_point(|(t, _)| *t <= txid);
+        self.entries.truncate(keep);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    fn iter(&self) -> ChainIter<'_> {
+        fn refs(entry: &(u64, u64)) -> (&u64, &u64) {
+            (&entry.0, &entry.1)
+        }
+        self.entries.iter().map(refs as fn(&(u64, u64)) -> (&u64, &u64))
+    }
+}
+
 /// The history map of `db`, created empty on first use (without cloning the name when it exists).
-fn chain_of<'a>(chains: &'a mut BTreeMap<DbId, BTreeMap<u64, u64>>, db: &DbId) -> &'a mut BTreeMap<u64, u64> {
+fn chain_of<'a>(chains: &'a mut BTreeMap<DbId, Chain>, db: &DbId) -> &'a mut Chain {
     if !chains.contains_key(db) {
-        chains.insert(db.clone(), BTreeMap::new());
+        chains.insert(db.clone(), Chain::default());
     }
     chains.get_mut(db).expect("inserted above")
 }
@@ -475,8 +593,66 @@ fn view_sorted(view: &MachineView) -> impl Iterator<Item = (&str, (u64, u64))> {
 mod tests {
     use super::*;
 
-    fn chain(entries: &[(u64, u64)]) -> BTreeMap<u64, u64> {
-        entries.iter().copied().collect()
+    fn chain(entries: &[(u64, u64)]) -> Chain {
+        let mut chain = Chain::default();
+        for (txid, checksum) in entries {
+            chain.insert(*txid, *checksum);
+        }
+        chain
+    }
+
+    /// The decided-state store answers as a map keyed by (db, txid, checksum) would, for
+    /// appends, out-of-order inserts (a failover's lower TXIDs), replacements and misses.
+    #[test]
+    fn produced_states_behave_as_a_map() {
+        let dbs = [DbId::from("db"), DbId::from("db2"), DbId::from("db")];
+        let mut produced = Produced::default();
+        let mut reference: BTreeMap<(String, u64, u64), (u64, u64)> = BTreeMap::new();
+        let mut state = 7u64;
+        for i in 0..2_000u64 {
+            let r = crate::rng::splitmix64(&mut state);
+            let db = &dbs[(r % 3) as usize];
+            let txid = if r % 5 == 0 { (r >> 8) % 50 } else { i / 3 };
+            let post = (r >> 16) % 4;
+            produced.insert(db, txid, post, (i, r));
+            reference.insert((db.to_string(), txid, post), (i, r));
+            for probe in [txid, txid + 1, (r >> 24) % 60] {
+                for post in 0..5 {
+                    let want = reference.get(&(db.to_string(), probe, post));
+                    assert_eq!(produced.get(db, probe, post), want, "{db} {probe} {post}");
+                }
+            }
+        }
+    }
+
+    /// A history answers, truncates and lists as a map ordered by txid would.
+    #[test]
+    fn chains_behave_as_ordered_maps() {
+        let mut chain = Chain::default();
+        let mut reference: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut state = 11u64;
+        for i in 0..3_000u64 {
+            let r = crate::rng::splitmix64(&mut state);
+            match r % 50 {
+                0 => {
+                    let cut = (r >> 8) % (i / 2 + 1);
+                    chain.truncate_after(cut);
+                    reference.retain(|t, _| *t <= cut);
+                }
+                1 => {
+                    chain.clear();
+                    reference.clear();
+                }
+                _ => {
+                    let txid = if r % 7 == 0 { (r >> 8) % (i + 1) } else { i };
+                    chain.insert(txid, r);
+                    reference.insert(txid, r);
+                }
+            }
+            let probe = (r >> 16) % (i + 2);
+            assert_eq!(chain.get(&probe), reference.get(&probe));
+            assert!(chain.iter().eq(reference.iter()), "after step {i}");
+        }
     }
 
     /// Invariant 1 (no divergent survivors): a disagreement is found between any two live nodes

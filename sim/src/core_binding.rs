@@ -8,10 +8,11 @@
 //! - peer messages travel as the bytes of the real codec (`Message::encode` / `decode`), so a
 //!   codec bug shows as a failed run; the world's streams are ordered per pair;
 //! - every [`IoKind`] of the core becomes a command on the simulated disk. On-disk layout of the
-//!   simulated shell: `DB/ltx/MIN-MAX.ltx` holds the 8-byte big-endian lineage epoch (the core's
-//!   `WriteLtx::epoch`, an extended attribute in a real shell) followed by the LTX file byte for
-//!   byte, written atomically (temp + rename); `DB/checksum-index` holds the persisted index; the
-//!   database pages live in the disk's page files;
+//!   simulated shell: `DB/ltx/MIN-MAX.ltx` holds the LTX file byte for byte followed by the
+//!   8-byte big-endian lineage epoch (the core's `WriteLtx::epoch`, an extended attribute in a
+//!   real shell; a suffix, so the file's bytes stay where the core put them), written atomically
+//!   (temp + rename); `DB/checksum-index` holds the persisted index; the database pages live in
+//!   the disk's page files;
 //! - start-up reads only the simulated disk: per database the newest intact LTX file gives the
 //!   position and its lineage epoch, the contiguous chain ending there the retained files, plus
 //!   the persisted checksum index — fed as [`Input::OpenDb`];
@@ -45,8 +46,15 @@ use crate::trace::digest;
 
 /// The cluster id of the simulated cluster; [`MachineConfig::other_cluster`] nodes get this + 1.
 pub const CLUSTER_ID: u64 = 0x5eed;
-/// Bytes of the lineage-epoch prefix in front of each simulated LTX file.
-const EPOCH_PREFIX: usize = 8;
+/// Bytes of the lineage epoch after each simulated LTX file.
+const EPOCH_SUFFIX: usize = 8;
+
+/// A simulated LTX file's LTX bytes and lineage epoch (`None` if it is too short to hold one).
+fn split_epoch(data: &[u8]) -> Option<(&[u8], u64)> {
+    let ltx_len = data.len().checked_sub(EPOCH_SUFFIX)?;
+    let (ltx, epoch) = data.split_at(ltx_len);
+    Some((ltx, u64::from_be_bytes(epoch.try_into().expect("8 bytes"))))
+}
 
 /// The names of the core's planted bugs, known in every build so that `sim planted --list`
 /// can name them; the same list as `ltxfs_core::planted::PlantedBug::ALL`, which exists only
@@ -191,11 +199,8 @@ impl CoreNode {
                 continue;
             }
             let range = (*min_txid, *max_txid);
-            if data.len() < EPOCH_PREFIX {
-                continue;
-            }
-            let epoch = u64::from_be_bytes(data[..EPOCH_PREFIX].try_into().expect("8 bytes"));
-            let Some((header, trailer)) = header_trailer(&data[EPOCH_PREFIX..]) else { continue };
+            let Some((ltx, epoch)) = split_epoch(data) else { continue };
+            let Some((header, trailer)) = header_trailer(ltx) else { continue };
             if (header.min_txid, header.max_txid) != range {
                 continue;
             }
@@ -204,7 +209,7 @@ impl CoreNode {
                 max_txid: header.max_txid,
                 pre_apply_checksum: header.pre_apply_checksum,
                 post_apply_checksum: trailer.post_apply_checksum,
-                size_bytes: (data.len() - EPOCH_PREFIX) as u64,
+                size_bytes: ltx.len() as u64,
                 written_at: now,
             };
             files.insert(range, (meta, epoch, header.page_size));
@@ -306,14 +311,11 @@ impl CoreNode {
                     };
                     self.applying.insert(self.id(&db), applying);
                 }
-                // The epoch goes in front of the file's bytes in their own buffer: it grows by
-                // the prefix (in place when the allocation has room) instead of a new copy.
+                // The epoch goes after the file's bytes in their own buffer (in place when the
+                // allocation has room): no copy, no move of the bytes.
                 let mut data = bytes;
-                let len = data.len();
-                data.reserve_exact(EPOCH_PREFIX);
-                data.resize(len + EPOCH_PREFIX, 0);
-                data.copy_within(..len, EPOCH_PREFIX);
-                data[..EPOCH_PREFIX].copy_from_slice(&epoch.0.to_be_bytes());
+                data.reserve_exact(EPOCH_SUFFIX);
+                data.extend_from_slice(&epoch.0.to_be_bytes());
                 let path = ltx_path(self.id(&db), min_txid, max_txid);
                 let commit_of = local_commit.then(|| self.id(&db));
                 (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
@@ -468,8 +470,14 @@ impl Machine for CoreNode {
                     Err(IoError::NotFound) => Err(IoErrorKind::NotFound),
                     Ok(value) => match (answer, value) {
                         (Answer::LtxFiles, IoValue::Files(files)) => {
-                            let stripped: Option<Vec<Vec<u8>>> =
-                                files.into_iter().map(|f| f.get(EPOCH_PREFIX..).map(<[u8]>::to_vec)).collect();
+                            let stripped: Option<Vec<Vec<u8>>> = files
+                                .into_iter()
+                                .map(|mut f| {
+                                    let ltx_len = f.len().checked_sub(EPOCH_SUFFIX)?;
+                                    f.truncate(ltx_len);
+                                    Some(f)
+                                })
+                                .collect();
                             stripped.map(IoOutcome::LtxFiles).ok_or(IoErrorKind::Failed)
                         }
                         (Answer::Database, IoValue::Data(image)) => Ok(IoOutcome::Database(image)),

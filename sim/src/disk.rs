@@ -620,7 +620,9 @@ impl SimDisk {
     /// [`SimDisk::undo_pages`]: the old value of each page it changes, not the whole file
     /// (a local commit costs O(dirty pages), not O(database)).
     pub fn write_pages_undoable(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) -> DbUndo {
-        let mut undo = DbUndo { db: self.shared_name(db), file: None, touched: Vec::new(), last_unsynced: self.last_unsynced.clone() };
+        // Room for the usual case: the written pages are all the pages it touches.
+        let touched = Vec::with_capacity(pages.len());
+        let mut undo = DbUndo { db: self.shared_name(db), file: None, touched, last_unsynced: self.last_unsynced.clone() };
         if let Some(f) = self.dbs.get(db) {
             undo.file = Some((f.page_size, f.commit, f.undo_commit));
             let changed = pages.iter().map(|(pgno, _)| *pgno).chain(f.pages.pgnos_from(commit.saturating_add(1)));

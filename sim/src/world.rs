@@ -773,10 +773,16 @@ impl<M: Machine> World<M> {
     }
 
     fn client_read(&mut self) {
-        let running: Vec<NodeIdx> = (0..self.scenario.nodes)
-            .filter(|n| self.slots[usize::from(*n)].status == Status::Running && self.slots[usize::from(*n)].io.is_empty())
-            .collect();
-        let Some(&node) = self.rng_work.pick(&running) else { return };
+        // A uniform pick among the running nodes without disk commands in flight (the draw
+        // `Rng::pick` makes over their list, without building the list).
+        let slots = &self.slots;
+        let ready = move |n: &NodeIdx| slots[usize::from(*n)].status == Status::Running && slots[usize::from(*n)].io.is_empty();
+        let count = (0..self.scenario.nodes).filter(ready).count();
+        if count == 0 {
+            return;
+        }
+        let pick = self.rng_work.below(count as u64) as usize;
+        let node = (0..self.scenario.nodes).filter(ready).nth(pick).expect("pick < count");
         let db = workload::DBS[usize::from(self.rng_work.chance(0.3))];
         let session = self.rng_work.below(u64::from(SESSIONS)) as u32;
         let slot = &self.slots[usize::from(node)];
@@ -964,8 +970,9 @@ impl<M: Machine> World<M> {
             if slot.status != Status::Running || !slot.io.is_empty() {
                 continue;
             }
-            let view = slot.machine.as_ref().expect("running").view();
-            self.checker.sweep(self.now, node, &view, &slot.disk);
+            // The step view's buffer, reused (a fresh view allocated its lists every sweep).
+            slot.machine.as_ref().expect("running").view_into(&mut self.step_view);
+            self.checker.sweep(self.now, node, &self.step_view, &slot.disk);
         }
         if self.healed && self.liveness_problem().is_none() {
             self.converged = true;

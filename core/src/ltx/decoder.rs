@@ -227,10 +227,25 @@ impl<R: Read> Decoder<R> {
 /// Bytes after the trailer are an error ([`LtxError::TrailingData`]).
 #[allow(clippy::type_complexity)] // the signature other modules code against
 pub fn decode_slice(bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>, Trailer), LtxError> {
-    if let Some(decoded) = decode_slice_fast(bytes) {
+    decode_slice_with(&mut DecodeScratch::default(), bytes)
+}
+
+/// [`decode_slice`] with a decompression buffer kept across calls (same result): a node decodes
+/// every replicated LTX, and a fresh buffer per file is an allocation and a first touch each.
+#[allow(clippy::type_complexity)] // the signature other modules code against
+pub fn decode_slice_with(scratch: &mut DecodeScratch, bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>, Trailer), LtxError> {
+    if let Some(decoded) = decode_slice_fast_with(&mut scratch.content, bytes) {
         return Ok(decoded);
     }
     decode_slice_streaming(bytes)
+}
+
+/// Buffers [`decode_slice_with`] reuses from one file to the next (speed only: results are the
+/// same as with fresh ones).
+#[derive(Debug, Default)]
+pub struct DecodeScratch {
+    /// The decompressed page block of the last compressed file.
+    content: Vec<u8>,
 }
 
 /// Content of a compressed page block that [`decode_slice_fast`] decodes into one buffer; a
@@ -244,15 +259,20 @@ const FAST_CONTENT_MAX_BYTES: usize = 1 << 20;
 /// the same bytes and reports what it reports; so `Some` is exactly the streaming decoder's
 /// result for a file it accepts. It checks every rule the streaming decoder checks.
 #[allow(clippy::type_complexity)]
+#[cfg(test)]
 fn decode_slice_fast(bytes: &[u8]) -> Option<(Header, Vec<(u32, Vec<u8>)>, Trailer)> {
+    decode_slice_fast_with(&mut Vec::new(), bytes)
+}
+
+/// [`decode_slice_fast`] decompressing into `content` (its room reused).
+#[allow(clippy::type_complexity)]
+fn decode_slice_fast_with(content: &mut Vec<u8>, bytes: &[u8]) -> Option<(Header, Vec<(u32, Vec<u8>)>, Trailer)> {
     let header_bytes: &[u8; HEADER_SIZE] = bytes.get(..HEADER_SIZE)?.try_into().ok()?;
     let header = Header::from_bytes(header_bytes).ok()?;
     let rest = &bytes[HEADER_SIZE..];
-    let decoded;
     let (block, trailer_at) = if header.is_compressed() {
-        let (content, frame_len) = lz4frame::decode_frame_slice(rest, FAST_CONTENT_MAX_BYTES)?;
-        decoded = content;
-        (decoded.as_slice(), frame_len)
+        let frame_len = lz4frame::decode_frame_slice_into(rest, FAST_CONTENT_MAX_BYTES, content)?;
+        (content.as_slice(), frame_len)
     } else {
         (rest, 0)
     };
@@ -390,5 +410,20 @@ mod tests {
             assert_eq!(decode_slice(&longer).unwrap_err(), LtxError::TrailingData(1));
         }
         assert!(declined > 1000, "damaged files are declined ({declined})");
+    }
+
+    /// One scratch reused across files — valid ones, damaged ones that fail part way through
+    /// decompression, truncated ones — decodes each file as a fresh one does.
+    #[test]
+    fn a_reused_scratch_decodes_like_a_fresh_one() {
+        let mut scratch = DecodeScratch::default();
+        for file in files().iter().chain(files().iter().rev()) {
+            let mut bad = file.clone();
+            let middle = bad.len() / 2;
+            bad[middle] ^= 0x10;
+            for variant in [file.as_slice(), &bad, &file[..file.len() - 9], file.as_slice()] {
+                assert_eq!(decode_slice_with(&mut scratch, variant), decode_slice(variant));
+            }
+        }
     }
 }

@@ -230,14 +230,17 @@ impl<R: Read> FrameReader<R> {
 }
 
 /// The whole content of the LZ4 frame at the start of `bytes`, decoded in one pass straight from
-/// the slice (no copy of the stored blocks, one output buffer), and the frame's length in
+/// the slice (no copy of the stored blocks, one output buffer); returns the frame's length in
 /// `bytes`. `None` for anything [`start`] would hand to `FrameDecoder`, for any damage the
 /// streaming [`FrameReader`] reports (block size, block or content checksum, content size, a
 /// block that does not decode, the slice ending early), and for content beyond
 /// `content_max_bytes`: the caller then reads the bytes with the streaming reader, which reports
 /// exactly what it always reports. `Some` only for a frame the streaming reader reads whole to the
 /// same bytes without an error.
-pub(crate) fn decode_frame_slice(bytes: &[u8], content_max_bytes: usize) -> Option<(Vec<u8>, usize)> {
+/// The content goes into `content` (cleared first; its room is reused from one frame to the
+/// next); after `None` it holds nothing meaningful.
+pub(crate) fn decode_frame_slice_into(bytes: &[u8], content_max_bytes: usize, content: &mut Vec<u8>) -> Option<usize> {
+    content.clear();
     let at = |from: usize, n: usize| bytes.get(from..from.checked_add(n)?);
     let u32_at = |from: usize| at(from, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     if u32_at(0)? != MAGIC {
@@ -249,7 +252,6 @@ pub(crate) fn decode_frame_slice(bytes: &[u8], content_max_bytes: usize) -> Opti
     let content_size = checked_content_size(flg, at(0, descriptor_len)?)?;
     let block_max = 1usize << (8 + 2 * usize::from(block_size_code));
     let block_checksums = flg & FLG_BLOCK_CHECKSUMS != 0;
-    let mut content: Vec<u8> = Vec::new();
     let mut i = descriptor_len;
     // Bounded: every iteration consumes at least the 4-byte block size of `bytes`.
     loop {
@@ -290,12 +292,12 @@ pub(crate) fn decode_frame_slice(bytes: &[u8], content_max_bytes: usize) -> Opti
         return None;
     }
     if flg & FLG_CONTENT_CHECKSUM != 0 {
-        if XxHash32::oneshot(0, &content) != u32_at(i)? {
+        if XxHash32::oneshot(0, content) != u32_at(i)? {
             return None;
         }
         i += 4;
     }
-    Some((content, i))
+    Some(i)
 }
 
 /// The decoded length of one LZ4 block, from its sequence headers alone (token, literal length,

@@ -18,7 +18,7 @@ mod error;
 mod lz4frame;
 
 pub use compact::compact;
-pub use decoder::{decode_slice, Decoder};
+pub use decoder::{decode_slice, decode_slice_with, DecodeScratch, Decoder};
 pub use encoder::{encode_to_vec, encode_to_vec_with, EncodeScratch, Encoder};
 pub use error::LtxError;
 

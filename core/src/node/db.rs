@@ -138,11 +138,11 @@ impl Db {
         }
         // Retained files are contiguous and ordered (every insert goes through here), so those reaching
         // `meta.min_txid` form a suffix: dropping them costs O(dropped), not O(retained) per commit.
-        while let Some(last) = self.files.last_entry() {
-            if last.get().max_txid < meta.min_txid {
+        while let Some(last) = self.files.last() {
+            if last.max_txid < meta.min_txid {
                 break;
             }
-            last.remove();
+            self.files.pop_last();
         }
         self.files.insert(meta.min_txid, meta);
     }

@@ -97,9 +97,8 @@ impl Node {
         };
         let Some((header, pages, trailer)) = decoded else { return self.forget_position(db, actual) };
         let fits = header.max_txid == d.pos.txid && trailer.post_apply_checksum == d.pos.checksum && header.page_size == d.page_size;
-        let refs: Vec<(u32, &[u8])> = pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
         let mut repaired = if header.is_snapshot() { ChecksumIndex::new(d.page_size).ok() } else { Some(d.index.clone()) };
-        let lands = fits && repaired.as_mut().and_then(|i| i.apply(header.commit, &refs).ok()) == Some(d.pos.checksum);
+        let lands = fits && repaired.as_mut().and_then(|i| i.apply(header.commit, &pages).ok()) == Some(d.pos.checksum);
         let Some(repaired) = repaired.filter(|_| lands) else { return self.forget_position(db, actual) };
         // The index moves first (as in a replica's apply); a failed page write halts the database.
         d.index = repaired;

@@ -89,6 +89,29 @@ enum IoPurpose {
     Housekeeping { db: DbName },
 }
 
+/// The I/O commands in flight and what each is for, oldest first. Ids are issued in increasing
+/// order and commands mostly complete in that order, so a queue searched from the front serves
+/// as the map; it keeps its room when it empties (a B-tree map allocated a node for the first
+/// entry and freed it with the last, several times per replicated commit).
+#[derive(Debug, Default)]
+struct InFlightIo {
+    entries: VecDeque<(IoId, IoPurpose)>,
+}
+
+impl InFlightIo {
+    /// Records a new command; its id must be above every id issued before.
+    fn push(&mut self, id: IoId, purpose: IoPurpose) {
+        assert!(self.entries.back().is_none_or(|(last, _)| *last < id), "I/O ids are unique and increasing");
+        self.entries.push_back((id, purpose));
+    }
+
+    /// Takes the command `id` out, if it is in flight.
+    fn remove(&mut self, id: IoId) -> Option<IoPurpose> {
+        let at = self.entries.iter().position(|(issued, _)| *issued == id)?;
+        self.entries.remove(at).map(|(_, purpose)| purpose)
+    }
+}
+
 /// One ltxfs node. See the module docs for the driving contract.
 #[derive(Debug)]
 pub struct Node {
@@ -109,7 +132,7 @@ pub struct Node {
     /// LTX files being reassembled from chunks, per database.
     partials: BTreeMap<DbName, db::Partial>,
     followers: BTreeMap<NodeId, Follower>,
-    io: BTreeMap<IoId, IoPurpose>,
+    io: InFlightIo,
     lease_requests: BTreeMap<LeaseRequestId, LeaseSent>,
     next_io: u64,
     next_lease_request: u64,
@@ -123,6 +146,10 @@ pub struct Node {
     outputs: VecDeque<Output>,
     /// LZ4 buffers reused by every local commit's LTX encode (speed only: same bytes).
     ltx_scratch: crate::ltx::EncodeScratch,
+    /// The decompression buffer reused by every received LTX's decode (speed only).
+    decode_scratch: crate::ltx::DecodeScratch,
+    /// The page checksums of the local commit being made (room reused; speed only).
+    sums_scratch: Vec<u64>,
 }
 
 impl Node {
@@ -146,7 +173,7 @@ impl Node {
             dbs: BTreeMap::new(),
             partials: BTreeMap::new(),
             followers: BTreeMap::new(),
-            io: BTreeMap::new(),
+            io: InFlightIo::default(),
             lease_requests: BTreeMap::new(),
             next_io: 1,
             next_lease_request: 1,
@@ -154,6 +181,8 @@ impl Node {
             stream_retry_at: None,
             outputs: VecDeque::new(),
             ltx_scratch: crate::ltx::EncodeScratch::default(),
+            decode_scratch: crate::ltx::DecodeScratch::default(),
+            sums_scratch: Vec::new(),
         };
         node.start_lease_role();
         node
@@ -294,8 +323,7 @@ impl Node {
     fn io(&mut self, kind: IoKind, purpose: IoPurpose) -> IoId {
         let id = IoId(self.next_io);
         self.next_io += 1;
-        let previous = self.io.insert(id, purpose);
-        assert!(previous.is_none(), "I/O ids are unique");
+        self.io.push(id, purpose);
         self.push(Output::Io(IoCommand { id, kind }));
         id
     }
@@ -372,7 +400,7 @@ impl Node {
     }
 
     fn on_io_done(&mut self, id: IoId, result: Result<IoOutcome, IoErrorKind>) -> Result<(), InputError> {
-        let purpose = self.io.remove(&id).ok_or(InputError::UnknownIo(id))?;
+        let purpose = self.io.remove(id).ok_or(InputError::UnknownIo(id))?;
         match purpose {
             IoPurpose::Commit { db } => self.on_commit_written(db, result),
             IoPurpose::ReplicaWriteLtx { db } => self.on_replica_ltx_written(db, result),
@@ -394,7 +422,7 @@ impl Node {
     fn handle_input_stopped(&mut self, input: Input) -> Result<(), InputError> {
         match input {
             Input::IoDone { id, .. } => {
-                self.io.remove(&id).ok_or(InputError::UnknownIo(id))?;
+                self.io.remove(id).ok_or(InputError::UnknownIo(id))?;
             }
             Input::LeaseReply { id, .. } => {
                 self.lease_requests.remove(&id).ok_or(InputError::UnknownLeaseRequest(id))?;

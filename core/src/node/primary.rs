@@ -62,23 +62,27 @@ impl Node {
 
     fn start_commit(&mut self, c: LocalCommit) -> Result<(), InputError> {
         let created = !self.dbs.contains_key(&c.db);
-        let db = c.db.clone();
-        let result = self.start_commit_inner(c);
+        let result = self.start_commit_inner(&c);
         if result.is_err() && created {
-            self.dbs.remove(&db); // an invalid first commit leaves no trace
+            self.dbs.remove(&c.db); // an invalid first commit leaves no trace
         }
         result
     }
 
-    fn start_commit_inner(&mut self, c: LocalCommit) -> Result<(), InputError> {
+    fn start_commit_inner(&mut self, c: &LocalCommit) -> Result<(), InputError> {
         let epoch = self.epoch();
         let (compress, node_id, now) = (self.config.compress_ltx, self.id.0, self.now);
         let fresh = ChecksumIndex::new(c.page_size).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
-        let d = self.dbs.entry(c.db.clone()).or_insert_with(|| Db::new(fresh));
-        let refs: Vec<(u32, &[u8])> = c.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        // Looked up twice rather than `entry`, which takes a name of its own on every commit.
+        if !self.dbs.contains_key(&c.db) {
+            self.dbs.insert(c.db.clone(), Db::new(fresh));
+        }
+        let d = self.dbs.get_mut(&c.db).expect("inserted above");
         // Each page hashed once for both the preview and the apply below.
-        let sums = crate::chkindex::page_sums(&refs);
-        let post = d.index.preview_with_sums(c.commit, &refs, &sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
+        let sums = &mut self.sums_scratch;
+        sums.clear();
+        sums.extend(c.pages.iter().map(|(pgno, data)| crate::ltx::checksum::page_checksum(*pgno, data)));
+        let post = d.index.preview_with_sums(c.commit, &c.pages, sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
         let txid = d.pos.txid + 1;
         let mut header = Header {
             flags: if compress { HEADER_FLAG_COMPRESS_LZ4 } else { 0 },
@@ -102,8 +106,8 @@ impl Node {
                 }
             }
         }
-        let bytes = ltx::encode_to_vec_with(&mut self.ltx_scratch, header, refs.iter().copied(), post)?;
-        let applied = d.index.apply_with_sums(c.commit, &refs, &sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
+        let bytes = ltx::encode_to_vec_with(&mut self.ltx_scratch, header, c.pages.iter().map(|(p, b)| (*p, b.as_slice())), post)?;
+        let applied = d.index.apply_with_sums(c.commit, &c.pages, sums).map_err(|error| InputError::InvalidCommit { db: c.db.clone(), error })?;
         assert_eq!(applied, post, "preview and apply agree");
         let pos = Pos { txid, checksum: post };
         let meta = crate::catchup::LtxFileMeta {

@@ -81,7 +81,7 @@ impl Node {
 
     /// A whole LTX file arrived: decode it and apply or queue it.
     fn on_ltx(&mut self, from: NodeId, epoch: Epoch, db: DbName, bytes: Vec<u8>) {
-        let (header, pages, trailer) = match ltx::decode_slice(&bytes) {
+        let (header, pages, trailer) = match ltx::decode_slice_with(&mut self.decode_scratch, &bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
                 self.event(Event::InvalidLtx { db: db.clone(), from, error });
@@ -233,8 +233,7 @@ impl Node {
     /// A snapshot replaces everything; returns its fresh index if its checksum is right.
     fn check_snapshot(&mut self, db: &DbName, inc: &Incoming) -> Option<Checked> {
         let mut index = ChecksumIndex::new(inc.header.page_size).expect("the decoder validated the page size");
-        let refs: Vec<(u32, &[u8])> = inc.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-        match index.apply(inc.header.commit, &refs) {
+        match index.apply(inc.header.commit, &inc.pages) {
             Ok(actual) if actual == inc.trailer.post_apply_checksum => Some((Some(index), Vec::new())),
             Ok(actual) => {
                 self.halt_on_mismatch(db, inc.trailer.post_apply_checksum, actual);
@@ -268,10 +267,9 @@ impl Node {
             self.request_resync(inc.from, db.clone());
             return None;
         }
-        let refs: Vec<(u32, &[u8])> = inc.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
         // Each page hashed once, for this preview and for the apply after the LTX is written.
-        let sums = crate::chkindex::page_sums(&refs);
-        match d.index.preview_with_sums(inc.header.commit, &refs, &sums) {
+        let sums = crate::chkindex::page_sums(&inc.pages);
+        match d.index.preview_with_sums(inc.header.commit, &inc.pages, &sums) {
             Ok(actual) if actual == inc.trailer.post_apply_checksum => Some((None, sums)),
             Ok(actual) => {
                 self.halt_on_mismatch(db, inc.trailer.post_apply_checksum, actual);
@@ -303,8 +301,7 @@ impl Node {
             return;
         }
         if !pa.snapshot {
-            let refs: Vec<(u32, &[u8])> = pa.pages.iter().map(|(p, b)| (*p, b.as_slice())).collect();
-            let actual = d.index.apply_with_sums(pa.commit, &refs, &pa.page_sums).expect("previewed before writing");
+            let actual = d.index.apply_with_sums(pa.commit, &pa.pages, &pa.page_sums).expect("previewed before writing");
             assert_eq!(actual, pa.post.checksum, "apply agrees with the preview");
         }
         pa.stage = ApplyStage::ApplyingPages;

@@ -139,6 +139,15 @@ impl Node {
             self.send_last_ltx(peer, db);
             return;
         }
+        // The usual case after a commit: the peer lacks exactly our newest file, kept in memory.
+        // It is what `decide_catch_up` decides then (a one-file chain from the peer's position
+        // to ours) and sends from memory, without building the file list.
+        if let Some(file) = newest_continues(d, pd.sent, ours).filter(|_| !pd.force_snapshot) {
+            debug_assert_eq!(decide_catch_up(ours, pd.sent, &d.files), CatchUp::Incremental { files: vec![file] });
+            pd.sent = ours;
+            self.send_last_ltx(peer, db);
+            return;
+        }
         let decision = if pd.force_snapshot { CatchUp::Snapshot { reason: crate::catchup::SnapshotReason::NotRetained } } else { decide_catch_up(ours, pd.sent, &d.files) };
         match decision {
             CatchUp::UpToDate => {}
@@ -323,4 +332,19 @@ impl Node {
             self.send(peer, Message::Ltx { epoch, db: db.clone(), offset, total_bytes, bytes: chunk.to_vec() });
         }
     }
+}
+
+/// Whether the database's newest file, kept in memory, is the whole chain from a peer at `peer` to our
+/// position `ours`: [`decide_catch_up`] then decides `Incremental` with exactly that file (the
+/// retained file at `peer.txid + 1` starts at the peer's checksum, is no snapshot, and ends at
+/// `ours`), which [`Node::pump`] sends from memory.
+/// Returns that file's TXID range.
+fn newest_continues(d: &super::db::Db, peer: Pos, ours: Pos) -> Option<(u64, u64)> {
+    let (min, max, _) = d.last_ltx.as_ref()?;
+    if *max != ours.txid || *min == 1 || peer.txid.checked_add(1) != Some(*min) {
+        return None;
+    }
+    let f = d.files.get(min)?;
+    let continues = f.min_txid == *min && f.max_txid == *max && f.pre_apply_checksum == peer.checksum && f.post_apply_pos() == ours;
+    continues.then_some((*min, *max))
 }

@@ -79,8 +79,14 @@ async fn etcd_lease_grants_fences_and_hands_off() {
     // A stale holder cannot hand off or release what it no longer holds.
     assert_eq!(a.handoff(e3, NodeId(3)).await, LeaseResult::Lost);
     assert_eq!(a.release(e3).await, LeaseResult::Lost);
+    // A third node's watch comes to name b at the new epoch. (Waiting for "b" alone could
+    // match the view of b's first tenure, e2, if c's poller had not read etcd since then.)
     let mut w = c.watch();
-    let view = w.wait_for(|v| v.holder.as_ref().is_some_and(|h| h.node_id == NodeId(2))).await.unwrap().clone();
+    let view = tokio::time::timeout(support::WAIT_MAX, w.wait_for(|v| v.holder.as_ref().is_some_and(|h| h.node_id == NodeId(2)) && v.epoch >= e4))
+        .await
+        .expect("c's watch never named b at the handoff's epoch")
+        .unwrap()
+        .clone();
     assert_eq!(view.epoch, e4);
 }
 

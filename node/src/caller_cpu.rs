@@ -12,14 +12,18 @@
 //! WAL commit (two WRITE round trips) costs four cross-CPU wake-ups. On a VM without guest halt
 //! polling (Firecracker, the machine these figures come from) each wake-up of an idle vCPU is a
 //! trip through the hypervisor. Measured (bench/RESULTS.md, session 5): 20,000 WAL/NORMAL commits
-//! with the application and the FUSE thread on one CPU ran at 17,600–18,300 tx/s with 29 µs of
-//! FUSE-thread CPU per commit; free to roam, 4,660–9,800 tx/s and 45–90 µs. The kernel's FUSE
+//! with the application and the FUSE thread both pinned to one CPU ran at 17,600–18,300 tx/s
+//! with 29 µs of FUSE-thread CPU per commit; free to roam, 4,660–9,800 tx/s and 45–90 µs. The kernel's FUSE
 //! over io_uring does the same by design (one queue per CPU, served on that CPU); fuser does not
 //! speak it.
 //!
 //! The requesting thread is asleep while the request is served, so the two never compete for
 //! the CPU; the node's other threads (runtime, background LTX writer) stay free to run on the
 //! others. With several callers on different CPUs the thread follows the one it sampled last.
+//! It only helps while the other CPUs are busy: woken by the reply, the application itself is
+//! placed on an idle CPU if there is one (measured: no gain with nothing else running; under a
+//! sustained WAL load the background LTX writer keeps one busy, and then 6,200–6,900 →
+//! 10,800–12,000 tx/s with the same binary, the option off and on).
 //! `fuse.follow-caller-cpu: false` turns it off.
 
 use std::cell::Cell;

@@ -196,6 +196,8 @@ struct WalTail {
     start: u64,
     bytes: Vec<u8>,
     page_size: Option<u64>,
+    /// The highest end of a write since the last [`WalTail::forget`].
+    high: u64,
 }
 
 /// A transaction larger than this is read back from the WAL file.
@@ -206,11 +208,13 @@ impl WalTail {
         self.start = 0;
         self.bytes.clear();
         self.page_size = None;
+        self.high = 0;
     }
 
     /// SQLite wrote `data` at `offset` (after it reached the file).
     fn wrote(&mut self, offset: u64, data: &[u8]) {
         let end = offset.saturating_add(data.len() as u64);
+        self.high = self.high.max(end);
         if offset < WAL_HEADER_LEN {
             // The header: its page size (bytes 8..12) if this write holds it, else unknown.
             self.page_size = (offset == 0 && data.len() >= 12)
@@ -684,9 +688,13 @@ impl std::error::Error for UnknownOutcome {}
 const WAL_HEADER_LEN: u64 = 32;
 const WAL_FRAME_HEADER_LEN: u64 = 24;
 
-/// If a WAL write of `data` at `offset` (already in the file) ended exactly at the end of a
-/// commit frame — SQLite writes a frame's header and its page as two writes, or whole frames
-/// at once — the offset of that frame.
+/// If a WAL write of `data` at `offset` (already in the file) completed a commit frame, the
+/// offset of that frame. Two ways: the write ended exactly at the end of a commit frame (SQLite
+/// writes a frame's header and its page as two writes, or whole frames at once); or it rewrote
+/// the header of a commit frame written before — when a transaction wrote a page twice (its
+/// cache spilled), SQLite overwrites the first frame's page in place, appends the commit frame,
+/// and only then rewrites the checksums of the frames from the first one it overwrote to the
+/// commit frame (`walRewriteChecksums`): before that last header the chain does not verify.
 fn completed_commit_frame(wal: &File, tail: &mut WalTail, offset: u64, data: &[u8]) -> Option<u64> {
     if offset < WAL_HEADER_LEN || data.is_empty() {
         return None;
@@ -715,6 +723,13 @@ fn completed_commit_frame(wal: &File, tail: &mut WalTail, offset: u64, data: &[u
     };
     let frame_len = WAL_FRAME_HEADER_LEN + page_size;
     let end = offset + data.len() as u64;
+    let rewritten_header = data.len() as u64 == WAL_FRAME_HEADER_LEN
+        && (offset - WAL_HEADER_LEN) % frame_len == 0
+        && tail.high >= offset + frame_len;
+    if rewritten_header {
+        let commit = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+        return (commit != 0).then_some(offset);
+    }
     if (end - WAL_HEADER_LEN) % frame_len != 0 || end < WAL_HEADER_LEN + frame_len {
         return None;
     }

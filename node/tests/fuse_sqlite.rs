@@ -628,3 +628,42 @@ fn the_fuse_thread_follows_the_writing_thread_to_its_cpu() {
 fn count_rows_of(db: &Path) -> i64 {
     Connection::open(db).unwrap().query_row("select count(*) from t", [], |r| r.get(0)).unwrap()
 }
+
+/// WAL transactions of every shape keep the chain: larger than what the node keeps of a
+/// transaction's writes (`WalTail`, compared with the file on every use in debug builds — these
+/// tests), one that spilled frames into the WAL and rolled back (the next one overwrites them),
+/// and ones that wrote a page twice past a small cache — SQLite then overwrites the first frame
+/// in place and rewrites the frames' checksums after the commit frame, so the commit is
+/// complete only at that last header. (Before this test the node missed such a commit — the
+/// kernel keeps the locks, so no lock release told it — and exited 99 at the next one.)
+#[test]
+fn wal_commits_of_every_shape_keep_the_chain() {
+    let node = Node::start(true);
+    let path = node.db("shapes.db");
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let mut txs = 1; // the switch to WAL
+    conn.execute_batch("PRAGMA cache_size=8; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)").unwrap();
+    txs += 1;
+    // ~6 MiB in one transaction: more than the node keeps of a transaction's writes.
+    conn.execute_batch("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<1500) INSERT INTO t(v) SELECT randomblob(4000) FROM c").unwrap();
+    txs += 1;
+    // A small cache makes SQLite spill frames into the WAL before the end; then roll back.
+    conn.execute_batch("BEGIN; WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<200) INSERT INTO t(v) SELECT randomblob(4000) FROM c; ROLLBACK;").unwrap();
+    for i in 0..20 {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [vec![i as u8; 100]]).unwrap();
+        txs += 1;
+    }
+    // One transaction that changes the same rows again and again past its cache.
+    conn.execute_batch("BEGIN; UPDATE t SET v = randomblob(3000) WHERE id <= 100; UPDATE t SET v = randomblob(3000) WHERE id <= 100; UPDATE t SET v = randomblob(2000) WHERE id <= 50; COMMIT;").unwrap();
+    txs += 1;
+    conn.execute_batch("PRAGMA wal_checkpoint(RESTART); INSERT INTO t(v) VALUES (x'01');").unwrap();
+    txs += 1;
+    let count: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 1521);
+    assert_eq!(node.ltx_count_when("shapes.db", txs), txs);
+    drop(conn);
+    assert_eq!(sqlite3(&path, "PRAGMA integrity_check;"), "ok\n");
+    assert_chain_matches_database(&node, "shapes.db", txs);
+}

@@ -430,6 +430,10 @@ impl Db {
     }
 
     fn commit_rollback_journal(&mut self, commit: &Commit, rt: &RuntimeHandle) -> io::Result<()> {
+        if self.journal_played_back(commit)? {
+            tracing::debug!(db = %self.name, pages = commit.pages.len(), "rolled back after spilling: no LTX");
+            return Ok(());
+        }
         let database = self.files[Kind::Database as usize]
             .as_ref()
             .ok_or_else(|| io::Error::other("no database file"))?;
@@ -450,6 +454,71 @@ impl Db {
         }
         tracing::debug!(db = %self.name, ?outcome, pages = n, "rollback-journal commit");
         Ok(())
+    }
+
+    /// True if the journal's end that looks like a commit ends a rollback: a transaction whose
+    /// pages spilled into the database file before it rolled back (SQLite played the journal
+    /// back, then finalized it exactly as at a commit). Only when that is certain — the database
+    /// has its original size and every page the transaction wrote is in the journal with
+    /// exactly its current content — so the file is as before the transaction and recording
+    /// nothing loses nothing; anything else (a page written but not journaled, an unreadable
+    /// journal) is recorded as a commit, as before.
+    fn journal_played_back(&self, commit: &Commit) -> io::Result<bool> {
+        let (Some(journal), Some(database)) = (self.files[Kind::Journal as usize].as_ref(), self.files[Kind::Database as usize].as_ref()) else {
+            return Ok(false);
+        };
+        let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let len = journal.metadata()?.len();
+        let mut header = [0u8; 28];
+        if len < 28 || journal.read_exact_at(&mut header, 0).is_err() || header[..8] != detect::JOURNAL_MAGIC {
+            return Ok(false);
+        }
+        let (original_pages, sector, page_size) = (be32(&header[16..20]), u64::from(be32(&header[20..24])), be32(&header[24..28]));
+        if original_pages == 0 || commit.commit != original_pages || page_size != commit.page_size || !(512..=65536).contains(&sector) || !sector.is_power_of_two() {
+            return Ok(false);
+        }
+        if commit.pages.is_empty() {
+            return Ok(false);
+        }
+        // Records (pgno, original page, checksum) follow each segment's header; segments start
+        // at sector boundaries. Every journaled page must be back to its original (a commit
+        // differs at once, at the first record, so this costs a commit a few small reads);
+        // bounded by the file's size.
+        let record_len = 8 + u64::from(page_size);
+        let (mut original, mut current) = (vec![0u8; page_size as usize], vec![0u8; page_size as usize]);
+        let mut journaled = std::collections::BTreeSet::new();
+        let mut segment = 0u64;
+        while segment + 28 <= len {
+            let mut h = [0u8; 28];
+            journal.read_exact_at(&mut h, segment)?;
+            if h[..8] != detect::JOURNAL_MAGIC {
+                break;
+            }
+            let mut at = segment + sector;
+            let records = match be32(&h[8..12]) {
+                u32::MAX => len.saturating_sub(at) / record_len, // never synced: up to the end
+                n => u64::from(n),
+            };
+            for _ in 0..records {
+                if at + record_len > len {
+                    break;
+                }
+                let mut pgno = [0u8; 4];
+                journal.read_exact_at(&mut pgno, at)?;
+                let pgno = be32(&pgno);
+                if pgno >= 1 && pgno <= original_pages && journaled.insert(pgno) {
+                    journal.read_exact_at(&mut original, at + 4)?;
+                    database.read_exact_at(&mut current, u64::from(pgno - 1) * u64::from(page_size))?;
+                    if original != current {
+                        return Ok(false);
+                    }
+                }
+                at += record_len;
+            }
+            segment = at.div_ceil(sector) * sector;
+        }
+        // And nothing was written that the journal could not restore.
+        Ok(commit.pages.iter().all(|p| journaled.contains(&p.pgno)))
     }
 
     /// Rolls back a hot rollback journal: one a transaction left behind when this node stopped

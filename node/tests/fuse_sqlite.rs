@@ -736,10 +736,8 @@ fn two_writer_processes_with_spilling_wal_transactions_keep_the_chain() {
 
 /// A transaction whose pages spilled past a tiny cache and that then rolls back (SQLite plays the
 /// journal back into the database file before it finalizes the journal) produces no LTX; commits
-/// around it keep the chain. Known bug in the rollback-journal modes (those tests are ignored):
-/// the playback and the journal's end look like a commit and the node records an LTX of the
-/// restored pages (pre-apply checksum == post-apply checksum). The fix: tell the two apart by
-/// the change counter of page 1, which every rollback-journal commit increments.
+/// around it keep the chain. (In the rollback-journal modes the playback and the journal's end
+/// look like a commit: before the fix the node recorded an LTX of the restored pages.)
 fn spilled_rollback_round_trip(mode: &str) {
     let node = Node::start(true);
     let path = node.db("spill.db");
@@ -767,19 +765,16 @@ fn spilled_rollback_round_trip(mode: &str) {
 }
 
 #[test]
-#[ignore = "known bug: a spilled ROLLBACK in rollback-journal modes becomes a no-op LTX; the chain stays consistent"]
 fn spilled_rollback_produces_no_ltx_delete_mode() {
     spilled_rollback_round_trip("DELETE");
 }
 
 #[test]
-#[ignore = "known bug: a spilled ROLLBACK in rollback-journal modes becomes a no-op LTX; the chain stays consistent"]
 fn spilled_rollback_produces_no_ltx_truncate_mode() {
     spilled_rollback_round_trip("TRUNCATE");
 }
 
 #[test]
-#[ignore = "known bug: a spilled ROLLBACK in rollback-journal modes becomes a no-op LTX; the chain stays consistent"]
 fn spilled_rollback_produces_no_ltx_persist_mode() {
     spilled_rollback_round_trip("PERSIST");
 }

@@ -216,10 +216,8 @@ impl WalTail {
         let end = offset.saturating_add(data.len() as u64);
         self.high = self.high.max(end);
         if offset < WAL_HEADER_LEN {
-            // The header: its page size (bytes 8..12) if this write holds it, else unknown.
-            self.page_size = (offset == 0 && data.len() >= 12)
-                .then(|| u64::from(u32::from_be_bytes([data[8], data[9], data[10], data[11]])))
-                .filter(|ps| (512..=65536).contains(ps) && ps.is_power_of_two());
+            // The header: its page size if this write holds a valid one, else unknown.
+            self.page_size = if offset == 0 { header_page_size(data) } else { None };
         }
         let contiguous = !self.bytes.is_empty() && self.start + self.bytes.len() as u64 == offset;
         if contiguous && self.bytes.len() + data.len() <= WAL_TAIL_BYTES_MAX {
@@ -246,6 +244,17 @@ impl WalTail {
         self.start += self.bytes.len() as u64;
         self.bytes.clear();
     }
+}
+
+/// The page size of a valid WAL header at the start of `bytes` (the detector's own parser).
+fn header_page_size(bytes: &[u8]) -> Option<u64> {
+    ltxfs_core::detect::wal::parse_header(bytes).ok().map(|h| u64::from(h.page_size))
+}
+
+/// The commit field (database size after the commit, 0 for other frames) of a WAL frame
+/// header's first 8 bytes.
+fn frame_commit(head: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(head.get(4..8)?.try_into().ok()?))
 }
 
 /// `[from, from + len)` of `file`, from `tail` when it has them (checked against the file in
@@ -768,24 +777,17 @@ fn completed_commit_frame(wal: &File, tail: &mut WalTail, offset: u64, data: &[u
     if offset < WAL_HEADER_LEN || data.is_empty() {
         return None;
     }
+    let read_header = || {
+        let mut header = [0u8; WAL_HEADER_LEN as usize];
+        wal.read_exact_at(&mut header, 0).ok().and_then(|()| header_page_size(&header))
+    };
     let page_size = match tail.page_size {
         Some(ps) => {
-            #[cfg(debug_assertions)]
-            {
-                let mut raw = [0u8; 4];
-                if wal.read_exact_at(&mut raw, 8).is_ok() {
-                    debug_assert_eq!(u64::from(u32::from_be_bytes(raw)), ps, "the WAL tail's page size differs from the WAL header");
-                }
-            }
+            debug_assert!(read_header().is_none_or(|on_disk| on_disk == ps), "the WAL tail's page size differs from the WAL header");
             ps
         }
         None => {
-            let mut raw = [0u8; 4];
-            wal.read_exact_at(&mut raw, 8).ok()?;
-            let ps = u64::from(u32::from_be_bytes(raw));
-            if !(512..=65536).contains(&ps) || !ps.is_power_of_two() {
-                return None;
-            }
+            let ps = read_header()?;
             tail.page_size = Some(ps);
             ps
         }
@@ -796,8 +798,7 @@ fn completed_commit_frame(wal: &File, tail: &mut WalTail, offset: u64, data: &[u
         && (offset - WAL_HEADER_LEN) % frame_len == 0
         && tail.high >= offset + frame_len;
     if rewritten_header {
-        let commit = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-        return (commit != 0).then_some(offset);
+        return (frame_commit(data)? != 0).then_some(offset);
     }
     if (end - WAL_HEADER_LEN) % frame_len != 0 || end < WAL_HEADER_LEN + frame_len {
         return None;
@@ -810,8 +811,7 @@ fn completed_commit_frame(wal: &File, tail: &mut WalTail, offset: u64, data: &[u
     } else {
         head.copy_from_slice(wal_bytes(wal, tail, frame_start, 8).ok()?.get(..8)?);
     }
-    let commit = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    (commit != 0).then_some(frame_start)
+    (frame_commit(&head)? != 0).then_some(frame_start)
 }
 
 /// The database image at its last commit: `database` with committed WAL pages laid over it.
@@ -2177,9 +2177,15 @@ mod tests {
 
     #[test]
     fn the_wal_tail_keeps_contiguous_writes_until_a_commit_is_recorded() {
+        use ltxfs_core::detect::wal::{wal_checksum, WAL_MAGIC_LE, WAL_VERSION};
         let mut tail = WalTail::default();
         let mut header = [0u8; 32];
+        header[0..4].copy_from_slice(&WAL_MAGIC_LE.to_be_bytes());
+        header[4..8].copy_from_slice(&WAL_VERSION.to_be_bytes());
         header[8..12].copy_from_slice(&4096u32.to_be_bytes());
+        let (c1, c2) = wal_checksum(false, &header[..24], (0, 0));
+        header[24..28].copy_from_slice(&c1.to_be_bytes());
+        header[28..32].copy_from_slice(&c2.to_be_bytes());
         tail.wrote(0, &header);
         assert_eq!(tail.page_size, Some(4096));
         let frame_header = [7u8; 24];

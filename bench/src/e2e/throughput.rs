@@ -62,10 +62,9 @@ impl CpuPerCommit {
     }
 }
 
-/// Nanoseconds on CPU of thread `tid` of process `pid` (`schedstat`'s first field).
-fn thread_cpu_ns(pid: &str, tid: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+/// Nanoseconds on CPU from a `schedstat` file (its first field).
+fn schedstat_ns(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Nanoseconds on CPU of every thread of `pid`, summed by thread name.
@@ -76,7 +75,7 @@ fn threads_cpu_ns(pid: u32) -> std::collections::BTreeMap<String, u64> {
     for task in tasks.flatten() {
         let tid = task.file_name().to_string_lossy().into_owned();
         let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
-        if let Some(ns) = thread_cpu_ns(&pid, &tid) {
+        if let Some(ns) = schedstat_ns(&format!("/proc/{pid}/task/{tid}/schedstat")) {
             *by_name.entry(name.trim().to_string()).or_insert(0) += ns;
         }
     }
@@ -85,10 +84,7 @@ fn threads_cpu_ns(pid: u32) -> std::collections::BTreeMap<String, u64> {
 
 /// Nanoseconds on CPU of the calling thread.
 fn own_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    schedstat_ns("/proc/thread-self/schedstat").unwrap_or(0)
 }
 
 /// Adds `after - before` per thread name to `sum` (threads that ended are left out).

@@ -30,13 +30,41 @@ pub struct DiskDb {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeDisk {
     pub dbs: BTreeMap<DbName, DiskDb>,
+    /// Store a one-transaction LTX merged with the newest file before it while that file holds
+    /// fewer than this many transactions ([`IoOutcome::LtxMerged`], as `ltxfs` does with the
+    /// LTX of WAL-mode commits); 0: never.
+    pub merge_txids_max: u64,
+}
+
+/// The LTX `prev` (ending at TXID `min_txid - 1`) and `next` merged into one, if `next`
+/// continues `prev`'s chain (its pre-apply checksum is `prev`'s post-apply one).
+pub fn merge_ltx(prev: &[u8], next: &[u8]) -> Option<Vec<u8>> {
+    let (ph, _, pt) = crate::ltx::decode_slice(prev).ok()?;
+    let (nh, _, _) = crate::ltx::decode_slice(next).ok()?;
+    if ph.max_txid + 1 != nh.min_txid || pt.post_apply_checksum != nh.pre_apply_checksum || ph.page_size != nh.page_size {
+        return None;
+    }
+    let decoders = vec![crate::ltx::Decoder::new(prev).ok()?, crate::ltx::Decoder::new(next).ok()?];
+    let (bytes, _, _) = crate::ltx::compact(decoders, Vec::new(), nh.flags).ok()?;
+    Some(bytes)
 }
 
 impl FakeDisk {
     pub fn execute(&mut self, kind: &IoKind) -> Result<IoOutcome, IoErrorKind> {
+        let merge_txids_max = self.merge_txids_max;
         let db = self.dbs.entry(kind.db().clone()).or_default();
         match kind {
             IoKind::WriteLtx { min_txid, max_txid, bytes, .. } => {
+                let prev = db.ltx.iter().next_back().map(|(r, b)| (*r, b));
+                if let Some(((pmin, pmax), prev)) = prev.filter(|((pmin, pmax), _)| {
+                    min_txid == max_txid && *pmin > 1 && pmax + 1 == *min_txid && pmax - pmin + 1 < merge_txids_max
+                }) {
+                    if let Some(merged) = merge_ltx(prev, bytes) {
+                        db.ltx.remove(&(pmin, pmax));
+                        db.ltx.insert((pmin, *max_txid), merged);
+                        return Ok(IoOutcome::LtxMerged { min_txid: pmin });
+                    }
+                }
                 db.ltx.insert((*min_txid, *max_txid), bytes.clone());
             }
             IoKind::ApplyPages { page_size, commit, pages, .. } => {

@@ -5,7 +5,7 @@ mod ltx_support;
 use ltx_support::{page_chk, FLAG};
 use ltxfs_core::ltx::checksum::db_checksum;
 use ltxfs_core::ltx::{
-    compact, decode_slice, encode_to_vec, Decoder, Header, LtxError, HEADER_FLAG_COMPRESS_LZ4,
+    compact, compact_from, decode_slice, encode_to_vec, Decoder, Header, LtxError, HEADER_FLAG_COMPRESS_LZ4,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -228,6 +228,45 @@ proptest! {
         prop_assert_eq!(h.min_txid, at as u64 + 1);
         db.apply(&tail).unwrap();
         prop_assert_eq!(&db, &expected);
+    }
+
+    /// A reader at a position inside a merged run of files (after its `k`-th transaction) applies
+    /// `compact_from` of the merged file and lands exactly where the chain does.
+    #[test]
+    fn a_reader_inside_a_merged_file_applies_compact_from_it(
+        page_size in page_size(),
+        flags in flags(),
+        out_flags in flags(),
+        snapshot_commit in 1u32..=12,
+        txs in proptest::collection::vec(tx(12), 2..7),
+        picks in any::<[prop::sample::Index; 3]>(),
+    ) {
+        let (files, expected) = build_chain(page_size, flags, snapshot_commit, &txs);
+        let n = files.len();
+        let mut idx: Vec<usize> = picks.iter().map(|p| p.index(n)).collect();
+        idx.sort();
+        let (lo, k, hi) = (idx[0], idx[1], idx[2]);
+        prop_assume!(k < hi);
+        let decoders = files[lo..=hi].iter().map(|f| Decoder::new(f.as_slice()).unwrap()).collect();
+        let (merged, _, _) = compact(decoders, Vec::new(), flags).unwrap();
+        let mut db = Db::default();
+        for f in &files[..=k] {
+            db.apply(f).unwrap();
+        }
+        let start = ltxfs_core::ltx::Pos { txid: k as u64 + 1, checksum: db.checksum() };
+        let mut inputs = vec![Decoder::new(merged.as_slice()).unwrap()];
+        inputs.extend(files[hi + 1..].iter().map(|f| Decoder::new(f.as_slice()).unwrap()));
+        let (tail, h, _) = compact_from(inputs, Vec::new(), out_flags, start).unwrap();
+        prop_assert_eq!(h.min_txid, k as u64 + 2);
+        prop_assert_eq!(h.pre_apply_checksum, start.checksum);
+        db.apply(&tail).unwrap();
+        prop_assert_eq!(&db, &expected);
+        // A start outside the first file is an error, not a wrong file.
+        if lo > 0 {
+            let inputs = vec![Decoder::new(merged.as_slice()).unwrap()];
+            let outside = ltxfs_core::ltx::Pos { txid: lo as u64, checksum: 1 << 63 };
+            prop_assert!(compact_from(inputs, Vec::new(), out_flags, outside).is_err());
+        }
     }
 
     #[test]

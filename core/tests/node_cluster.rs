@@ -142,6 +142,50 @@ fn disconnected_replica_catches_up_on_reconnect() {
 }
 
 
+/// Goal: a replica whose position lies inside a file the primary's disk stored merged (several
+/// transactions in one LTX, as `ltxfs` stores WAL-mode commits) still catches up incrementally
+/// with one LTX that starts at its position, and every node converges. Method: every disk merges
+/// up to 4 one-transaction files; node 3 is cut off at TXID 3 (inside the primary's merged file
+/// 2..=5), 8 more commits follow, node 3 reconnects.
+#[test]
+fn a_replica_inside_a_merged_file_catches_up_without_a_snapshot() {
+    let mut c = started(|_, _| {});
+    for id in [N1, N2, N3] {
+        c.nodes.get_mut(&id).unwrap().disk.merge_txids_max = 4;
+    }
+    let a = db("a.db");
+    c.commit(N1, &a, PS, 2, &[(1, 1), (2, 2)]);
+    c.commit(N1, &a, PS, 2, &[(2, 3)]);
+    c.commit(N1, &a, PS, 3, &[(3, 4)]);
+    c.input(N3, Input::PeerDisconnected { peer: N1 });
+    c.input(N1, Input::PeerDisconnected { peer: N3 });
+    c.commit(N1, &a, PS, 4, &[(4, 5)]);
+    for i in 0..7u8 {
+        c.commit(N1, &a, PS, 4, &[(1 + u32::from(i % 4), 10 + i)]);
+    }
+    assert_eq!(c.node(N1).db_pos(&a).unwrap().pos.txid, 11);
+    let stored: Vec<(u64, u64)> = c.nodes[&N1].disk.dbs[&a].ltx.keys().copied().collect();
+    assert_eq!(stored, vec![(1, 1), (2, 5), (6, 9), (10, 11)], "the primary's disk merged its files");
+    assert_eq!(c.node(N3).db_pos(&a).unwrap().pos.txid, 3);
+    c.input(N1, Input::PeerConnected { peer: N3 });
+    c.input(N3, Input::PeerConnected { peer: N1 });
+    c.run();
+    assert_converged(&c, &a);
+    assert!(c.events_of(N1, |e| matches!(e, Event::SnapshotNeeded { .. })).is_empty(), "no snapshot");
+    let applied: Vec<u64> = c
+        .events_of(N3, |e| matches!(e, Event::Applied { .. }))
+        .iter()
+        .map(|e| match e {
+            Event::Applied { pos, .. } => pos.txid,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(applied, vec![1, 2, 3, 11], "one LTX from TXID 4 to 11");
+    // Its file starts at its own position: 4..=11, not the primary's 2..=5 + 6..=9 + 10..=11.
+    assert!(c.nodes[&N3].disk.dbs[&a].ltx.contains_key(&(4, 11)));
+    assert!(c.events_of(N1, |e| matches!(e, Event::IoFailed { .. })).is_empty());
+}
+
 /// Goal: when the primary disappears, a new primary takes over after the lease expires and its
 /// recovery phase fetches the writes it lacked from the most advanced replica, so no write that
 /// reached a live replica is lost. Method: node 3 is cut from node 1 (lags), node 2 is not a

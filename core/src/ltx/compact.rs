@@ -3,7 +3,7 @@
 //! It decides only which version of each page survives (the newest input's) and which pages are
 //! dropped (those past the final commit). It holds one page per input, never the whole page set.
 
-use super::{Decoder, Encoder, Header, LtxError, Trailer};
+use super::{Decoder, Encoder, Header, LtxError, Pos, Trailer};
 use std::io::{Read, Write};
 
 /// Merges `inputs` (fresh decoders, header read, no page read yet; oldest first, contiguous:
@@ -13,9 +13,33 @@ use std::io::{Read, Write};
 /// TXID, timestamp and post-apply checksum from the last; WAL fields and node ID are zero. Every
 /// input is fully verified (file checksum, snapshot checksum) before the output is finished.
 pub fn compact<R: Read, W: Write>(
+    inputs: Vec<Decoder<R>>,
+    out: W,
+    flags: u32,
+) -> Result<(W, Header, Trailer), LtxError> {
+    compact_inner(inputs, out, flags, None)
+}
+
+/// [`compact`] for a reader at `start`, a position inside the first input (after one of the
+/// transactions it merged: `first.min_txid <= start.txid < first.max_txid`): the output's min
+/// TXID is `start.txid + 1` and its pre-apply checksum `start.checksum`. Its pages are those of
+/// the whole run — a superset of what changed after `start`; the extra pages hold, at the end,
+/// the content they had at `start` (no later transaction of the run changed them), so applying
+/// the output to the database at `start` brings it exactly to the run's end.
+pub fn compact_from<R: Read, W: Write>(
+    inputs: Vec<Decoder<R>>,
+    out: W,
+    flags: u32,
+    start: Pos,
+) -> Result<(W, Header, Trailer), LtxError> {
+    compact_inner(inputs, out, flags, Some(start))
+}
+
+fn compact_inner<R: Read, W: Write>(
     mut inputs: Vec<Decoder<R>>,
     out: W,
     flags: u32,
+    start: Option<Pos>,
 ) -> Result<(W, Header, Trailer), LtxError> {
     let headers: Vec<Header> = inputs.iter().map(|d| *d.header()).collect();
     let (Some(first), Some(last)) = (headers.first(), headers.last()) else {
@@ -35,14 +59,19 @@ pub fn compact<R: Read, W: Write>(
             });
         }
     }
+    let (min_txid, pre_apply_checksum) = match start {
+        None => (first.min_txid, first.pre_apply_checksum),
+        Some(s) if s.txid >= first.min_txid && s.txid < first.max_txid => (s.txid + 1, s.checksum),
+        Some(s) => return Err(LtxError::NonContiguousInputs { prev_max_txid: s.txid, next_min_txid: first.min_txid }),
+    };
     let header = Header {
         flags,
         page_size: first.page_size,
         commit: last.commit,
-        min_txid: first.min_txid,
+        min_txid,
         max_txid: last.max_txid,
         timestamp_ms: last.timestamp_ms,
-        pre_apply_checksum: first.pre_apply_checksum,
+        pre_apply_checksum,
         ..Header::default()
     };
     let mut enc = Encoder::new(out, header)?;

@@ -127,6 +127,15 @@ pub enum IoKind {
     /// driver must make it durable no later than the file (a restarted node reports it as
     /// [`OpenDb::epoch`]; a crashed replica that reported epoch 0 for the acknowledged commits
     /// it holds would lose them to an older chain in a new primary's recovery).
+    ///
+    /// The driver may instead store it merged with the newest retained files before it, from
+    /// the one starting at TXID `m`, into one file `m..max_txid` (a valid LTX from that file's
+    /// pre-apply checksum to this one's post-apply checksum, durable as above) and answer
+    /// [`IoOutcome::LtxMerged`]: from then on [`IoKind::ReadLtx`] and [`IoKind::DeleteLtx`] name
+    /// that file, and a [`IoKind::ReadLtx`] emitted before the answer that names one of the
+    /// files it replaced may fail with [`IoErrorKind::NotFound`] (the node falls back to a
+    /// snapshot). `ltxfs` merges the LTX files of WAL-mode commits so that a burst of small
+    /// transactions does not cost one file each.
     WriteLtx { db: DbName, min_txid: u64, max_txid: u64, bytes: Vec<u8>, fsync: bool, epoch: Epoch },
     /// Write `pages` into the database file, resize it to `commit` pages (0 = delete the
     /// database), fsync — under SQLite's locks so readers see all or nothing.
@@ -160,6 +169,9 @@ impl IoKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoOutcome {
     Done,
+    /// A [`IoKind::WriteLtx`] stored merged with the retained files from `min_txid` on: one
+    /// file `min_txid..max_txid`.
+    LtxMerged { min_txid: u64 },
     LtxFiles(Vec<Vec<u8>>),
     /// The database image (a multiple of the page size; empty if the file does not exist).
     Database(Vec<u8>),

@@ -70,6 +70,9 @@ pub(crate) struct PendingApply {
     pub meta: LtxFileMeta,
     pub snapshot: bool,
     pub stage: ApplyStage,
+    /// The driver stored the LTX merged with the files from this TXID on
+    /// ([`crate::node::IoOutcome::LtxMerged`]).
+    pub merged_from: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +148,38 @@ impl Db {
             self.files.pop_last();
         }
         self.files.insert(meta.min_txid, meta);
+    }
+
+    /// [`Db::retain`] for a file the driver stored merged with the retained files from
+    /// `merged_from` on ([`crate::node::IoOutcome::LtxMerged`]). `None` (and nothing changes)
+    /// if those files are not the chain `meta` continues: the driver broke its contract.
+    pub fn retain_merged(&mut self, merged_from: u64, meta: LtxFileMeta) -> Option<LtxFileMeta> {
+        if meta.min_txid == 1 || merged_from >= meta.min_txid {
+            return None;
+        }
+        self.files.merge_tail(merged_from, meta).ok()
+    }
+
+    /// Retains `meta` as the write's answer says: merged ([`Db::retain_merged`]) or on its own.
+    /// False if a merge answer did not fit the retained files (`meta` is retained on its own).
+    pub fn retain_written(&mut self, merged_from: Option<u64>, meta: LtxFileMeta) -> bool {
+        match merged_from {
+            Some(from) if self.files.last().is_some_and(|l| l.max_txid < meta.min_txid) => {
+                if self.retain_merged(from, meta).is_some() {
+                    return true;
+                }
+                self.retain(meta);
+                false
+            }
+            Some(_) => {
+                self.retain(meta);
+                false
+            }
+            None => {
+                self.retain(meta);
+                true
+            }
+        }
     }
 }
 

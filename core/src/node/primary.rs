@@ -138,9 +138,16 @@ impl Node {
             self.step_down(StepDownReason::WriteFailed);
             return;
         }
+        let merged_from = match result {
+            Ok(IoOutcome::LtxMerged { min_txid }) => Some(min_txid),
+            _ => None,
+        };
         d.set_pos(pc.pos, pc.epoch);
-        d.retain(pc.meta);
+        let kept = d.retain_written(merged_from, pc.meta);
         d.last_ltx = Some((pc.pos.txid, pc.pos.txid, pc.bytes));
+        if !kept {
+            self.event(Event::IoFailed { db: db.clone(), error: IoErrorKind::Failed });
+        }
         let still_ours = self.role.primary().is_some_and(|p| p.epoch == pc.epoch && self.now < p.deadline)
             || planted!(self, WriteAfterLease);
         if !still_ours {

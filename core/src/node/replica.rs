@@ -150,6 +150,7 @@ impl Node {
             meta,
             snapshot,
             stage: ApplyStage::WritingLtx,
+            merged_from: None,
         });
         let kind = IoKind::WriteLtx {
             db: db.clone(),
@@ -300,6 +301,9 @@ impl Node {
             self.event(Event::IoFailed { db, error });
             return;
         }
+        if let Ok(IoOutcome::LtxMerged { min_txid }) = result {
+            pa.merged_from = Some(min_txid);
+        }
         if !pa.snapshot {
             let actual = d.index.apply_with_sums(pa.commit, &pa.pages, &pa.page_sums).expect("previewed before writing");
             assert_eq!(actual, pa.post.checksum, "apply agrees with the preview");
@@ -322,7 +326,9 @@ impl Node {
             return;
         }
         d.set_pos(pa.post, pa.epoch);
-        d.retain(pa.meta);
+        if !d.retain_written(pa.merged_from, pa.meta) {
+            self.event(Event::IoFailed { db: db.clone(), error: IoErrorKind::Failed });
+        }
         self.event(Event::Applied { db: db.clone(), pos: pa.post, from: pa.from });
         self.send(pa.from, Message::Ack { epoch: self.highest_epoch, db: db.clone(), pos: pa.post });
         self.apply_next(db);

@@ -143,7 +143,7 @@ impl Node {
         // It is what `decide_catch_up` decides then (a one-file chain from the peer's position
         // to ours) and sends from memory, without building the file list.
         if let Some(file) = newest_continues(d, pd.sent, ours).filter(|_| !pd.force_snapshot) {
-            debug_assert_eq!(decide_catch_up(ours, pd.sent, &d.files), CatchUp::Incremental { files: vec![file] });
+            debug_assert!(matches!(decide_catch_up(ours, pd.sent, &d.files), CatchUp::Incremental { files, .. } if files.last() == Some(&file)));
             pd.sent = ours;
             self.send_last_ltx(peer, db);
             return;
@@ -151,14 +151,14 @@ impl Node {
         let decision = if pd.force_snapshot { CatchUp::Snapshot { reason: crate::catchup::SnapshotReason::NotRetained } } else { decide_catch_up(ours, pd.sent, &d.files) };
         match decision {
             CatchUp::UpToDate => {}
-            CatchUp::Incremental { files } => {
-                let from_memory = matches!((&d.last_ltx, files.as_slice()), (Some((min, max, _)), [(fmin, fmax)]) if min == fmin && max == fmax);
+            CatchUp::Incremental { files, from } => {
+                let from_memory = from.is_none() && matches!((&d.last_ltx, files.as_slice()), (Some((min, max, _)), [(fmin, fmax)]) if min == fmin && max == fmax);
                 if from_memory {
                     pd.sent = ours;
                     self.send_last_ltx(peer, db);
                 } else {
                     pd.busy = true;
-                    self.io(IoKind::ReadLtx { db: db.clone(), files }, IoPurpose::CatchUpRead { peer, db: db.clone() });
+                    self.io(IoKind::ReadLtx { db: db.clone(), files }, IoPurpose::CatchUpRead { peer, db: db.clone(), from });
                 }
             }
             CatchUp::Snapshot { reason } => {
@@ -177,12 +177,12 @@ impl Node {
         Some(pd)
     }
 
-    pub(super) fn on_catch_up_read(&mut self, peer: NodeId, db: DbName, result: Result<IoOutcome, IoErrorKind>) {
+    pub(super) fn on_catch_up_read(&mut self, peer: NodeId, db: DbName, from: Option<Pos>, result: Result<IoOutcome, IoErrorKind>) {
         if self.finish_read(peer, &db).is_none() {
             return;
         }
         let compacted = match result {
-            Ok(IoOutcome::LtxFiles(files)) => self.compact_files(files),
+            Ok(IoOutcome::LtxFiles(files)) => self.compact_files(files, from),
             Ok(_) => Err(IoErrorKind::Failed),
             Err(e) => Err(e),
         };
@@ -202,9 +202,16 @@ impl Node {
         self.maybe_ready(peer);
     }
 
-    /// One LTX covering `files` (contiguous, oldest first) and the position after it.
-    fn compact_files(&self, files: Vec<Vec<u8>>) -> Result<(Vec<u8>, Pos), IoErrorKind> {
+    /// One LTX covering `files` (contiguous, oldest first) — from `from` inside the first one if
+    /// given ([`ltx::compact_from`]) — and the position after it.
+    fn compact_files(&self, files: Vec<Vec<u8>>, from: Option<Pos>) -> Result<(Vec<u8>, Pos), IoErrorKind> {
         let flags = if self.config.compress_ltx { HEADER_FLAG_COMPRESS_LZ4 } else { 0 };
+        if let Some(start) = from {
+            let decoders: Result<Vec<_>, _> = files.iter().map(|f| Decoder::new(f.as_slice())).collect();
+            let decoders = decoders.map_err(|_| IoErrorKind::Failed)?;
+            let (bytes, header, trailer) = ltx::compact_from(decoders, Vec::new(), flags, start).map_err(|_| IoErrorKind::Failed)?;
+            return Ok((bytes, Pos { txid: header.max_txid, checksum: trailer.post_apply_checksum }));
+        }
         if let [one] = files.as_slice() {
             let (header, _, trailer) = ltx::decode_slice(one).map_err(|_| IoErrorKind::Failed)?;
             return Ok((files.into_iter().next().expect("one"), Pos { txid: header.max_txid, checksum: trailer.post_apply_checksum }));
@@ -344,7 +351,8 @@ fn newest_continues(d: &super::db::Db, peer: Pos, ours: Pos) -> Option<(u64, u64
     if *max != ours.txid || *min == 1 || peer.txid.checked_add(1) != Some(*min) {
         return None;
     }
-    let f = d.files.get(min)?;
-    let continues = f.min_txid == *min && f.max_txid == *max && f.pre_apply_checksum == peer.checksum && f.post_apply_pos() == ours;
-    continues.then_some((*min, *max))
+    // The file holding it may be a merged one ending there: the peer is then at one of its points.
+    let f = d.files.containing(*min)?;
+    let continues = f.max_txid == *max && d.files.checksum_at(peer.txid) == Some(peer.checksum) && f.post_apply_pos() == ours;
+    continues.then_some((f.min_txid, f.max_txid))
 }

@@ -621,7 +621,7 @@ impl Db {
         let Some(frame_start) = completed_commit_frame(wal, &mut self.wal_tail, offset, data) else { return Ok(()) };
         let Some(Event::ReadWal { offset: from, len }) = self.detector.unread_wal() else { return Ok(()) };
         let mark = self.detector.wal_mark();
-        failpoint("wal-commit-frame");
+        node::failpoint::failpoint("wal-commit-frame");
         match self.commit_wal(from, len, rt) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
@@ -730,25 +730,6 @@ impl Db {
     }
 }
 
-/// Test-only fault injection: with `LTXFS_FAILPOINT_DIR` set, a point `name` is armed by a file
-/// `<dir>/<name>.arm`; the next time it is reached it removes that file, creates
-/// `<dir>/<name>.reached` and waits until `<dir>/<name>.release` exists, so that a test can hold
-/// the node at an exact step (say, between a WAL commit frame and its LTX) while it injects a
-/// fault. Unset (always, outside tests) or unarmed it does nothing.
-fn failpoint(name: &str) {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let Some(dir) = DIR.get_or_init(|| std::env::var_os("LTXFS_FAILPOINT_DIR").map(PathBuf::from)) else { return };
-    if fs::remove_file(dir.join(format!("{name}.arm"))).is_err() {
-        return;
-    }
-    let release = dir.join(format!("{name}.release"));
-    let _ = File::create(dir.join(format!("{name}.reached")));
-    tracing::warn!(name, "failpoint reached; waiting for its release file");
-    while !release.exists() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = fs::remove_file(release);
-}
 
 /// A WAL commit the core took whose outcome is unknown (sync acks timed out, lease ended).
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! backends. The binary (`main.rs`) adds the CLI and the FUSE mount on top.
 
 pub mod caller_cpu;
+pub mod failpoint;
 pub mod http;
 pub mod lease;
 pub mod runtime;

@@ -70,8 +70,10 @@ impl Node {
             ),
         )
         .unwrap();
+        let failpoints = self.root.join("failpoints");
+        std::fs::create_dir_all(&failpoints).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_ltxfs"));
-        command.arg("mount").arg("--config").arg(&config);
+        command.arg("mount").arg("--config").arg(&config).env("LTXFS_FAILPOINT_DIR", &failpoints);
         if let Some(dir) = record {
             command.arg("--record-ops").arg(dir);
         }
@@ -101,6 +103,17 @@ impl Node {
         self.launch(candidate, None)
     }
 
+    /// kill -9, the dead mount detached, and a new process on the same directories.
+    fn kill9_and_restart(mut self, candidate: bool) -> Node {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        let unmounted = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).status().unwrap();
+        assert!(unmounted.success(), "detach the dead mount");
+        self.launch(candidate, None)
+    }
+
     fn db(&self, name: &str) -> PathBuf {
         self.mnt.join(name)
     }
@@ -127,13 +140,19 @@ impl Node {
             .collect()
     }
 
+    /// The transactions the LTX chain of `name` holds: the last file's max TXID, the files
+    /// contiguous from TXID 1 (the LTX of WAL-mode commits queued together share one file).
     fn ltx_count(&self, name: &str) -> usize {
-        self.ltx_files(name).len()
+        let files = self.ltx_files(name);
+        for pair in files.windows(2) {
+            assert_eq!(pair[0].0.max_txid + 1, pair[1].0.min_txid, "contiguous LTX files");
+        }
+        files.last().map_or(0, |(h, _, _)| h.max_txid as usize)
     }
 
-    /// The number of LTX files of `name` once it is `expected`, or what it is after 10 s: a WAL
-    /// commit's LTX file is written by a background thread, shortly after the commit returns
-    /// (rollback-journal modes write it before).
+    /// The transactions the LTX chain of `name` holds once it is `expected`, or what it is after
+    /// 10 s: a WAL commit's LTX file is written by a background thread, shortly after the commit
+    /// returns (rollback-journal modes write it before).
     fn ltx_count_when(&self, name: &str, expected: usize) -> usize {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -175,24 +194,23 @@ fn sqlite3(db: &Path, sql: &str) -> String {
 
 /// Checks the LTX chain of `name` against the backing database and `-pos`.
 fn assert_chain_matches_database(node: &Node, name: &str, expected_txs: usize) {
-    node.ltx_count_when(name, expected_txs);
-    let files = node.ltx_files(name);
     assert_eq!(
-        files.len(),
+        node.ltx_count_when(name, expected_txs),
         expected_txs,
-        "one LTX per committed transaction"
+        "the LTX chain holds every committed transaction"
     );
+    let files = node.ltx_files(name);
     let page_size = files[0].0.page_size;
     let mut image: Vec<u8> = Vec::new();
     let mut prev_post = 0;
-    for (i, (header, pages, trailer)) in files.iter().enumerate() {
-        let txid = i as u64 + 1;
-        assert_eq!(
-            (header.min_txid, header.max_txid),
-            (txid, txid),
-            "contiguous TXIDs"
-        );
+    let mut next_txid = 1;
+    for (header, pages, trailer) in files.iter() {
+        let txid = header.min_txid;
+        assert_eq!(txid, next_txid, "contiguous TXIDs");
+        assert!(header.max_txid >= txid);
+        next_txid = header.max_txid + 1;
         if txid == 1 {
+            assert_eq!(header.max_txid, 1, "the first transaction is a snapshot on its own");
             assert!(header.is_snapshot());
         } else {
             assert_eq!(
@@ -226,6 +244,105 @@ fn assert_chain_matches_database(node: &Node, name: &str, expected_txs: usize) {
     );
     let pos = std::fs::read_to_string(node.db(&format!("{name}-pos"))).unwrap();
     assert_eq!(pos, format!("{:016x}/{:016x}\n", expected_txs, prev_post));
+}
+
+/// Waits (at most 10 s) until `path` exists.
+fn wait_for_file(path: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !path.exists() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
+/// Goal: WAL commits queued while the background LTX writer is busy share one LTX file (one
+/// inode for a burst of small transactions, not one each), a valid link of the chain that
+/// rebuilds the database; a restart finds the chain intact. Method: real SQLite in WAL mode with
+/// synchronous=NORMAL; the writer is held at a failpoint while 20 transactions commit; released,
+/// it writes one file holding all of them (and the one that woke it).
+#[test]
+fn wal_commits_queued_together_share_one_ltx_file() {
+    let node = Node::start(true);
+    let path = node.db("burst.db");
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch("PRAGMA synchronous=NORMAL; CREATE TABLE t(x INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    conn.execute("INSERT INTO t(v) VALUES ('warm-up')", []).unwrap();
+    let before = node.ltx_count_when("burst.db", 3);
+    assert_eq!(before, 3, "WAL switch, CREATE TABLE, first insert");
+    let fp = node.root.join("failpoints");
+    std::fs::write(fp.join("ltx-write.arm"), b"").unwrap();
+    conn.execute("INSERT INTO t(v) VALUES ('wakes the writer')", []).unwrap();
+    assert!(wait_for_file(&fp.join("ltx-write.reached")), "the writer reached its failpoint");
+    for i in 0..20 {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("queued {i}")]).unwrap();
+    }
+    std::fs::write(fp.join("ltx-write.release"), b"").unwrap();
+    drop(conn); // the last connection checkpoints: the backing file is then the database
+    let txs = before + 21;
+    assert_chain_matches_database(&node, "burst.db", txs);
+    let files = node.ltx_files("burst.db");
+    let last = &files.last().unwrap().0;
+    assert_eq!((last.min_txid, last.max_txid), (before as u64 + 1, txs as u64), "one file for the 21 queued commits");
+    assert!(last.wal_offset > 0 && last.wal_size > 0, "it names the WAL range its commits came from");
+    let node = node.restart(true);
+    assert_chain_matches_database(&node, "burst.db", txs);
+    let conn = Connection::open(node.db("burst.db")).unwrap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 22);
+}
+
+/// Goal: after kill -9, WAL commits whose LTX were still in memory are rebuilt from the WAL
+/// after a merged LTX file (the rebuild starts where that file's WAL range ends), and the chain
+/// and the database agree. Method: a burst of 8 commits queued behind the held writer becomes
+/// one file; the writer is held again and 6 more commit (their LTX only in memory); kill -9.
+#[test]
+fn wal_commits_after_a_merged_ltx_file_are_rebuilt_after_kill9() {
+    let node = Node::start(true);
+    let path = node.db("rebuild.db");
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch("PRAGMA synchronous=NORMAL; CREATE TABLE t(x INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    conn.execute("INSERT INTO t(v) VALUES ('warm-up')", []).unwrap();
+    assert_eq!(node.ltx_count_when("rebuild.db", 3), 3);
+    let fp = node.root.join("failpoints");
+    let hold_writer = |what: &str| {
+        std::fs::write(fp.join("ltx-write.arm"), b"").unwrap();
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("{what}: wakes the writer")]).unwrap();
+        assert!(wait_for_file(&fp.join("ltx-write.reached")), "the writer reached its failpoint");
+        std::fs::remove_file(fp.join("ltx-write.reached")).unwrap();
+    };
+    hold_writer("burst");
+    for i in 0..7 {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("burst {i}")]).unwrap();
+    }
+    std::fs::write(fp.join("ltx-write.release"), b"").unwrap();
+    assert_eq!(node.ltx_count_when("rebuild.db", 11), 11);
+    let files = node.ltx_files("rebuild.db");
+    let merged = &files.last().unwrap().0;
+    assert_eq!((merged.min_txid, merged.max_txid), (4, 11), "the burst is one file");
+    hold_writer("in memory");
+    for i in 0..5 {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("in memory {i}")]).unwrap();
+    }
+    assert_eq!(node.ltx_count("rebuild.db"), 11, "the last 6 LTX are only in memory");
+    // Killed with the connection open (its close would checkpoint the WAL and sync everything).
+    let node = node.kill9_and_restart(true);
+    drop(conn);
+    assert_chain_matches_database(&node, "rebuild.db", 17);
+    let conn = Connection::open(node.db("rebuild.db")).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 15);
+    let files = node.ltx_files("rebuild.db");
+    assert_eq!((files[files.len() - 2].0.min_txid, files[files.len() - 2].0.max_txid), (4, 11), "the merged file kept");
+    assert_eq!((files[files.len() - 1].0.min_txid, files[files.len() - 1].0.max_txid), (12, 17), "one LTX rebuilt from the WAL");
 }
 
 fn journal_mode_round_trip(mode: &str) {

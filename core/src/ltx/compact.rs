@@ -17,7 +17,20 @@ pub fn compact<R: Read, W: Write>(
     out: W,
     flags: u32,
 ) -> Result<(W, Header, Trailer), LtxError> {
-    compact_inner(inputs, out, flags, None)
+    compact_inner(inputs, out, flags, None, false)
+}
+
+/// [`compact`] for LTX files made from consecutive commits of one WAL: if every input names a
+/// WAL range, all with the same salts, each starting where the previous one ends, the output
+/// names their union (offset of the first, total size, the salts) — what start-up recovery needs
+/// to find the commits that follow in the WAL. Otherwise the WAL fields are zero, as in
+/// [`compact`].
+pub fn compact_wal_run<R: Read, W: Write>(
+    inputs: Vec<Decoder<R>>,
+    out: W,
+    flags: u32,
+) -> Result<(W, Header, Trailer), LtxError> {
+    compact_inner(inputs, out, flags, None, true)
 }
 
 /// [`compact`] for a reader at `start`, a position inside the first input (after one of the
@@ -32,7 +45,7 @@ pub fn compact_from<R: Read, W: Write>(
     flags: u32,
     start: Pos,
 ) -> Result<(W, Header, Trailer), LtxError> {
-    compact_inner(inputs, out, flags, Some(start))
+    compact_inner(inputs, out, flags, Some(start), false)
 }
 
 fn compact_inner<R: Read, W: Write>(
@@ -40,6 +53,7 @@ fn compact_inner<R: Read, W: Write>(
     out: W,
     flags: u32,
     start: Option<Pos>,
+    wal_range: bool,
 ) -> Result<(W, Header, Trailer), LtxError> {
     let headers: Vec<Header> = inputs.iter().map(|d| *d.header()).collect();
     let (Some(first), Some(last)) = (headers.first(), headers.last()) else {
@@ -64,7 +78,7 @@ fn compact_inner<R: Read, W: Write>(
         Some(s) if s.txid >= first.min_txid && s.txid < first.max_txid => (s.txid + 1, s.checksum),
         Some(s) => return Err(LtxError::NonContiguousInputs { prev_max_txid: s.txid, next_min_txid: first.min_txid }),
     };
-    let header = Header {
+    let mut header = Header {
         flags,
         page_size: first.page_size,
         commit: last.commit,
@@ -74,6 +88,13 @@ fn compact_inner<R: Read, W: Write>(
         pre_apply_checksum,
         ..Header::default()
     };
+    let one_wal_run = headers.iter().all(|h| h.wal_offset > 0 && h.wal_size > 0 && (h.wal_salt1, h.wal_salt2) == (first.wal_salt1, first.wal_salt2))
+        && headers.windows(2).all(|w| w[0].wal_offset.checked_add(w[0].wal_size) == Some(w[1].wal_offset));
+    if wal_range && one_wal_run {
+        header.wal_offset = first.wal_offset;
+        header.wal_size = last.wal_offset + last.wal_size - first.wal_offset;
+        (header.wal_salt1, header.wal_salt2) = (first.wal_salt1, first.wal_salt2);
+    }
     let mut enc = Encoder::new(out, header)?;
 
     // One buffered page per input: the k-way merge front.

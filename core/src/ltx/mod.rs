@@ -17,7 +17,7 @@ mod encoder;
 mod error;
 mod lz4frame;
 
-pub use compact::{compact, compact_from};
+pub use compact::{compact, compact_from, compact_wal_run};
 pub use decoder::{decode_slice, decode_slice_with, DecodeScratch, Decoder};
 pub use encoder::{encode_to_vec, encode_to_vec_with, EncodeScratch, Encoder};
 pub use error::LtxError;

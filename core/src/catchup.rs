@@ -155,6 +155,18 @@ impl RetainedFiles {
         Ok(merged)
     }
 
+    /// Records `p` as a point (a position inside a merged file, recorded when it was merged)
+    /// if it lies strictly inside a retained file and is not known yet; false otherwise.
+    pub fn add_point(&mut self, p: Pos) -> bool {
+        let inside = self.containing(p.txid).is_some_and(|f| f.max_txid > p.txid);
+        let at = self.points.partition_point(|q| q.txid < p.txid);
+        if !inside || self.points.get(at).is_some_and(|q| q.txid == p.txid) {
+            return false;
+        }
+        self.points.insert(at, p);
+        true
+    }
+
     /// The checksum of the database at TXID `txid`, if a retained file starts or ends there or
     /// a merged file passed through it.
     pub fn checksum_at(&self, txid: u64) -> Option<u64> {
@@ -404,9 +416,15 @@ mod tests {
         for t in 2..=6 {
             assert_eq!(decide_catch_up(pos(7), pos(t), &f), CatchUp::Incremental { files: vec![(2, 7)], from: Some(pos(t)) });
         }
-        // Without its points (a node restarted: files read from disk) a peer inside gets a snapshot.
-        let from_disk: RetainedFiles = f.values().map(|m| (m.min_txid, *m)).collect();
+        // Without its points (a node restarted: files read from disk) a peer inside gets a snapshot;
+        // points given back (recorded with the file) restore the incremental catch-up.
+        let mut from_disk: RetainedFiles = f.values().map(|m| (m.min_txid, *m)).collect();
         assert_eq!(decide_catch_up(pos(7), pos(3), &from_disk), CatchUp::Snapshot { reason: SnapshotReason::NotRetained });
+        assert!(from_disk.add_point(pos(3)));
+        assert!(!from_disk.add_point(pos(3)), "known already");
+        assert!(!from_disk.add_point(pos(7)), "the end of a file is no point");
+        assert!(!from_disk.add_point(pos(9)), "outside every file");
+        assert_eq!(decide_catch_up(pos(7), pos(3), &from_disk), CatchUp::Incremental { files: vec![(2, 7)], from: Some(pos(3)) });
         // Removing the merged file removes its points.
         let mut g = f.clone();
         assert!(g.remove(&2).is_some());

@@ -603,7 +603,7 @@ fn checksum_index_reload_is_trusted_only_at_the_last_ltx_position() {
     let mut index = ChecksumIndex::new(PS).unwrap();
     let p1 = Pos { txid: 1, checksum: index.apply(1, &[(1, &page(1))]).unwrap() };
     let open = |pos: Pos, saved: Vec<u8>| {
-        Input::OpenDb(OpenDb { db: db(), page_size: PS, pos, epoch: E1, files: vec![], checksum_index: Some(saved) })
+        Input::OpenDb(OpenDb { db: db(), page_size: PS, pos, epoch: E1, files: vec![], points: vec![], checksum_index: Some(saved) })
     };
     let mut n = Node::new(Config::new(CLUSTER, peers(&[]), LeaseMode::Static { primary: N1 }), N1, Time::ZERO);
     drain(&mut n);
@@ -709,7 +709,7 @@ fn open_two_files() -> (Node, Vec<Output>, Pos, Pos, Vec<u8>, ChecksumIndex) {
     let mut n = Node::new(dynamic(&[2, 3]), N1, Time::ZERO);
     drain(&mut n);
     let files = vec![meta(1, Pos::ZERO, p1, &f1), meta(2, p1, p2, &f2)];
-    n.handle_input(ms(1), Input::OpenDb(OpenDb { db: db(), page_size: PS, pos: p2, epoch: E1, files, checksum_index: None })).unwrap();
+    n.handle_input(ms(1), Input::OpenDb(OpenDb { db: db(), page_size: PS, pos: p2, epoch: E1, files, points: vec![], checksum_index: None })).unwrap();
     let out = drain(&mut n);
     assert_eq!(out[0], ev(Event::ChecksumIndexRebuilt { db: db() }));
     assert!(matches!(&out[1], Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. })), "{out:?}");

@@ -106,6 +106,63 @@ fn late_replica_gets_a_snapshot_and_restarted_replica_catches_up_incrementally()
     }
 }
 
+/// Goal: a replica whose position lies inside a merged LTX file of the primary (WAL commits
+/// queued together share one file) catches up incrementally — no snapshot — even after the
+/// primary restarted (the positions inside the file are recorded with it). Method: the
+/// primary's background LTX writer is held at a failpoint; 4 commits reach replica1, which then
+/// stops; 4 more commit into the same group; the writer is released (one file for all 8 plus the
+/// one that woke it); the primary restarts; replica1 comes back.
+#[test]
+fn a_replica_inside_a_merged_ltx_file_catches_up_after_the_primary_restarts() {
+    let mut cluster = Cluster::new();
+    let fp = cluster.nodes[0].root.join("failpoints");
+    std::fs::create_dir_all(&fp).unwrap();
+    cluster.nodes[0].env.push(("LTXFS_FAILPOINT_DIR".into(), fp.to_str().unwrap().into()));
+    cluster.nodes[0].start();
+    cluster.nodes[1].start();
+    let db = cluster.primary().db(DB);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    let insert = |v: &str| conn.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
+    insert("before");
+    let r1 = &cluster.nodes[1];
+    let want = cluster.primary().pos(DB).unwrap();
+    wait_until("replica1 caught up", || r1.pos(DB).as_deref() == Some(want.as_str()));
+    let start_txid = u64::from_str_radix(&want[..16], 16).unwrap();
+
+    std::fs::write(fp.join("ltx-write.arm"), b"").unwrap();
+    insert("wakes the writer");
+    wait_until("the writer holds at its failpoint", || fp.join("ltx-write.reached").exists());
+    for i in 0..3 {
+        insert(&format!("seen by replica1 {i}"));
+    }
+    let inside = cluster.primary().pos(DB).unwrap();
+    wait_until("replica1 has the first commits of the group", || r1.pos(DB).as_deref() == Some(inside.as_str()));
+    cluster.nodes[1].stop();
+    for i in 0..4 {
+        insert(&format!("after replica1 left {i}"));
+    }
+    std::fs::write(fp.join("ltx-write.release"), b"").unwrap();
+    drop(conn); // the last connection checkpoints; the node syncs every LTX first
+    let end = cluster.primary().pos(DB).unwrap();
+    let end_txid = u64::from_str_radix(&end[..16], 16).unwrap();
+    let ltx_dir = cluster.nodes[0].data.join("dbs").join(DB).join("ltx");
+    let merged = ltxfs_core::ltx::file_name(start_txid + 1, end_txid);
+    wait_until("the group's file is written", || ltx_dir.join(&merged).exists());
+
+    cluster.nodes[0].stop();
+    cluster.nodes[0].start();
+    cluster.nodes[1].start();
+    let r1 = &cluster.nodes[1];
+    wait_until("replica1 caught up again", || r1.pos(DB).as_deref() == Some(end.as_str()));
+    assert_eq!(cluster.primary().pos(DB).as_deref(), Some(end.as_str()), "the primary restarted at the same position");
+    assert_eq!(r1.metric("ltxfs_snapshots_received_total"), 0.0, "caught up from inside the merged file, no snapshot");
+    assert_eq!(sqlite3_ok(&r1.db(DB), "SELECT count(*) FROM t; PRAGMA integrity_check;"), "9\nok\n");
+    for n in &mut cluster.nodes {
+        n.stop();
+    }
+}
+
 /// The LTX of a WAL-mode commit is written without its own fsync once SQLite's frames are
 /// durable in the WAL (one fsync per commit instead of two). A power cut may then lose those
 /// LTX files — emulated here after a kill -9 by tearing every LTX file not yet synced (they

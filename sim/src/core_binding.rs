@@ -247,6 +247,7 @@ impl CoreNode {
             pos,
             epoch,
             files: chain,
+            points: Vec::new(),
             checksum_index: disk.file(&index_path(db)).map(<[u8]>::to_vec),
         })
     }

@@ -259,6 +259,10 @@ pub struct OpenDb {
     pub epoch: Epoch,
     /// Retained LTX files.
     pub files: Vec<LtxFileMeta>,
+    /// Positions inside merged files where one of their transactions ended, as the driver
+    /// recorded them when it merged them ([`IoOutcome::LtxMerged`]): a peer at one still
+    /// catches up incrementally. Positions not strictly inside a retained file are ignored.
+    pub points: Vec<Pos>,
     /// The persisted checksum index, if any.
     pub checksum_index: Option<Vec<u8>>,
 }

@@ -36,6 +36,9 @@ impl Node {
         for f in o.files {
             d.retain(f);
         }
+        for p in o.points {
+            d.files.add_point(p);
+        }
         self.highest_epoch = self.highest_epoch.max(o.epoch);
         let loaded = o.checksum_index.as_deref().map(ChecksumIndex::decode);
         match loaded {

@@ -135,6 +135,14 @@ impl PendingGroup {
         self.members.iter().map(|(_, _, b)| b.len()).sum()
     }
 
+    /// The [`POINTS_XATTR`] value of the group's file: the post-apply checksum of every member
+    /// but the last (each holds one transaction), 8 bytes big-endian each.
+    fn points(&self) -> Vec<u8> {
+        let inner = &self.members[..self.members.len() - 1];
+        debug_assert!(inner.iter().all(|(lo, hi, _)| lo == hi), "a group's members hold one transaction each");
+        inner.iter().filter_map(|(_, _, b)| post_apply_checksum(b)).flat_map(u64::to_be_bytes).collect()
+    }
+
     /// The LTX of members `from..=to` (indices): the member itself, or their compaction.
     fn merged(&self, from: usize, to: usize) -> io::Result<Vec<u8>> {
         let members = &self.members[from..=to];
@@ -317,7 +325,11 @@ impl DataDir {
             }
             Epoch::ZERO
         });
-        Ok(Some(OpenDb { db: db.clone(), page_size: header.page_size, pos, epoch, files, checksum_index }))
+        let mut points = Vec::new();
+        for f in files.iter().filter(|f| f.max_txid > f.min_txid) {
+            points.extend(read_points(&dir.join(ltx::file_name(f.min_txid, f.max_txid)), f.min_txid, f.max_txid));
+        }
+        Ok(Some(OpenDb { db: db.clone(), page_size: header.page_size, pos, epoch, files, points, checksum_index }))
     }
 
     /// Executes one I/O command. `epoch` is the lineage epoch of the database's position when
@@ -653,12 +665,12 @@ impl DataDir {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 pending.get_mut(db).and_then(|p| p.groups.front_mut()).map(|g| {
                     g.open = false;
-                    (g.min_txid(), g.max_txid(), g.members.len(), g.merged(0, g.members.len() - 1))
+                    (g.min_txid(), g.max_txid(), g.members.len(), g.merged(0, g.members.len() - 1), g.points())
                 })
             };
-            let Some((min, max, members, bytes)) = front else { break };
+            let Some((min, max, members, bytes, points)) = front else { break };
             let bytes = bytes?;
-            let link = self.write_unsynced(db, min, max, &bytes)?;
+            let link = self.write_unsynced(db, min, max, &bytes, &points)?;
             let waiting = {
                 let mut unsynced = self.unsynced();
                 let u = unsynced.entry(db.clone()).or_default();
@@ -689,7 +701,7 @@ impl DataDir {
     /// nameless (`O_TMPFILE`) and linked under its name once written, so a reader of the
     /// directory never sees it incomplete (a file system without `O_TMPFILE`: written under a
     /// temporary name, then renamed).
-    fn write_unsynced(&self, db: &DbName, min: u64, max: u64, bytes: &[u8]) -> io::Result<UnsyncedLtx> {
+    fn write_unsynced(&self, db: &DbName, min: u64, max: u64, bytes: &[u8], points: &[u8]) -> io::Result<UnsyncedLtx> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let dir = self.ltx_dir(db);
@@ -708,12 +720,14 @@ impl DataDir {
                 let tmp = dir.join(format!(".{}.tmp", ltx::file_name(min, max)));
                 let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(UNSYNCED_LTX_MODE).open(&tmp)?;
                 file.write_all(bytes)?;
+                write_points(&file, &fin, points);
                 fs::rename(&tmp, &fin)?;
                 return Ok((fin, file));
             }
             Err(e) => return Err(e),
         };
         file.write_all(bytes)?;
+        write_points(&file, &fin, points);
         let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let link = || {
             nix::unistd::linkat(nix::fcntl::AT_FDCWD, proc_path.as_str(), nix::fcntl::AT_FDCWD, &fin, nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW)
@@ -983,6 +997,41 @@ fn continues_wal_run(prev: &[u8], next: &Header) -> bool {
         && next.wal_offset > 0
         && (prev.wal_salt1, prev.wal_salt2) == (next.wal_salt1, next.wal_salt2)
         && prev.wal_offset.checked_add(prev.wal_size) == Some(next.wal_offset)
+}
+
+/// Extended attribute of a merged WAL-backed LTX file `<min>-<max>.ltx`: the database checksum
+/// after each of its transactions but the last (TXIDs `min..max`), 8 bytes big-endian each —
+/// the positions a replica may stand at inside the file, which the LTX format cannot hold. Read
+/// back at start-up ([`OpenDb::points`]) so that such a replica still catches up incrementally
+/// after the primary restarts. Without it (a file system without user extended attributes) the
+/// replica gets a snapshot.
+pub const POINTS_XATTR: &str = "user.ltxfs.points";
+
+/// Sets [`POINTS_XATTR`] on a new LTX file; a failure only costs a snapshot later.
+fn write_points(file: &File, path: &Path, points: &[u8]) {
+    use xattr::FileExt;
+    if points.is_empty() {
+        return;
+    }
+    if let Err(e) = file.set_xattr(POINTS_XATTR, points) {
+        tracing::debug!(ltx = %path.display(), error = %e, "cannot record the positions inside a merged LTX file");
+    }
+}
+
+/// The positions recorded inside the LTX file `path` holding TXIDs `min..=max`
+/// ([`POINTS_XATTR`]); none if absent or malformed.
+fn read_points(path: &Path, min: u64, max: u64) -> Vec<Pos> {
+    let Ok(Some(value)) = xattr::get(path, POINTS_XATTR) else { return Vec::new() };
+    let expected = usize::try_from(max - min).ok().and_then(|n| n.checked_mul(8));
+    if Some(value.len()) != expected {
+        tracing::warn!(ltx = %path.display(), bytes = value.len(), "ignoring malformed positions of a merged LTX file");
+        return Vec::new();
+    }
+    value
+        .chunks_exact(8)
+        .zip(min..max)
+        .map(|(c, txid)| Pos { txid, checksum: u64::from_be_bytes(c.try_into().expect("chunks of 8")) })
+        .collect()
 }
 
 /// The post-apply checksum in an LTX file's trailer (not validated).
@@ -1505,6 +1554,8 @@ mod tests {
         assert_eq!(open[0].pos, pos(7, chk(7)));
         let ranges: Vec<(u64, u64)> = open[0].files.iter().map(|f| (f.min_txid, f.max_txid)).collect();
         assert_eq!(ranges, vec![(1, 1), (2, 5), (6, 7)]);
+        // The positions inside the merged files come back with them.
+        assert_eq!(open[0].points, vec![pos(2, chk(2)), pos(3, chk(3)), pos(4, chk(4)), pos(6, chk(6))]);
     }
 
     /// A WAL-backed LTX whose end position starts a line of the epoch journal ends its group:

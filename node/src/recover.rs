@@ -303,17 +303,87 @@ fn rebuild_from_wal(dir: &Path, last: &Header, last_post: u64) -> io::Result<Opt
     };
     let bytes = ltx::encode_to_vec(header, pages.iter().map(|(p, d)| (*p, d.as_slice())), sum.value())
         .map_err(|e| io::Error::other(format!("rebuilding an LTX from the WAL: {e}")))?;
+    let points = inner_checksums(&wal, &commits, base_end, &after, last, last_post, &database, db_len, sum.value());
     let ltx_dir = dir.join("ltx");
     let name = ltx::file_name(header.min_txid, header.max_txid);
     let tmp = ltx_dir.join(format!("{name}.rebuild"));
     {
         let mut f = File::create(&tmp)?;
         std::io::Write::write_all(&mut f, &bytes)?;
+        if let Some(points) = points {
+            // The positions inside the rebuilt file, for replicas that stand at one of them.
+            node::runtime::disk::write_points(&f, &tmp, &points);
+        }
         f.sync_all()?;
     }
     fs::rename(&tmp, ltx_dir.join(&name))?;
     File::open(&ltx_dir)?.sync_all()?;
     Ok(Some((header, pages)))
+}
+
+/// The database checksum after each WAL commit of `after` but the last, 8 bytes big-endian each
+/// (`node::runtime::disk::POINTS_XATTR`), computed incrementally from `last_post` (the checksum
+/// at the end of the WAL commits before `base_end`); `None` unless the incremental checksum
+/// after the last commit equals `final_post`, the full computation's.
+#[allow(clippy::too_many_arguments)]
+fn inner_checksums(
+    wal: &[u8],
+    commits: &[ltxfs_core::detect::Commit],
+    base_end: u64,
+    after: &[&ltxfs_core::detect::Commit],
+    last: &Header,
+    last_post: u64,
+    database: &File,
+    db_len: u64,
+    final_post: u64,
+) -> Option<Vec<u8>> {
+    use ltxfs_core::ltx::checksum::{lock_pgno, page_checksum, update_db_checksum};
+    let page_size = last.page_size;
+    let ps = page_size as usize;
+    let lock = lock_pgno(page_size);
+    // Each page's newest frame as of the position being computed.
+    let mut newest: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for c in commits.iter().filter(|c| c.wal.is_some_and(|w| w.offset < base_end)) {
+        for p in &c.pages {
+            newest.insert(p.pgno, p.wal_offset?);
+        }
+    }
+    let page_sum = |newest: &std::collections::BTreeMap<u32, u64>, pgno: u32| -> Option<u64> {
+        let mut page = vec![0u8; ps];
+        if let Some(off) = newest.get(&pgno) {
+            let at = usize::try_from(*off).ok()?;
+            page.copy_from_slice(wal.get(at..at + ps)?);
+        } else {
+            let at = u64::from(pgno - 1) * u64::from(page_size);
+            if at + u64::from(page_size) <= db_len {
+                database.read_exact_at(&mut page, at).ok()?;
+            }
+        }
+        Some(page_checksum(pgno, &page))
+    };
+    let mut sum = last_post;
+    let mut size = last.commit;
+    let mut out = Vec::with_capacity(after.len().saturating_sub(1) * 8);
+    for (i, c) in after.iter().enumerate() {
+        let written: std::collections::BTreeSet<u32> = c.pages.iter().map(|p| p.pgno).collect();
+        // Pages a shrink drops, then pages a growth adds without writing them.
+        for pgno in (c.commit + 1..=size).filter(|p| *p != lock) {
+            sum = update_db_checksum(sum, page_sum(&newest, pgno)?, 0);
+        }
+        for pgno in (size + 1..=c.commit).filter(|p| *p != lock && !written.contains(p)) {
+            sum = update_db_checksum(sum, 0, page_sum(&newest, pgno)?);
+        }
+        for p in c.pages.iter().filter(|p| p.pgno <= c.commit && p.pgno != lock) {
+            let old = if p.pgno <= size { page_sum(&newest, p.pgno)? } else { 0 };
+            newest.insert(p.pgno, p.wal_offset?);
+            sum = update_db_checksum(sum, old, page_sum(&newest, p.pgno)?);
+        }
+        size = c.commit;
+        if i + 1 < after.len() {
+            out.extend_from_slice(&sum.to_be_bytes());
+        }
+    }
+    (sum == final_post).then_some(out)
 }
 
 fn is_sqlite_file(path: &Path) -> bool {
@@ -364,6 +434,60 @@ mod tests {
         let bytes = ltx::encode_to_vec(header, pages.iter().map(|(p, d)| (*p, d.as_slice())), post).unwrap();
         fs::create_dir_all(dir.join("ltx")).unwrap();
         fs::write(dir.join("ltx").join(ltx::file_name(txid, txid)), bytes).unwrap();
+    }
+
+    /// The checksums recorded inside a rebuilt LTX equal a full computation of the database
+    /// after each WAL commit — growth, deletes, a VACUUM that shrinks the file, growth again.
+    #[test]
+    fn inner_checksums_follow_every_commit_of_the_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x INTEGER PRIMARY KEY, v TEXT);").unwrap();
+        for _ in 0..60 {
+            conn.execute("INSERT INTO t(v) VALUES (hex(randomblob(300)))", []).unwrap();
+        }
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        let steps = [
+            "INSERT INTO t(v) VALUES ('base')",
+            "INSERT INTO t(v) SELECT v FROM t WHERE x < 20",
+            "DELETE FROM t WHERE x % 2 = 0",
+            "VACUUM",
+            "UPDATE t SET v = 'short' WHERE x < 30",
+            "INSERT INTO t(v) SELECT hex(randomblob(500)) FROM t WHERE x < 40",
+        ];
+        for sql in steps {
+            conn.execute_batch(sql).unwrap();
+        }
+        let wal = fs::read(tmp.path().join("x.db-wal")).unwrap();
+        let database = File::open(&path).unwrap();
+        let image = fs::read(&path).unwrap();
+        let commits = ltxfs_core::detect::Detector::new(None).wal_data(0, &wal).unwrap();
+        assert_eq!(commits.len(), steps.len());
+        let ps = commits[0].page_size as usize;
+        assert!(commits.windows(2).any(|w| w[1].commit < w[0].commit), "the VACUUM shrinks the database");
+        // The database after each commit, computed in full.
+        let mut state = image.clone();
+        let mut expected = Vec::new();
+        for c in &commits {
+            state.resize(c.commit as usize * ps, 0);
+            for p in &c.pages {
+                let off = p.wal_offset.unwrap() as usize;
+                state[(p.pgno as usize - 1) * ps..p.pgno as usize * ps].copy_from_slice(&wal[off..off + ps]);
+            }
+            expected.push(db_checksum(&state, ps as u32));
+        }
+        let first = commits[0].wal.unwrap();
+        let base_end = first.offset + first.size;
+        let last = Header { page_size: ps as u32, commit: commits[0].commit, ..Header::default() };
+        let after: Vec<&ltxfs_core::detect::Commit> = commits[1..].iter().collect();
+        let n = expected.len();
+        let got = inner_checksums(&wal, &commits, base_end, &after, &last, expected[0], &database, image.len() as u64, expected[n - 1]);
+        let want: Vec<u8> = expected[1..n - 1].iter().flat_map(|c| c.to_be_bytes()).collect();
+        assert_eq!(got, Some(want));
+        // A final checksum that disagrees (a database that is not what the chain says): none.
+        assert_eq!(inner_checksums(&wal, &commits, base_end, &after, &last, expected[0] ^ 1, &database, image.len() as u64, expected[n - 1]), None);
+        drop(conn);
     }
 
     #[test]

@@ -163,6 +163,60 @@ fn a_replica_inside_a_merged_ltx_file_catches_up_after_the_primary_restarts() {
     }
 }
 
+/// Goal: after a kill -9 of the primary, the LTX it rebuilds from the WAL for the commits whose
+/// LTX were still in memory records the positions inside it, so a replica standing at one of them
+/// catches up incrementally. Method: the primary's LTX writer is held; 3 commits reach replica1,
+/// which stops; 3 more commit; kill -9 with the connection open; restart (one LTX rebuilt for
+/// all 6); replica1 comes back.
+#[test]
+fn a_replica_inside_an_ltx_rebuilt_from_the_wal_catches_up_without_a_snapshot() {
+    let mut cluster = Cluster::new();
+    let fp = cluster.nodes[0].root.join("failpoints");
+    std::fs::create_dir_all(&fp).unwrap();
+    cluster.nodes[0].env.push(("LTXFS_FAILPOINT_DIR".into(), fp.to_str().unwrap().into()));
+    cluster.nodes[0].start();
+    cluster.nodes[1].start();
+    let db = cluster.primary().db(DB);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    let insert = |v: &str| conn.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
+    insert("before");
+    let before = cluster.primary().pos(DB).unwrap();
+    let before_txid = u64::from_str_radix(&before[..16], 16).unwrap();
+    let ltx_dir = cluster.nodes[0].data.join("dbs").join(DB).join("ltx");
+    wait_until("the last LTX is written", || ltx_dir.join(ltxfs_core::ltx::file_name(before_txid, before_txid)).exists());
+
+    std::fs::write(fp.join("ltx-write.arm"), b"").unwrap();
+    insert("wakes the writer");
+    wait_until("the writer holds at its failpoint", || fp.join("ltx-write.reached").exists());
+    insert("seen by replica1 1");
+    insert("seen by replica1 2");
+    let inside = cluster.primary().pos(DB).unwrap();
+    let r1 = &cluster.nodes[1];
+    wait_until("replica1 has them", || r1.pos(DB).as_deref() == Some(inside.as_str()));
+    cluster.nodes[1].stop();
+    for i in 0..3 {
+        insert(&format!("after replica1 left {i}"));
+    }
+    let end = cluster.primary().pos(DB).unwrap();
+    cluster.nodes[0].kill9();
+    drop(conn);
+    std::fs::write(fp.join("ltx-write.release"), b"").unwrap(); // for nobody: the process is gone
+    cluster.nodes[0].start();
+    assert!(cluster.nodes[0].log().contains("rebuilt the LTX of WAL commits"), "log:\n{}", cluster.nodes[0].log());
+    assert_eq!(cluster.primary().pos(DB).as_deref(), Some(end.as_str()), "rebuilt to the same position");
+    let end_txid = u64::from_str_radix(&end[..16], 16).unwrap();
+    assert!(ltx_dir.join(ltxfs_core::ltx::file_name(before_txid + 1, end_txid)).exists(), "one LTX rebuilt for the 6 commits");
+    cluster.nodes[1].start();
+    let r1 = &cluster.nodes[1];
+    wait_until("replica1 caught up", || r1.pos(DB).as_deref() == Some(end.as_str()));
+    assert_eq!(r1.metric("ltxfs_snapshots_received_total"), 0.0, "caught up from inside the rebuilt LTX, no snapshot");
+    assert_eq!(sqlite3_ok(&r1.db(DB), "SELECT count(*) FROM t; PRAGMA integrity_check;"), "7\nok\n");
+    for n in &mut cluster.nodes {
+        n.stop();
+    }
+}
+
 /// The LTX of a WAL-mode commit is written without its own fsync once SQLite's frames are
 /// durable in the WAL (one fsync per commit instead of two). A power cut may then lose those
 /// LTX files — emulated here after a kill -9 by tearing every LTX file not yet synced (they

@@ -1008,7 +1008,7 @@ fn continues_wal_run(prev: &[u8], next: &Header) -> bool {
 pub const POINTS_XATTR: &str = "user.ltxfs.points";
 
 /// Sets [`POINTS_XATTR`] on a new LTX file; a failure only costs a snapshot later.
-fn write_points(file: &File, path: &Path, points: &[u8]) {
+pub fn write_points(file: &File, path: &Path, points: &[u8]) {
     use xattr::FileExt;
     if points.is_empty() {
         return;

@@ -71,7 +71,7 @@ fn random_sweep_finds_no_violation() {
     // Goal: random runs (faults, network, clocks, workload all derived from the seed) keep every
     // invariant with the real core. Method: SIM_SEEDS seeds on two threads; any failure names
     // its seed (reproduce with `cargo run -p sim -- run --seed N`).
-    let report = runner::swarm::<UnderTest>(0, sim_seeds(), 2, None, None, false, false);
+    let report = runner::swarm::<UnderTest>(0, sim_seeds(), 2, None, None, false, random::Bias::default());
     assert_eq!(report.seeds, sim_seeds());
     println!(
         "sweep: {} seeds, {:.0}x real time, {:.0} seeds/min, {:?} seeds/CPU-min",
@@ -151,7 +151,7 @@ mod planted {
 
     /// The first seed that fails with the planted bug and passes without it.
     fn hunt(planted: &str) -> Option<(u64, Invariant, String)> {
-        let report = runner::swarm::<UnderTest>(0, PLANTED_SEEDS, 2, None, Some(planted), true, false);
+        let report = runner::swarm::<UnderTest>(0, PLANTED_SEEDS, 2, None, Some(planted), true, random::Bias::default());
         for (seed, v) in report.failures {
             let s = random::scenario(seed, None);
             if runner::run::<UnderTest>(&s, false).violation.is_none() {

@@ -89,6 +89,8 @@ pub struct Checker {
     pub reads_checked: u64,
     /// `ClusterMismatch` events seen (refusals between nodes of different clusters).
     pub cluster_mismatches: u64,
+    /// Snapshots replicas applied (`SnapshotReset` events).
+    pub snapshot_resets: u64,
 }
 
 impl Checker {
@@ -101,6 +103,7 @@ impl Checker {
             lost_acked_writes: 0,
             reads_checked: 0,
             cluster_mismatches: 0,
+            snapshot_resets: 0,
         }
     }
 
@@ -140,6 +143,7 @@ impl Checker {
                 let track = &mut self.nodes[usize::from(node)];
                 track.pos.insert(db.clone(), (*txid, *checksum));
                 track.chain.insert(db.clone(), Chain::single(*txid, *checksum));
+                self.snapshot_resets += 1;
             }
             MachineEvent::ClusterMismatch { .. } => self.cluster_mismatches += 1,
             _ => {}

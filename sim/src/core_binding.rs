@@ -15,11 +15,25 @@
 //!   the disk's page files;
 //! - start-up reads only the simulated disk: per database the newest intact LTX file gives the
 //!   position and its lineage epoch, the contiguous chain ending there the retained files, plus
-//!   the persisted checksum index — fed as [`Input::OpenDb`];
+//!   the persisted checksum index — fed as [`Input::OpenDb`]. Files outside that chain that start
+//!   where a chain file starts and end before it are leftovers of an interrupted merge (below):
+//!   start-up deletes them (the merged file holds all they held) so that no later start-up can
+//!   take one for the newest file once the merged file is gone;
+//! - merged storage (`[merge_ltx]`): a one-transaction incremental `WriteLtx` may be stored merged
+//!   with the newest LTX file before it ([`LtxMerge`]: the world decides, seeded; the disk merges
+//!   with [`Machine::merge_stored_ltx`], compaction as the core's reference driver does) and is then
+//!   answered [`IoOutcome::LtxMerged`]. The merged file `pmin..max` is written atomically and made
+//!   durable (the commit point of a local commit) before the file it replaces is unlinked; a crash
+//!   before that leaves the old file alone (the write is lost, as any unsynced write), a crash
+//!   between leaves both (start-up removes the old one, above). A core that refuses the answer
+//!   (an `IoFailed` while handling it) fails the run: the disk merged with a file it does not
+//!   retain;
 //! - the checkers' facts come from the core's real outputs: a `WriteLtx` issued while handling a
 //!   local commit is the commit decision (its header and trailer give txid, pre and post, its
 //!   `epoch` field the epoch); a replica's `WriteLtx` gives the range, pre-apply checksum and frame
-//!   epoch that the core's `Applied` event then confirms; the view reads the node's getters.
+//!   epoch that the core's `Applied` event then confirms (merged or not: the facts are the
+//!   transaction's own LTX, as the core wrote it, never the merged file); the view reads the
+//!   node's getters.
 //!
 //! It never decides anything the core decides, and never looks inside the core's private state.
 
@@ -39,13 +53,15 @@ use ltxfs_core::time::{Time, WallMs};
 
 use crate::disk::SimDisk;
 use crate::machine::{
-    IoError, IoKind, IoValue, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
-    MachineView, NodeIdx, DbId, FilePath,
+    IoError, IoKind, IoValue, LeaseOp, LeaseResult, LtxMerge, Machine, MachineConfig, MachineEvent, MachineInput,
+    MachineOutput, MachineView, NodeIdx, DbId, FilePath,
 };
 use crate::trace::digest;
 
 /// The cluster id of the simulated cluster; [`MachineConfig::other_cluster`] nodes get this + 1.
 pub const CLUSTER_ID: u64 = 0x5eed;
+/// What start-up notes about each file it removes as a leftover of an interrupted merge.
+pub const MERGE_LEFTOVER: &str = "replaced by a merged file, left by a crash before its unlink";
 /// Bytes of the lineage epoch after each simulated LTX file.
 const EPOCH_SUFFIX: usize = 8;
 
@@ -156,6 +172,8 @@ pub struct CoreNode {
     /// The core's names of the databases seen so far (local commits, messages), reused by the
     /// message decoder and for local commits instead of a new allocation per message.
     known: Vec<DbName>,
+    /// While the core handles the answer to a write the disk stored merged.
+    merge_answered: bool,
 }
 
 impl CoreNode {
@@ -190,8 +208,11 @@ impl CoreNode {
         c
     }
 
-    /// What the simulated disk says about one database at start-up.
-    fn open_db(disk: &SimDisk, db: &str, now: Time) -> Option<OpenDb> {
+    /// What the simulated disk says about one database at start-up, and the leftovers of an
+    /// interrupted merge to delete: files outside the chain that start where a chain file
+    /// starts and end before it (the files a merged file replaced, still there because the
+    /// node crashed after the merged file was durable and before it unlinked them).
+    fn open_db(disk: &SimDisk, db: &str, now: Time) -> (Option<OpenDb>, Vec<FilePath>) {
         let mut files: BTreeMap<(u64, u64), (LtxFileMeta, u64, u32)> = BTreeMap::new();
         for (path, data) in disk.files() {
             let FilePath::Ltx { min_txid, max_txid, db: dir } = &path else { continue };
@@ -233,15 +254,17 @@ impl CoreNode {
                 (meta.post_apply_pos(), Epoch(epoch), page_size, chain)
             }
             None => {
-                let file = disk.db(db)?;
-                if file.commit == 0 {
-                    return None;
-                }
+                let Some(file) = disk.db(db).filter(|f| f.commit > 0) else { return (None, Vec::new()) };
                 (ltx::Pos::ZERO, Epoch::ZERO, file.page_size, Vec::new())
             }
         };
         chain.reverse();
-        Some(OpenDb {
+        let leftovers = files
+            .keys()
+            .filter(|(min, max)| chain.iter().any(|c| c.min_txid == *min && c.max_txid > *max))
+            .map(|(min, max)| ltx_path(DbId::from(db), *min, *max))
+            .collect();
+        let open = OpenDb {
             db: db_name(db),
             page_size,
             pos,
@@ -249,7 +272,8 @@ impl CoreNode {
             files: chain,
             points: Vec::new(),
             checksum_index: disk.file(&index_path(db)).map(<[u8]>::to_vec),
-        })
+        };
+        (Some(open), leftovers)
     }
 
     fn call(&mut self, input: Input) -> Result<(), InputError> {
@@ -319,7 +343,9 @@ impl CoreNode {
                 data.extend_from_slice(&epoch.0.to_be_bytes());
                 let path = ltx_path(self.id(&db), min_txid, max_txid);
                 let commit_of = local_commit.then(|| self.id(&db));
-                (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of }, Answer::Done)
+                // What `ltxfs` merges: one transaction's incremental LTX (the disk checks the rest).
+                let merge = if min_txid == max_txid && !header.is_snapshot() { LtxMerge::Allowed } else { LtxMerge::No };
+                (IoKind::WriteFile { path, data, fsync, atomic: true, commit_of, merge }, Answer::Done)
             }
             CoreIo::ApplyPages { db, page_size, commit, pages } => {
                 (IoKind::WritePages { db: self.id(&db), page_size, commit, pages, fsync: true }, Answer::Done)
@@ -337,7 +363,7 @@ impl CoreNode {
             }
             CoreIo::WriteChecksumIndex { db, bytes } => {
                 let path = index_path(db.as_str());
-                (IoKind::WriteFile { path, data: bytes, fsync: true, atomic: true, commit_of: None }, Answer::Done)
+                (IoKind::WriteFile { path, data: bytes, fsync: true, atomic: true, commit_of: None, merge: LtxMerge::No }, Answer::Done)
             }
         }
     }
@@ -403,6 +429,11 @@ impl CoreNode {
             Event::StaleEpochRejected { epoch, highest, .. } => MachineEvent::StaleEpochRejected { epoch: epoch.0, highest: highest.0 },
             Event::ChecksumMismatch { db, .. } => MachineEvent::ChecksumMismatch { db: self.id(&db) },
             Event::ClusterMismatch { peer, .. } => MachineEvent::ClusterMismatch { peer: node_idx(peer) },
+            // The core refuses a merge answer only if the merged files are not the chain it
+            // retains: the disk merged with a file the core does not know (a driver bug).
+            Event::IoFailed { db, error } if self.merge_answered => {
+                panic!("n{}: the core refused the merged LTX the disk stored for {db}: {error:?}", self.index + 1)
+            }
             other => MachineEvent::Note(format!("{other:?}")),
         })
     }
@@ -412,7 +443,7 @@ impl Machine for CoreNode {
     type Msg = Vec<u8>;
     const STREAMS: bool = true;
 
-    fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &SimDisk) -> Self {
+    fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &mut SimDisk) -> Self {
         let node = Node::new(CoreNode::config(config, id), node_id(id), time(now_us));
         let mut me = CoreNode {
             node,
@@ -423,6 +454,7 @@ impl Machine for CoreNode {
             applying: BTreeMap::new(),
             names: std::cell::RefCell::new(Vec::new()),
             known: Vec::new(),
+            merge_answered: false,
         };
         me.drain(false);
         let mut names: BTreeSet<String> = disk.dbs().map(|(name, _)| name.to_string()).collect();
@@ -432,7 +464,13 @@ impl Machine for CoreNode {
             }
         }
         for name in names {
-            if let Some(open) = CoreNode::open_db(disk, &name, time(now_us)) {
+            let (open, leftovers) = CoreNode::open_db(disk, &name, time(now_us));
+            for path in leftovers {
+                disk.remove_file(&path);
+                let note = format!("start-up removed {path}: {MERGE_LEFTOVER}");
+                me.out.push_back(MachineOutput::Event(MachineEvent::Note(note)));
+            }
+            if let Some(open) = open {
                 me.call(Input::OpenDb(open)).expect("start-up opens each database once");
             }
         }
@@ -483,6 +521,10 @@ impl Machine for CoreNode {
                         }
                         (Answer::Database, IoValue::Data(image)) => Ok(IoOutcome::Database(image)),
                         (Answer::Done, IoValue::Done) => Ok(IoOutcome::Done),
+                        (Answer::Done, IoValue::Merged { min_txid }) => {
+                            self.merge_answered = true;
+                            Ok(IoOutcome::LtxMerged { min_txid })
+                        }
                         (answer, value) => panic!("I/O {id}: expected {answer:?}, the disk answered {value:?}"),
                     },
                 };
@@ -502,7 +544,9 @@ impl Machine for CoreNode {
             MachineInput::PeerDisconnected { peer } => Input::PeerDisconnected { peer: node_id(peer) },
             MachineInput::LeaseObserved { holder, epoch } => Input::LeaseObserved { holder: holder.map(node_id), epoch: Epoch(epoch) },
         };
-        match self.call(input) {
+        let result = self.call(input);
+        self.merge_answered = false;
+        match result {
             Ok(()) => {}
             // An admin handoff to a node that is not a connected follower is refused: the
             // operator's request fails, nothing else happens.
@@ -576,5 +620,16 @@ impl Machine for CoreNode {
 
     fn planted_names() -> Vec<&'static str> {
         PLANTED_NAMES.to_vec()
+    }
+
+    /// The LTX parts merged as the core's reference driver merges them
+    /// ([`ltxfs_core::testing::merge_ltx`]: compaction, if `next` continues `prev`'s chain),
+    /// followed by `next`'s lineage epoch (the merged file's newest transaction is `next`'s).
+    fn merge_stored_ltx(prev: &[u8], next: &[u8]) -> Option<Vec<u8>> {
+        let (prev_ltx, _) = split_epoch(prev)?;
+        let (next_ltx, epoch) = split_epoch(next)?;
+        let mut merged = ltxfs_core::testing::merge_ltx(prev_ltx, next_ltx)?;
+        merged.extend_from_slice(&epoch.to_be_bytes());
+        Some(merged)
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use ltxfs_core::ltx::checksum;
 
-use crate::machine::{DbId, FilePath, IoError, IoKind, IoValue};
+use crate::machine::{DbId, FilePath, IoError, IoKind, IoValue, LtxMerge};
 
 #[derive(Debug, Clone, Default)]
 struct FileState {
@@ -508,6 +508,58 @@ impl SimDisk {
         }
     }
 
+    /// The write phase of an LTX file write the world decided to merge ([`LtxMerge::Try`]): if
+    /// the newest LTX file of its database (`prev`, `pmin..pmax`) is durable, starts after TXID 1
+    /// (not a snapshot), ends right before the written one-transaction file (`pmax + 1 = min`, no
+    /// file reaching `min` or later), spans fewer than `txids_max` TXIDs and `merge(prev, data)`
+    /// succeeds (it continues `prev`'s chain), the merged file `pmin..max` is written (atomically,
+    /// like every LTX file: unsynced until the command's fsync, never torn) and the command
+    /// becomes [`LtxMerge::Stored`], naming the merged file. `prev` stays until the command
+    /// completes (the world unlinks it then): a crash before the merged file is durable leaves
+    /// `prev` alone, one after it and before the unlink leaves both. Returns false, changing
+    /// nothing, when it does not merge (the caller then writes the command as it is).
+    pub fn write_merged(&mut self, kind: &mut IoKind, merge: impl FnOnce(&[u8], &[u8]) -> Option<Vec<u8>>) -> bool {
+        let IoKind::WriteFile { path, data, merge: how, .. } = kind else { return false };
+        let (&LtxMerge::Try { txids_max }, FilePath::Ltx { min_txid, max_txid, db }) = (&*how, &*path) else { return false };
+        let (min_txid, max_txid) = (*min_txid, *max_txid);
+        if min_txid != max_txid {
+            return false;
+        }
+        let Some(files) = self.files.ltx.get(db) else { return false };
+        let Some(((pmin, pmax), prev)) = files.files.back() else { return false };
+        let (pmin, pmax) = (*pmin, *pmax);
+        let fits = pmin > 1
+            && pmax.checked_add(1) == Some(min_txid)
+            && pmax - pmin + 1 < txids_max
+            && prev.undo.is_none()
+            && files.iter().all(|((_, max), _)| *max < min_txid);
+        if !fits {
+            return false;
+        }
+        let Some(merged) = merge(&prev.data, data) else { return false };
+        let db = db.clone();
+        let merged_path = FilePath::ltx(db.clone(), pmin, max_txid);
+        let replaced = FilePath::ltx(db, pmin, pmax);
+        let old = self.files.insert(&merged_path, FileState { data: merged, undo: Some(None) });
+        assert!(old.is_none(), "no file reaches the merged file's last TXID");
+        // Written to a temporary name and renamed into place: never torn.
+        self.last_unsynced = None;
+        *data = Vec::new();
+        *path = merged_path;
+        *how = LtxMerge::Stored { min_txid: pmin, replaced };
+        true
+    }
+
+    /// Whether an LTX file of `db` ending at `max_txid` exists with content a crash would lose.
+    pub fn is_ltx_unsynced(&self, db: &DbId, max_txid: u64) -> bool {
+        self.files.ltx.get(db).is_some_and(|files| files.iter().any(|((_, max), f)| *max == max_txid && f.undo.is_some()))
+    }
+
+    /// Removes a file (a journaled unlink: durable at once).
+    pub fn remove_file(&mut self, path: &FilePath) {
+        self.files.remove(path);
+    }
+
     /// Writes pages into a database file without syncing (what SQLite does through the mount
     /// before its commit point, and the first half of a replica's apply).
     pub fn write_pages(&mut self, db: &str, page_size: u32, commit: u32, pages: &[(u32, Vec<u8>)]) {
@@ -788,7 +840,72 @@ mod tests {
     }
 
     fn write_file(path: &str, data: &[u8]) -> IoKind {
-        IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true, atomic: false, commit_of: None }
+        IoKind::WriteFile { path: path.into(), data: data.to_vec(), fsync: true, atomic: false, commit_of: None, merge: LtxMerge::No }
+    }
+
+    fn ltx_write(min: u64, max: u64, data: &[u8], merge: LtxMerge) -> IoKind {
+        let path = FilePath::ltx(DbId::from("db"), min, max);
+        IoKind::WriteFile { path, data: data.to_vec(), fsync: true, atomic: true, commit_of: None, merge }
+    }
+
+    /// Concatenation stands in for the binding's LTX compaction.
+    fn concat(prev: &[u8], next: &[u8]) -> Option<Vec<u8>> {
+        Some([prev, next].concat())
+    }
+
+    fn ltx_ranges(disk: &SimDisk) -> Vec<(u64, u64)> {
+        disk.files().iter().filter_map(|(p, _)| match p {
+            FilePath::Ltx { min_txid, max_txid, .. } => Some((*min_txid, *max_txid)),
+            FilePath::Other(_) => None,
+        }).collect()
+    }
+
+    /// A merged write replaces the newest file only once durable: a crash before its fsync
+    /// leaves the old file alone, one after it (before the unlink) leaves both.
+    #[test]
+    fn merged_write_is_atomic_and_durable_before_the_old_file_goes() {
+        let try_merge = LtxMerge::Try { txids_max: 4 };
+        let mut disk = SimDisk::default();
+        let first = ltx_write(2, 3, b"ab", LtxMerge::No);
+        disk.write(&first).unwrap();
+        disk.fsync(&first);
+        // Crash before the merged file is durable: only the old file.
+        let mut next = ltx_write(4, 4, b"c", try_merge.clone());
+        assert!(disk.write_merged(&mut next, concat));
+        let IoKind::WriteFile { path, merge, .. } = &next else { unreachable!() };
+        assert_eq!(*path, FilePath::ltx(DbId::from("db"), 2, 4));
+        assert_eq!(*merge, LtxMerge::Stored { min_txid: 2, replaced: FilePath::ltx(DbId::from("db"), 2, 3) });
+        assert_eq!(disk.file(path), Some(&b"abc"[..]));
+        disk.crash();
+        assert_eq!(ltx_ranges(&disk), vec![(2, 3)]);
+        // Crash after it is durable, before the unlink: both.
+        let mut next = ltx_write(4, 4, b"c", try_merge.clone());
+        assert!(disk.write_merged(&mut next, concat));
+        disk.fsync(&next);
+        disk.crash();
+        assert_eq!(ltx_ranges(&disk), vec![(2, 3), (2, 4)]);
+    }
+
+    #[test]
+    fn merged_write_only_continues_the_newest_durable_file_within_the_span() {
+        let mut disk = SimDisk::default();
+        let snapshot = ltx_write(1, 3, b"s", LtxMerge::No);
+        disk.write(&snapshot).unwrap();
+        disk.fsync(&snapshot);
+        // Never into a file starting at TXID 1 (a snapshot).
+        assert!(!disk.write_merged(&mut ltx_write(4, 4, b"x", LtxMerge::Try { txids_max: 64 }), concat));
+        let four = ltx_write(4, 4, b"d", LtxMerge::No);
+        disk.write(&four).unwrap();
+        // Not into an unsynced file, nor past a gap, nor beyond the span, nor if asked not to.
+        assert!(!disk.write_merged(&mut ltx_write(5, 5, b"e", LtxMerge::Try { txids_max: 64 }), concat));
+        disk.fsync(&four);
+        assert!(!disk.write_merged(&mut ltx_write(6, 6, b"f", LtxMerge::Try { txids_max: 64 }), concat));
+        assert!(!disk.write_merged(&mut ltx_write(5, 5, b"e", LtxMerge::Try { txids_max: 1 }), concat));
+        assert!(!disk.write_merged(&mut ltx_write(5, 5, b"e", LtxMerge::Allowed), concat));
+        assert!(!disk.write_merged(&mut ltx_write(5, 5, b"e", LtxMerge::Try { txids_max: 64 }), |_, _| None));
+        assert_eq!(ltx_ranges(&disk), vec![(1, 3), (4, 4)]);
+        assert!(disk.write_merged(&mut ltx_write(5, 5, b"e", LtxMerge::Try { txids_max: 2 }), concat));
+        assert_eq!(ltx_ranges(&disk), vec![(1, 3), (4, 4), (4, 5)]);
     }
 
     #[test]

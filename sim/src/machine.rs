@@ -201,7 +201,8 @@ pub enum IoKind {
     /// `commit_of`: this is the LTX of a local commit of that database — its completion is the
     /// commit point (SQLite deletes its journal), so the database pages the client wrote become
     /// durable then, or are rolled back (hot journal) if the write failed.
-    WriteFile { path: FilePath, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<DbId> },
+    /// `merge`: whether the disk may store it merged with the file before it ([`LtxMerge`]).
+    WriteFile { path: FilePath, data: Vec<u8>, fsync: bool, atomic: bool, commit_of: Option<DbId>, merge: LtxMerge },
     /// Writes pages into a database file and sets its size to `commit` pages.
     WritePages { db: DbId, page_size: u32, commit: u32, pages: Vec<(u32, Vec<u8>)>, fsync: bool },
     /// Deletes files (a journaled unlink: durable at once; a missing file is not an error).
@@ -210,6 +211,25 @@ pub enum IoKind {
     ReadFiles { paths: Vec<FilePath> },
     /// Reads a database file as an image of `commit` pages; answers [`IoValue::Data`].
     ReadDb { db: String },
+}
+
+/// Whether an LTX file write may be stored merged with the newest LTX file of its database
+/// (the core's `IoOutcome::LtxMerged`: `ltxfs` stores a burst of WAL-mode commits as one file).
+/// The binding allows it, the world decides it (seeded), the disk carries it out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum LtxMerge {
+    /// Stored as written.
+    #[default]
+    No,
+    /// A one-transaction incremental LTX: the world may have the disk try to merge it.
+    Allowed,
+    /// The world decided to try: the disk merges it if the newest LTX file of its database ends
+    /// right before it and the merged file spans at most `txids_max` TXIDs
+    /// ([`crate::disk::SimDisk::write_merged`]).
+    Try { txids_max: u64 },
+    /// The disk stored it merged, as the file `min_txid..` (the command's `path` now names it);
+    /// the file it replaces is `replaced`, unlinked when the command completes.
+    Stored { min_txid: u64, replaced: FilePath },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -222,6 +242,8 @@ pub enum IoError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IoValue {
     Done,
+    /// A file write with [`LtxMerge::Stored`] completed: stored as one file from `min_txid`.
+    Merged { min_txid: u64 },
     Data(Vec<u8>),
     Files(Vec<Vec<u8>>),
 }
@@ -299,8 +321,10 @@ pub trait Machine: Sized {
     /// `PeerDisconnected` (a lost message breaks the stream); false for datagram-like delivery.
     const STREAMS: bool = false;
 
-    /// Starts (or restarts) a node; `disk` holds only what survived (durable data).
-    fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &SimDisk) -> Self;
+    /// Starts (or restarts) a node; `disk` holds only what survived (durable data). Start-up may
+    /// repair the disk as a real driver's start-up does (delete leftovers of an interrupted
+    /// merge); those deletes are durable at once.
+    fn start(config: &MachineConfig, id: NodeIdx, now_us: u64, disk: &mut SimDisk) -> Self;
     fn handle_input(&mut self, now_us: u64, input: MachineInput<Self::Msg>);
     fn handle_timeout(&mut self, now_us: u64);
     fn poll_output(&mut self) -> Option<MachineOutput<Self::Msg>>;
@@ -315,6 +339,12 @@ pub trait Machine: Sized {
     /// A message as text, for traces.
     fn msg_text(msg: &Self::Msg) -> String {
         format!("{msg:?}")
+    }
+    /// How the machine's driver stores the LTX file `next` merged with `prev`, the file before it
+    /// (both as stored on the simulated disk), or `None` if it cannot ([`LtxMerge`]). A machine
+    /// that never merges keeps the default.
+    fn merge_stored_ltx(_prev: &[u8], _next: &[u8]) -> Option<Vec<u8>> {
+        None
     }
     /// Names of planted bugs this machine can enable.
     fn planted_names() -> Vec<&'static str>;

@@ -1,9 +1,13 @@
 //! `sim`: the deterministic simulator's command line.
 //!
 //! - `sim scenario FILE...` — run scenario files; exit 0 iff every invariant and `[expect]` holds.
-//! - `sim run --seed N [--nodes K] [--trace]` — one random run; last line `trace-hash: <16 hex>`.
-//! - `sim swarm --seeds N [--jobs J] [--sync] [--planted NAME]` — many random runs in parallel;
-//!   prints simulated seconds per wall second and per CPU second, and seeds per CPU-minute.
+//! - `sim scenario FILE... [--trace]` — also prints `trace-hash: <16 hex>` per file.
+//! - `sim run --seed N [--nodes K] [--trace] [--merge seeded|on|off]` — one random run; last
+//!   line `trace-hash: <16 hex>`.
+//! - `sim swarm --seeds N [--jobs J] [--sync] [--merge seeded|on|off] [--planted NAME]` — many
+//!   random runs in parallel; prints simulated seconds per wall second and per CPU second, and
+//!   seeds per CPU-minute. `--merge`: merged LTX storage in a share of the seeds (default), in
+//!   every run, or in none ([`sim::random::MergeChoice`]).
 //! - `sim planted --list` — the names of the core's planted bugs (listed in every build; running
 //!   one needs `--features core-planted-bugs`).
 //!
@@ -15,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use sim::core_binding::{CoreNode, PLANTED_ENABLED};
 use sim::machine::Machine;
@@ -32,6 +36,26 @@ struct Cli {
     shrink_budget: usize,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--merge`: which random runs store LTX writes merged.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+enum MergeArg {
+    /// A share of the seeds, drawn from the seed.
+    #[default]
+    Seeded,
+    On,
+    Off,
+}
+
+impl MergeArg {
+    fn choice(self) -> random::MergeChoice {
+        match self {
+            MergeArg::Seeded => random::MergeChoice::Seeded,
+            MergeArg::On => random::MergeChoice::On,
+            MergeArg::Off => random::MergeChoice::Off,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -57,6 +81,9 @@ enum Command {
         /// Synchronous replication wherever the cluster has a replica (as `swarm --sync`).
         #[arg(long)]
         sync: bool,
+        /// Merged LTX storage: in a share of the seeds, always, or never.
+        #[arg(long, value_enum, default_value_t)]
+        merge: MergeArg,
     },
     /// Many random runs in parallel.
     Swarm {
@@ -73,6 +100,9 @@ enum Command {
         /// Bias every run to synchronous replication (sync_replicas >= 1 wherever possible).
         #[arg(long)]
         sync: bool,
+        /// Merged LTX storage: in a share of the seeds, always, or never.
+        #[arg(long, value_enum, default_value_t)]
+        merge: MergeArg,
     },
     /// Lists planted bugs.
     Planted {
@@ -133,6 +163,7 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                     println!("{line}");
                 }
                 println!("{}: {}", file.display(), runner::summary(&report, started.elapsed().as_millis()));
+                println!("trace-hash: {:016x}", report.trace_hash);
                 if report.violation.is_some() {
                     ok = false;
                     report_failure::<M>(cli, &s, &report);
@@ -144,8 +175,8 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Run { seed, nodes, trace, planted, sync } => {
-            let mut s = random::scenario_with(*seed, *nodes, *sync);
+        Command::Run { seed, nodes, trace, planted, sync, merge } => {
+            let mut s = random::scenario_biased(*seed, *nodes, random::Bias { sync: *sync, merge: merge.choice() });
             s.planted = planted.clone();
             let started = Instant::now();
             let report = runner::run::<M>(&s, *trace);
@@ -165,18 +196,20 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::Swarm { seeds, first, jobs, nodes, planted, sync } => {
+        Command::Swarm { seeds, first, jobs, nodes, planted, sync, merge } => {
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let report = runner::swarm::<M>(*first, *seeds, jobs, *nodes, planted.as_deref(), planted.is_some(), *sync);
+            let bias = random::Bias { sync: *sync, merge: merge.choice() };
+            let report = runner::swarm::<M>(*first, *seeds, jobs, *nodes, planted.as_deref(), planted.is_some(), bias);
             for (seed, v) in &report.failures {
                 println!("FAIL seed {seed}: {} at {:.3} ms: {}", v.invariant.name(), v.at_us as f64 / 1000.0, v.detail);
             }
             let cpu = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}"));
             println!(
-                "swarm: {} seeds, {} failed, {:.1} simulated s in {:.1} wall s on {jobs} jobs ({} CPU s): \
+                "swarm: {} seeds, {} failed, {} merged LTX writes, {:.1} simulated s in {:.1} wall s on {jobs} jobs ({} CPU s): \
                  {:.0} simulated s per wall s, {} per CPU s; {:.0} seeds/min, {} seeds per CPU-minute",
                 report.seeds,
                 report.failures.len(),
+                report.merged_ltx,
                 report.simulated_us as f64 / 1e6,
                 report.wall_ms as f64 / 1e3,
                 report.cpu_ms.map_or("n/a".to_string(), |ms| format!("{:.1}", ms as f64 / 1e3)),
@@ -186,7 +219,7 @@ fn main_with<M: Machine>(cli: &Cli) -> ExitCode {
                 cpu(report.seeds_per_cpu_minute()),
             );
             if let Some((seed, _)) = report.failures.first() {
-                let mut s = random::scenario_with(*seed, *nodes, *sync);
+                let mut s = random::scenario_biased(*seed, *nodes, bias);
                 s.planted = planted.clone();
                 let again = runner::run::<M>(&s, false);
                 report_failure::<M>(cli, &s, &again);

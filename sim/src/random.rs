@@ -14,7 +14,7 @@ use crate::disk::DiskFault;
 use crate::machine::Peer;
 use crate::net::NetConfig;
 use crate::rng::Rng;
-use crate::scenario::{Action, Scenario, Step};
+use crate::scenario::{Action, MergeLtx, Scenario, Step};
 
 /// Drift bound for random clock faults, in ppm.
 pub const DRIFT_PPM_BOUND: i64 = 200;
@@ -137,10 +137,51 @@ pub fn scenario(seed: u64, nodes: Option<u8>) -> Scenario {
 /// `sync_replicas` 1, or 2 in a third of the clusters of four or more nodes (drawn from a stream
 /// of its own, so everything else about the run is the same as without `sync`).
 pub fn scenario_with(seed: u64, nodes: Option<u8>, sync: bool) -> Scenario {
+    scenario_biased(seed, nodes, Bias { sync, merge: MergeChoice::Seeded })
+}
+
+/// Share of random runs whose disks store LTX writes merged ([`MergeChoice::Seeded`]).
+pub const MERGE_SHARE: f64 = 0.35;
+
+/// Whether a random run's disks store LTX writes merged ([`Scenario::merge_ltx`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MergeChoice {
+    /// In a share ([`MERGE_SHARE`]) of the seeds, drawn from the seed.
+    #[default]
+    Seeded,
+    /// In every run.
+    On,
+    /// In no run.
+    Off,
+}
+
+/// How a swarm biases its random runs; the default is the plain random run ([`scenario`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bias {
+    /// Synchronous replication wherever the cluster has a replica ([`scenario_with`]).
+    pub sync: bool,
+    pub merge: MergeChoice,
+}
+
+/// [`scenario_with`], with merged LTX storage as `bias.merge` says. Whether and how a run
+/// merges is drawn from a stream of its own: everything else about the run is the same as with
+/// merging off, and with merging off the run is the one it was before merging existed.
+pub fn scenario_biased(seed: u64, nodes: Option<u8>, bias: Bias) -> Scenario {
     let mut s = scenario_unbiased(seed, nodes);
-    if sync && s.nodes >= 2 {
+    if bias.sync && s.nodes >= 2 {
         let mut rng = Rng::new(seed, "sync");
         s.sync_replicas = if s.nodes >= 4 && rng.chance(1.0 / 3.0) { 2 } else { 1 };
+    }
+    let mut rng = Rng::new(seed, "merge-knob");
+    let on = match bias.merge {
+        MergeChoice::Seeded => rng.chance(MERGE_SHARE),
+        MergeChoice::On => true,
+        MergeChoice::Off => false,
+    };
+    if on {
+        let probability = *rng.pick(&[0.3, 0.7, 1.0]).expect("non-empty");
+        let txids_max = *rng.pick(&[2, 4, 16, 64]).expect("non-empty");
+        s.merge_ltx = Some(MergeLtx { probability, txids_max });
     }
     s
 }
@@ -180,6 +221,26 @@ mod tests {
             sync.sync_replicas = plain.sync_replicas;
             assert_eq!(sync, plain);
         }
+    }
+
+    #[test]
+    fn merge_bias_changes_only_the_merge_knob() {
+        let mut seeded_on = 0;
+        for seed in 0..200 {
+            let plain = scenario_biased(seed, None, Bias { sync: false, merge: MergeChoice::Off });
+            assert_eq!(plain.merge_ltx, None);
+            for merge in [MergeChoice::Seeded, MergeChoice::On] {
+                let mut s = scenario_biased(seed, None, Bias { sync: false, merge });
+                if merge == MergeChoice::On {
+                    assert!(s.merge_ltx.is_some_and(|m| m.probability > 0.0 && m.txids_max >= 2), "seed {seed}");
+                } else if s.merge_ltx.is_some() {
+                    seeded_on += 1;
+                }
+                s.merge_ltx = None;
+                assert_eq!(s, plain, "seed {seed}");
+            }
+        }
+        assert!((40..=100).contains(&seeded_on), "a share of seeds merges: {seeded_on} of 200");
     }
 
     #[test]

@@ -54,6 +54,8 @@ fn run_once<M: Machine>(s: &Scenario, trace_full: bool, trace_tail: bool) -> Run
         writes_failed: 0,
         writes_unknown: 0,
         reads: 0,
+        merged_ltx: 0,
+        snapshots: 0,
     })
 }
 
@@ -178,7 +180,7 @@ pub fn write_reproducer(dir: &Path, s: &Scenario, violation: &Violation) -> std:
 /// One line per run, as `scenario` and `swarm` print it.
 pub fn summary(report: &RunReport, wall_ms: u128) -> String {
     format!(
-        "{}: seed {} commits {} failovers {} lost_acked_writes {} writes ok/failed/unknown {}/{}/{} reads {} simulated {:.1}s wall {}ms => {}",
+        "{}: seed {} commits {} failovers {} lost_acked_writes {} writes ok/failed/unknown {}/{}/{} reads {} snapshots {} merged_ltx {} simulated {:.1}s wall {}ms => {}",
         report.name,
         report.seed,
         report.commits,
@@ -188,6 +190,8 @@ pub fn summary(report: &RunReport, wall_ms: u128) -> String {
         report.writes_failed,
         report.writes_unknown,
         report.reads,
+        report.snapshots,
+        report.merged_ltx,
         report.simulated_us as f64 / 1e6,
         wall_ms,
         match &report.violation {
@@ -203,6 +207,8 @@ pub struct SwarmReport {
     pub seeds: u64,
     pub failures: Vec<(u64, Violation)>,
     pub simulated_us: u64,
+    /// LTX writes stored merged, all runs together.
+    pub merged_ltx: u64,
     pub wall_ms: u128,
     /// CPU time (user + system) the process spent during the swarm, where the platform tells
     /// ([`process_cpu_ms`]).
@@ -242,8 +248,8 @@ pub fn process_cpu_ms() -> Option<u128> {
 }
 
 /// Runs seeds `first..first + count` on `jobs` threads. `stop_at_first`: stop handing out seeds
-/// once one fails (planted-bug hunts). `sync`: bias every run to synchronous replication
-/// ([`random::scenario_with`]).
+/// once one fails (planted-bug hunts). `bias`: synchronous replication, merged LTX storage
+/// ([`random::scenario_biased`]).
 #[allow(clippy::too_many_arguments)]
 pub fn swarm<M: Machine>(
     first: u64,
@@ -252,12 +258,13 @@ pub fn swarm<M: Machine>(
     nodes: Option<u8>,
     planted: Option<&str>,
     stop_at_first: bool,
-    sync: bool,
+    bias: random::Bias,
 ) -> SwarmReport {
     let cpu_before = process_cpu_ms();
     let next = AtomicU64::new(first);
     let failures = Mutex::new(Vec::new());
     let simulated = AtomicU64::new(0);
+    let merged = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -270,10 +277,11 @@ pub fn swarm<M: Machine>(
                 if seed >= first + count {
                     return;
                 }
-                let mut s = random::scenario_with(seed, nodes, sync);
+                let mut s = random::scenario_biased(seed, nodes, bias);
                 s.planted = planted.map(str::to_string);
                 let report = run_once::<M>(&s, false, false);
                 simulated.fetch_add(report.simulated_us, Ordering::Relaxed);
+                merged.fetch_add(report.merged_ltx, Ordering::Relaxed);
                 done.fetch_add(1, Ordering::Relaxed);
                 if let Some(v) = report.violation {
                     failures.lock().expect("no poisoned lock").push((seed, v));
@@ -287,6 +295,7 @@ pub fn swarm<M: Machine>(
         seeds: done.load(Ordering::Relaxed),
         failures,
         simulated_us: simulated.load(Ordering::Relaxed),
+        merged_ltx: merged.load(Ordering::Relaxed),
         wall_ms: started.elapsed().as_millis(),
         cpu_ms: process_cpu_ms().zip(cpu_before).map(|(after, before)| after.saturating_sub(before)),
     }

@@ -12,6 +12,13 @@
 //! `ClusterMismatch` refusals to have happened. A top-level `compress_ltx = false` runs every node
 //! with LZ4 compression of LTX files off (the core's `Config::compress_ltx`, LiteFS's
 //! `data.compress`); the default is on, as in production.
+//! Merged LTX storage: a `[merge_ltx]` table (`probability`, `txids_max`) lets each node's disk
+//! answer a one-transaction incremental LTX write by storing it merged with the node's newest LTX
+//! file before it (the core's `IoOutcome::LtxMerged`, as `ltxfs` stores bursts of WAL-mode
+//! commits): each such write is merged with chance `probability` (drawn from the run's seed) when
+//! the merged file would span at most `txids_max` TXIDs (2 or more); absent, nothing is merged.
+//! `[expect] max_snapshots = N` bounds the snapshots replicas applied (0: every catch-up was
+//! incremental), `[expect] min_merged_ltx = N` requires that many merged writes.
 //!
 //! This module decides nothing about running a scenario.
 
@@ -78,6 +85,19 @@ pub struct Expect {
     pub lost_acked_writes: Option<u64>,
     pub min_failovers: Option<u64>,
     pub min_cluster_mismatches: Option<u64>,
+    /// At most this many snapshots applied by replicas (`SnapshotReset` events).
+    pub max_snapshots: Option<u64>,
+    /// At least this many LTX writes stored merged.
+    pub min_merged_ltx: Option<u64>,
+}
+
+/// Merged LTX storage (`[merge_ltx]`): see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MergeLtx {
+    /// Chance that a write that can be merged is merged.
+    pub probability: f64,
+    /// Most TXIDs one merged file spans (at least 2).
+    pub txids_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +121,8 @@ pub struct Scenario {
     pub other_cluster: Vec<NodeIdx>,
     /// Whether nodes LZ4-compress the LTX files they write (`Config::compress_ltx`).
     pub compress_ltx: bool,
+    /// Whether (and how) disks store LTX writes merged; `None`: never.
+    pub merge_ltx: Option<MergeLtx>,
 }
 
 impl Scenario {
@@ -121,6 +143,7 @@ impl Scenario {
             liveness_ms: 30_000,
             other_cluster: Vec::new(),
             compress_ltx: true,
+            merge_ltx: None,
         }
     }
 }
@@ -139,6 +162,7 @@ struct RawScenario {
     liveness_ms: Option<u64>,
     other_cluster: Option<Spanned<Vec<Spanned<String>>>>,
     compress_ltx: Option<bool>,
+    merge_ltx: Option<Spanned<RawMergeLtx>>,
     workload: Option<RawWorkload>,
     network: Option<RawNetwork>,
     #[serde(default)]
@@ -151,6 +175,13 @@ struct RawScenario {
 struct RawWorkload {
     writes_per_s: Option<u32>,
     reads_per_s: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMergeLtx {
+    probability: f64,
+    txids_max: u64,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +200,8 @@ struct RawExpect {
     lost_acked_writes: Option<u64>,
     min_failovers: Option<u64>,
     min_cluster_mismatches: Option<u64>,
+    max_snapshots: Option<u64>,
+    min_merged_ltx: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +414,16 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     scenario.planted = raw.planted;
     scenario.liveness_ms = raw.liveness_ms.unwrap_or(scenario.liveness_ms);
     scenario.compress_ltx = raw.compress_ltx.unwrap_or(true);
+    if let Some(m) = &raw.merge_ltx {
+        let (probability, txids_max) = (m.get_ref().probability, m.get_ref().txids_max);
+        if !(0.0..=1.0).contains(&probability) || txids_max < 2 {
+            return Err(ScenarioError {
+                line: line_of(text, m.span().start),
+                message: format!("merge_ltx: probability {probability} must be in 0..=1 and txids_max {txids_max} at least 2"),
+            });
+        }
+        scenario.merge_ltx = Some(MergeLtx { probability, txids_max });
+    }
     if let Some(w) = raw.workload {
         scenario.workload.writes_per_s = w.writes_per_s.unwrap_or(scenario.workload.writes_per_s);
         scenario.workload.reads_per_s = w.reads_per_s.unwrap_or(scenario.workload.reads_per_s);
@@ -400,6 +443,8 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             lost_acked_writes: e.lost_acked_writes,
             min_failovers: e.min_failovers,
             min_cluster_mismatches: e.min_cluster_mismatches,
+            max_snapshots: e.max_snapshots,
+            min_merged_ltx: e.min_merged_ltx,
         };
     }
     if let Some(list) = &raw.other_cluster {
@@ -450,6 +495,9 @@ pub fn write(scenario: &Scenario) -> String {
     if !s.compress_ltx {
         let _ = writeln!(out, "compress_ltx = false");
     }
+    if let Some(m) = &s.merge_ltx {
+        let _ = writeln!(out, "\n[merge_ltx]\nprobability = {:?}\ntxids_max = {}", m.probability, m.txids_max);
+    }
     let _ = writeln!(out, "\n[workload]\nwrites_per_s = {}\nreads_per_s = {}", s.workload.writes_per_s, s.workload.reads_per_s);
     let n = &s.network;
     let _ = writeln!(
@@ -467,6 +515,12 @@ pub fn write(scenario: &Scenario) -> String {
         }
         if let Some(v) = s.expect.min_cluster_mismatches {
             let _ = writeln!(out, "min_cluster_mismatches = {v}");
+        }
+        if let Some(v) = s.expect.max_snapshots {
+            let _ = writeln!(out, "max_snapshots = {v}");
+        }
+        if let Some(v) = s.expect.min_merged_ltx {
+            let _ = writeln!(out, "min_merged_ltx = {v}");
         }
     }
     for step in &s.steps {
@@ -571,7 +625,7 @@ min_failovers = 1
         let times: Vec<u64> = s.steps.iter().map(|st| st.at_ms).collect();
         assert_eq!(times, vec![3000, 4000, 5000, 6000, 7000, 8000]);
         assert_eq!(s.steps[2].action, Action::Pause { node: 0 });
-        assert_eq!(s.expect, Expect { lost_acked_writes: Some(0), min_failovers: Some(1), min_cluster_mismatches: None });
+        assert_eq!(s.expect, Expect { lost_acked_writes: Some(0), min_failovers: Some(1), ..Expect::default() });
     }
 
     #[test]
@@ -629,5 +683,20 @@ min_failovers = 1
         assert!(back.compress_ltx, "compression is on unless a scenario turns it off");
         s.compress_ltx = false;
         assert_eq!(parse(&write(&s)).unwrap(), s);
+        assert_eq!(s.merge_ltx, None, "nothing is merged unless a scenario asks");
+        s.merge_ltx = Some(MergeLtx { probability: 0.25, txids_max: 8 });
+        s.expect.max_snapshots = Some(0);
+        s.expect.min_merged_ltx = Some(3);
+        assert_eq!(parse(&write(&s)).unwrap(), s);
+    }
+
+    #[test]
+    fn merge_ltx_out_of_range_names_its_line() {
+        let err = parse("name = \"x\"\n[merge_ltx]\nprobability = 1.5\ntxids_max = 4\n").unwrap_err();
+        assert!(err.message.contains("merge_ltx"), "{err}");
+        assert!(err.line >= 2, "{err}");
+        let err = parse("[merge_ltx]\nprobability = 0.5\ntxids_max = 1\n").unwrap_err();
+        assert!(err.message.contains("txids_max"), "{err}");
+        assert!(parse("[merge_ltx]\nprobability = 0.5\n").is_err(), "both keys are required");
     }
 }

@@ -18,7 +18,7 @@ use crate::clock::{NodeClock, TrueUs};
 use crate::disk::SimDisk;
 use crate::lease::LeaseService;
 use crate::machine::{
-    DbId, IoKind, LeaseOp, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
+    DbId, IoKind, IoValue, LeaseOp, LtxMerge, LeaseResult, Machine, MachineConfig, MachineEvent, MachineInput, MachineOutput,
     MachineView, NodeIdx, Peer,
 };
 use crate::net::Network;
@@ -52,7 +52,12 @@ enum Ev<Msg> {
     LeaseRequest { from: NodeIdx, inc: u32, id: u64, op: LeaseOp },
     LeaseReply { to: NodeIdx, inc: u32, id: u64, result: LeaseResult },
     Timer { node: NodeIdx, token: u64 },
-    IoWritten { node: NodeIdx, inc: u32, id: u64, done_at: TrueUs },
+    /// `synced_at`: the command may be stored merged ([`LtxMerge::Try`]); if it is, the merged
+    /// file is durable at this instant, before `done_at` (when the replaced file is unlinked).
+    IoWritten { node: NodeIdx, inc: u32, id: u64, done_at: TrueUs, synced_at: Option<TrueUs> },
+    /// A merged LTX file is durable (and the commit point of a local commit passed); the file it
+    /// replaced is still there until the command completes.
+    IoSynced { node: NodeIdx, inc: u32, id: u64 },
     IoDone { node: NodeIdx, inc: u32, id: u64, failed: Option<crate::machine::IoError> },
     Step(usize),
     ClientWrite,
@@ -153,6 +158,10 @@ pub struct RunReport {
     pub writes_failed: u64,
     pub writes_unknown: u64,
     pub reads: u64,
+    /// LTX writes the disks stored merged ([`crate::scenario::MergeLtx`]).
+    pub merged_ltx: u64,
+    /// Snapshots replicas applied.
+    pub snapshots: u64,
 }
 
 pub struct World<M: Machine> {
@@ -166,6 +175,11 @@ pub struct World<M: Machine> {
     rng_net: Rng,
     rng_disk: Rng,
     rng_work: Rng,
+    /// Which LTX writes the disks store merged, and how long the unlink after a merge takes
+    /// (a stream of its own: runs without merging draw nothing from it).
+    rng_merge: Rng,
+    /// LTX writes the disks stored merged.
+    merged_ltx: u64,
     config: MachineConfig,
     sessions: Vec<Session>,
     pub history: History,
@@ -235,6 +249,8 @@ impl<M: Machine> World<M> {
             rng_net: Rng::new(seed, "net"),
             rng_disk: Rng::new(seed, "disk"),
             rng_work,
+            rng_merge: Rng::new(seed, "merge"),
+            merged_ltx: 0,
             config,
             sessions,
             // Sized for the whole run: every client request of the safety phase is recorded.
@@ -353,6 +369,8 @@ impl<M: Machine> World<M> {
             writes_failed: count(&|o| matches!(o, Outcome::Failed(_))),
             writes_unknown: count(&|o| matches!(o, Outcome::Unknown)),
             reads: self.history.count(|op| matches!(op.kind, OpKind::Read { .. })) as u64,
+            merged_ltx: self.merged_ltx,
+            snapshots: self.checker.snapshot_resets,
             trace_full: self.trace.full,
         }
     }
@@ -467,14 +485,39 @@ impl<M: Machine> World<M> {
                 }
                 self.after_call(node, false);
             }
-            Ev::IoWritten { node, inc, id, done_at } => {
+            Ev::IoWritten { node, inc, id, done_at, synced_at } => {
                 let slot = &mut self.slots[usize::from(node)];
                 if slot.incarnation != inc {
                     return;
                 }
                 let Some(kind) = slot.io.get_mut(id) else { return };
+                if let Some(synced_at) = synced_at {
+                    if slot.disk.write_merged(kind, M::merge_stored_ltx) {
+                        self.merged_ltx += 1;
+                        if let IoKind::WriteFile { path, .. } = &*kind {
+                            let text = path.to_string();
+                            self.trace.record(self.now, &(15u8, node, id), || format!("n{} io {id} stored merged as {text}", node + 1));
+                        }
+                        self.push(synced_at, Ev::IoSynced { node, inc, id });
+                        self.push(done_at, Ev::IoDone { node, inc, id, failed: None });
+                        return;
+                    }
+                }
                 let result = slot.disk.write_taking(kind);
                 self.push(done_at, Ev::IoDone { node, inc, id, failed: result.err() });
+            }
+            Ev::IoSynced { node, inc, id } => {
+                let slot = &mut self.slots[usize::from(node)];
+                if slot.incarnation != inc {
+                    return;
+                }
+                let Some(kind) = slot.io.get_mut(id) else { return };
+                slot.disk.fsync(kind);
+                // The commit point: the merged file holds the commit durably.
+                if let IoKind::WriteFile { commit_of: Some(db), .. } = &*kind {
+                    let db = db.clone();
+                    slot.disk.sync_db(&db);
+                }
             }
             Ev::IoDone { node, inc, id, failed } => {
                 let slot = &mut self.slots[usize::from(node)];
@@ -500,7 +543,14 @@ impl<M: Machine> World<M> {
                         if let Some(db) = commit_of {
                             slot.disk.sync_db(db);
                         }
-                        slot.disk.read(&kind)
+                        match &kind {
+                            // Stored merged (durable since `IoSynced`): the replaced file goes.
+                            IoKind::WriteFile { merge: LtxMerge::Stored { min_txid, replaced }, .. } => {
+                                slot.disk.remove_file(replaced);
+                                Ok(IoValue::Merged { min_txid: *min_txid })
+                            }
+                            _ => slot.disk.read(&kind),
+                        }
                     }
                 };
                 self.trace.record(self.now, &(5u8, node, id, result.is_ok()), || format!("n{} io {id} done {:?}", node + 1, result.as_ref().err()));
@@ -636,19 +686,30 @@ impl<M: Machine> World<M> {
                     self.push(at, Ev::LeaseRequest { from: node, inc, id, op: op.clone() });
                 }
             }
-            MachineOutput::Io { id, kind } => {
+            MachineOutput::Io { id, mut kind } => {
                 // One disk per node, one command at a time: commands complete in the order issued.
                 let slot = &mut self.slots[usize::from(node)];
                 let failure = slot.disk.take_failure();
                 let start = self.now.max(slot.disk_free_at);
                 let write_at = start + self.rng_disk.range(20, 300);
                 let fsync = matches!(kind, IoKind::WriteFile { fsync: true, .. } | IoKind::WritePages { fsync: true, .. });
-                let done_at = write_at + if fsync { self.rng_disk.range(500, 4_000) } else { 10 };
+                let mut done_at = write_at + if fsync { self.rng_disk.range(500, 4_000) } else { 10 };
+                // A write the binding allows to merge: merged with the seeded probability. The
+                // unlink of the replaced file takes a while after the merged file is durable.
+                let mut synced_at = None;
+                if let (IoKind::WriteFile { merge: merge @ LtxMerge::Allowed, .. }, Some(m)) = (&mut kind, &self.scenario.merge_ltx) {
+                    if failure.is_none() && self.rng_merge.chance(m.probability) {
+                        *merge = LtxMerge::Try { txids_max: m.txids_max };
+                        synced_at = Some(done_at);
+                        // Unlink and directory fsync.
+                        done_at += self.rng_merge.range(100, 2_000);
+                    }
+                }
                 slot.disk_free_at = done_at;
                 slot.io.insert(id, kind);
                 match failure {
                     Some(error) => self.push(write_at, Ev::IoDone { node, inc, id, failed: Some(error) }),
-                    None => self.push(write_at, Ev::IoWritten { node, inc, id, done_at }),
+                    None => self.push(write_at, Ev::IoWritten { node, inc, id, done_at, synced_at }),
                 }
             }
             MachineOutput::Event(event) => {
@@ -662,8 +723,8 @@ impl<M: Machine> World<M> {
                 }
                 if let MachineEvent::Committed { db, txid, .. } = &event {
                     // Invariant 4 at its source: an acknowledged commit's LTX is durable.
-                    let path = crate::core_binding::ltx_path(db.clone(), *txid, *txid);
-                    if self.slots[usize::from(node)].disk.is_unsynced(&path) {
+                    // (Merged or not, the file holding it ends at `txid`.)
+                    if self.slots[usize::from(node)].disk.is_ltx_unsynced(db, *txid) {
                         let detail = format!("n{} acknowledged {db} txid {txid} before its LTX file was durable", node + 1);
                         self.checker.fail(Invariant::Durability, self.now, detail);
                     }
@@ -842,7 +903,7 @@ impl<M: Machine> World<M> {
         let local = self.local(node);
         let slot = &mut self.slots[usize::from(node)];
         assert_eq!(slot.status, Status::Crashed);
-        slot.machine = Some(M::start(&self.config, node, local, &slot.disk));
+        slot.machine = Some(M::start(&self.config, node, local, &mut slot.disk));
         slot.status = Status::Running;
         self.trace.record(self.now, &(9u8, node), || format!("n{} started", node + 1));
         self.after_call(node, true);
@@ -1043,6 +1104,18 @@ impl<M: Machine> World<M> {
             let seen = self.checker.cluster_mismatches;
             if seen < min {
                 self.checker.fail(Invariant::Expectation, self.now, format!("cluster mismatches = {seen} < {min}"));
+            }
+        }
+        if let Some(max) = expect.max_snapshots {
+            let seen = self.checker.snapshot_resets;
+            if seen > max {
+                self.checker.fail(Invariant::Expectation, self.now, format!("snapshots applied = {seen} > {max}"));
+            }
+        }
+        if let Some(min) = expect.min_merged_ltx {
+            if self.merged_ltx < min {
+                let merged = self.merged_ltx;
+                self.checker.fail(Invariant::Expectation, self.now, format!("merged LTX writes = {merged} < {min}"));
             }
         }
         if let Some(min) = expect.min_failovers {

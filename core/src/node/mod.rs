@@ -79,7 +79,7 @@ enum IoPurpose {
     Commit { db: DbName },
     ReplicaWriteLtx { db: DbName },
     ReplicaApply { db: DbName },
-    CatchUpRead { peer: NodeId, db: DbName, from: Option<crate::ltx::Pos> },
+    CatchUpRead { peer: NodeId, db: DbName, from: Option<crate::ltx::Pos>, files: Vec<(u64, u64)> },
     SnapshotRead { peer: NodeId, db: DbName },
     LoadIndex { db: DbName },
     /// Start-up repair of a database found behind its newest LTX: reading that file.
@@ -405,7 +405,7 @@ impl Node {
             IoPurpose::Commit { db } => self.on_commit_written(db, result),
             IoPurpose::ReplicaWriteLtx { db } => self.on_replica_ltx_written(db, result),
             IoPurpose::ReplicaApply { db } => self.on_replica_pages_applied(db, result),
-            IoPurpose::CatchUpRead { peer, db, from } => self.on_catch_up_read(peer, db, from, result),
+            IoPurpose::CatchUpRead { peer, db, from, files } => self.on_catch_up_read(peer, db, from, &files, result),
             IoPurpose::SnapshotRead { peer, db } => self.on_snapshot_read(peer, db, result),
             IoPurpose::LoadIndex { db } => self.on_index_image(db, result),
             IoPurpose::RepairRead { db } => self.on_repair_read(db, result),

@@ -260,7 +260,9 @@ impl Node {
             _ => None,
         });
         let handoff = match &p.phase {
-            Phase::HandingOff(h) => Some(h.until),
+            // Once the lease service has the request only its reply ends the handoff
+            // ([`Node::handoff_timer`]): a deadline reported then would fire forever.
+            Phase::HandingOff(h) if h.lease_request.is_none() => Some(h.until),
             _ => None,
         };
         sync.chain(handoff).chain(Some(self.heartbeat_at)).min()

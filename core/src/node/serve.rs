@@ -19,6 +19,10 @@ use super::*;
 /// until the next commit.
 const SNAPSHOT_ATTEMPTS_MAX: u32 = 3;
 
+/// Catch-up reads of one peer's database retried in a row because a merge renamed a file they
+/// named ([`PeerDb::read_retries`]); then a snapshot.
+pub(super) const CATCH_UP_READ_RETRIES_MAX: u32 = 8;
+
 /// What a serving node knows about one database of one peer.
 #[derive(Debug, Clone, Default)]
 pub(super) struct PeerDb {
@@ -32,6 +36,9 @@ pub(super) struct PeerDb {
     pub again: bool,
     pub force_snapshot: bool,
     pub snapshot_attempts: u32,
+    /// Catch-up reads in a row that failed because a file they named was renamed by a merge
+    /// since ([`CATCH_UP_READ_RETRIES_MAX`]).
+    pub read_retries: u32,
     pub reported_caught_up: bool,
 }
 
@@ -92,7 +99,15 @@ impl Node {
 
     /// Brings `peer` up to date on every database it streams, then sends `Ready` once.
     pub(super) fn pump_follower(&mut self, peer: NodeId) {
-        let Some(f) = self.followers.get(&peer) else { return };
+        let Some(f) = self.followers.get_mut(&peer) else { return };
+        if f.mode == StreamMode::Follow {
+            // Databases this node learned since the request (a recovery fetch): the follower
+            // may not have them at all; without an entry it would get one only at their next
+            // commit.
+            for name in self.dbs.keys() {
+                f.dbs.entry(name.clone()).or_default();
+            }
+        }
         let names: Vec<DbName> = f.dbs.keys().cloned().collect();
         for db in names {
             self.pump(peer, &db);
@@ -158,7 +173,8 @@ impl Node {
                     self.send_last_ltx(peer, db);
                 } else {
                     pd.busy = true;
-                    self.io(IoKind::ReadLtx { db: db.clone(), files }, IoPurpose::CatchUpRead { peer, db: db.clone(), from });
+                    let purpose = IoPurpose::CatchUpRead { peer, db: db.clone(), from, files: files.clone() };
+                    self.io(IoKind::ReadLtx { db: db.clone(), files }, purpose);
                 }
             }
             CatchUp::Snapshot { reason } => {
@@ -177,10 +193,24 @@ impl Node {
         Some(pd)
     }
 
-    pub(super) fn on_catch_up_read(&mut self, peer: NodeId, db: DbName, from: Option<Pos>, result: Result<IoOutcome, IoErrorKind>) {
+    pub(super) fn on_catch_up_read(&mut self, peer: NodeId, db: DbName, from: Option<Pos>, named: &[(u64, u64)], result: Result<IoOutcome, IoErrorKind>) {
         if self.finish_read(peer, &db).is_none() {
             return;
         }
+        // A file the read named was merged into another since (the driver answered a later
+        // write `LtxMerged`, which its contract lets make this read fail): decide again, with
+        // the merged file's name, instead of falling back to a snapshot — a bounded number of
+        // times in a row.
+        let renamed = matches!(result, Err(IoErrorKind::NotFound))
+            && self.dbs.get(&db).is_some_and(|d| named.iter().any(|(min, max)| d.files.get(min).is_none_or(|f| f.max_txid != *max)));
+        let pd = self.followers.get_mut(&peer).and_then(|f| f.dbs.get_mut(&db)).expect("checked");
+        if renamed && pd.read_retries < CATCH_UP_READ_RETRIES_MAX {
+            pd.read_retries += 1;
+            self.pump(peer, &db);
+            self.maybe_ready(peer);
+            return;
+        }
+        pd.read_retries = 0;
         let compacted = match result {
             Ok(IoOutcome::LtxFiles(files)) => self.compact_files(files, from),
             Ok(_) => Err(IoErrorKind::Failed),

@@ -573,6 +573,11 @@ impl<M: Machine> World<M> {
             }
             Ev::Sweep => {
                 self.push(self.now + SWEEP_US, Ev::Sweep);
+                if self.healed {
+                    for node in 0..self.scenario.nodes {
+                        self.restart_if_halted(node);
+                    }
+                }
                 // Broken streams reconnect here.
                 self.refresh_streams();
                 self.sweep();
@@ -1013,16 +1018,22 @@ impl<M: Machine> World<M> {
                 Status::Crashed => self.start_node(node),
                 Status::Running => {}
             }
-            // A database stopped by an error stays stopped until its node restarts (the core's
-            // documented limit): the operator restarts such nodes when the faults end.
-            let halted = self.slots[usize::from(node)].machine.as_ref().is_some_and(|m| !m.view().halted.is_empty());
-            if halted {
-                self.trace.record(self.now, &(13u8, node), || format!("n{} restarted: a database had halted", node + 1));
-                self.crash(node);
-                self.start_node(node);
-            }
+            self.restart_if_halted(node);
         }
         self.push(self.now + 1, Ev::Probe);
+    }
+
+    /// A database stopped by an error stays stopped until its node restarts (the core's
+    /// documented limit): once the faults end, the operator restarts such a node — at the heal,
+    /// or later when an I/O issued before the heal fails after it (its error was drawn then).
+    fn restart_if_halted(&mut self, node: NodeIdx) {
+        let slot = &self.slots[usize::from(node)];
+        let halted = slot.status == Status::Running && slot.machine.as_ref().is_some_and(|m| !m.view().halted.is_empty());
+        if halted {
+            self.trace.record(self.now, &(13u8, node), || format!("n{} restarted: a database had halted", node + 1));
+            self.crash(node);
+            self.start_node(node);
+        }
     }
 
     fn sweep(&mut self) {

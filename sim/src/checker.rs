@@ -323,6 +323,9 @@ impl Checker {
         }
         debug_assert!(track.pos.iter().map(|(d, p)| (&**d, *p)).eq(view_sorted(view)), "incremental position map");
         if restarted {
+            // A database the restarted node does not have (its only commits never became
+            // durable) has no history there any more.
+            track.chain.retain(|db, _| view.positions.iter().any(|(d, ..)| d == db));
             for (db, txid, checksum) in &view.positions {
                 let chain = chain_of(&mut track.chain, db);
                 chain.truncate_after(*txid);

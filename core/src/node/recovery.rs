@@ -32,8 +32,16 @@ pub(super) struct Recovery {
     /// Sources whose fetch failed earlier in this lease (kept across restarts of the phase):
     /// among equally advanced chains, another holder is preferred.
     failed: BTreeSet<NodeId>,
+    /// Fetches that failed in this lease (kept across restarts of the phase); async mode gives
+    /// up after [`ASYNC_FETCH_ATTEMPTS_MAX`].
+    fetch_failures: u32,
     fetch_until: Time,
 }
+
+/// Fetches an async-mode primary attempts in its recovery phase before it starts writing without
+/// the chain it could not fetch (a stream that broke once should not cost every write the peer
+/// holds; a peer that stays away should not keep the cluster from writing).
+pub(super) const ASYNC_FETCH_ATTEMPTS_MAX: u32 = 3;
 
 impl Recovery {
     pub(super) fn new(now: Time) -> Recovery {
@@ -44,6 +52,7 @@ impl Recovery {
             fetching: None,
             targets: BTreeMap::new(),
             failed: BTreeSet::new(),
+            fetch_failures: 0,
             fetch_until: Time::MAX,
         }
     }
@@ -236,17 +245,20 @@ impl Node {
         }
     }
 
-    /// A fetch from `sources` failed: sync mode asks again (safety first), preferring other
-    /// holders of the same chain; async mode gives up (best effort).
+    /// A fetch from `sources` failed: the phase starts again (asking every peer), preferring
+    /// other holders of the same chain — always in sync mode (safety first), in async mode (best
+    /// effort) up to [`ASYNC_FETCH_ATTEMPTS_MAX`] attempts, then it ends without that chain.
     fn recovery_fetch_failed(&mut self, sources: BTreeSet<NodeId>) {
-        if !self.is_sync() {
-            return self.complete_recovery();
-        }
+        let sync = self.is_sync();
         let now = self.now;
         let r = self.recovery_mut().expect("recovering");
+        let fetch_failures = r.fetch_failures.saturating_add(1);
+        if !sync && fetch_failures >= ASYNC_FETCH_ATTEMPTS_MAX {
+            return self.complete_recovery();
+        }
         let mut failed = std::mem::take(&mut r.failed);
         failed.extend(sources);
-        *r = Recovery { failed, ..Recovery::new(now) };
+        *r = Recovery { failed, fetch_failures, ..Recovery::new(now) };
         self.start_recovery();
     }
 

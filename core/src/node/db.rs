@@ -52,6 +52,10 @@ pub(crate) struct SyncWait {
 /// Which step of an apply is in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ApplyStage {
+    /// A snapshot: the files of the history it replaces are being deleted; its LTX is written
+    /// only once they are gone (a stale newer file left beside it would be taken for the
+    /// position at the next start-up).
+    DeletingReplaced,
     WritingLtx,
     ApplyingPages,
 }
@@ -73,6 +77,8 @@ pub(crate) struct PendingApply {
     /// The driver stored the LTX merged with the files from this TXID on
     /// ([`crate::node::IoOutcome::LtxMerged`]).
     pub merged_from: Option<u64>,
+    /// The LTX while the replaced files are deleted ([`ApplyStage::DeletingReplaced`]).
+    pub bytes: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]

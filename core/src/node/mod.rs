@@ -78,6 +78,7 @@ pub const OUTPUT_QUEUE_MAX: usize = 1 << 16;
 enum IoPurpose {
     Commit { db: DbName },
     ReplicaWriteLtx { db: DbName },
+    ReplicaDeleteReplaced { db: DbName },
     ReplicaApply { db: DbName },
     CatchUpRead { peer: NodeId, db: DbName, from: Option<crate::ltx::Pos>, files: Vec<(u64, u64)> },
     SnapshotRead { peer: NodeId, db: DbName },
@@ -404,6 +405,7 @@ impl Node {
         match purpose {
             IoPurpose::Commit { db } => self.on_commit_written(db, result),
             IoPurpose::ReplicaWriteLtx { db } => self.on_replica_ltx_written(db, result),
+            IoPurpose::ReplicaDeleteReplaced { db } => self.on_replaced_deleted(db, result),
             IoPurpose::ReplicaApply { db } => self.on_replica_pages_applied(db, result),
             IoPurpose::CatchUpRead { peer, db, from, files } => self.on_catch_up_read(peer, db, from, &files, result),
             IoPurpose::SnapshotRead { peer, db } => self.on_snapshot_read(peer, db, result),

@@ -129,17 +129,18 @@ impl Node {
             self.event(Event::HistoryReplaced { db: db.clone(), from: inc.from, old, old_epoch, new: post });
         }
         let d = self.dbs.get_mut(&db).expect("open");
+        let mut replaced: Vec<(u64, u64)> = Vec::new();
         if snapshot {
-            let old: Vec<(u64, u64)> = d.files.values().map(|f| (f.min_txid, f.max_txid)).filter(|r| *r != (1, post.txid)).collect();
+            replaced = d.files.values().map(|f| (f.min_txid, f.max_txid)).filter(|r| *r != (1, post.txid)).collect();
             d.files.clear();
             d.index = new_index.expect("snapshots rebuild the index");
             d.page_size = inc.header.page_size;
-            if !old.is_empty() {
-                self.io(IoKind::DeleteLtx { db: db.clone(), files: old }, IoPurpose::Housekeeping { db: db.clone() });
-            }
         }
         let d = self.dbs.get_mut(&db).expect("open");
         d.last_ltx = None;
+        let (min_txid, max_txid) = (inc.header.min_txid, inc.header.max_txid);
+        let stage = if replaced.is_empty() { ApplyStage::WritingLtx } else { ApplyStage::DeletingReplaced };
+        let (write_now, bytes) = if replaced.is_empty() { (Some(inc.bytes), None) } else { (None, Some(inc.bytes)) };
         d.state = DbState::Applying(PendingApply {
             from: inc.from,
             epoch: inc.epoch,
@@ -149,17 +150,38 @@ impl Node {
             page_sums,
             meta,
             snapshot,
-            stage: ApplyStage::WritingLtx,
+            stage,
             merged_from: None,
+            bytes,
         });
-        let kind = IoKind::WriteLtx {
-            db: db.clone(),
-            min_txid: inc.header.min_txid,
-            max_txid: inc.header.max_txid,
-            bytes: inc.bytes,
-            fsync: true,
-            epoch: inc.epoch,
-        };
+        match write_now {
+            Some(bytes) => {
+                let kind = IoKind::WriteLtx { db: db.clone(), min_txid, max_txid, bytes, fsync: true, epoch: inc.epoch };
+                self.io(kind, IoPurpose::ReplicaWriteLtx { db });
+            }
+            None => {
+                self.io(IoKind::DeleteLtx { db: db.clone(), files: replaced }, IoPurpose::ReplicaDeleteReplaced { db });
+            }
+        }
+    }
+
+    /// The files of the history a snapshot replaces are gone: write the snapshot's LTX. If they
+    /// could not be deleted the database stops (as after any failed apply step): writing the
+    /// snapshot beside a newer stale file would make a restart report that file's position.
+    pub(super) fn on_replaced_deleted(&mut self, db: DbName, result: Result<IoOutcome, IoErrorKind>) {
+        let d = self.dbs.get_mut(&db).expect("apply belongs to an open database");
+        let DbState::Applying(pa) = &mut d.state else { unreachable!("delete completion without an apply") };
+        assert_eq!(pa.stage, ApplyStage::DeletingReplaced);
+        if let Err(error) = result {
+            d.state = DbState::Halted;
+            d.queue.clear();
+            self.event(Event::IoFailed { db, error });
+            return;
+        }
+        pa.stage = ApplyStage::WritingLtx;
+        let bytes = pa.bytes.take().expect("kept while deleting");
+        let (min_txid, max_txid) = (pa.meta.min_txid, pa.meta.max_txid);
+        let kind = IoKind::WriteLtx { db: db.clone(), min_txid, max_txid, bytes, fsync: true, epoch: pa.epoch };
         self.io(kind, IoPurpose::ReplicaWriteLtx { db });
     }
 

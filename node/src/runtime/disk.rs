@@ -395,11 +395,19 @@ impl DataDir {
             }
             IoKind::DeleteLtx { db, files } => {
                 let mut result = Ok(());
+                let mut removed = false;
                 for (min, max) in files {
                     match fs::remove_file(self.ltx_path(db, *min, *max)) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => result = Err(e),
-                        _ => {}
+                        Err(_) => {}
+                        Ok(()) => removed = true,
                     }
+                }
+                if removed && result.is_ok() {
+                    // Durable before anything that follows: a snapshot's LTX is written only
+                    // after the files of the history it replaces are gone, and a crash that
+                    // brought them back would make start-up take a stale file for the position.
+                    result = File::open(self.ltx_dir(db)).and_then(|d| d.sync_all()).map(|()| stats::fsync(FsyncKind::Dir));
                 }
                 result.map(|()| IoOutcome::Done)
             }

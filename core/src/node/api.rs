@@ -146,7 +146,10 @@ pub enum IoKind {
     /// Read the whole database file as it is at the node's current position (the driver holds
     /// SQLite's read lock while reading). Answer: [`IoOutcome::Database`].
     ReadDatabase { db: DbName },
-    /// Delete these LTX files (retention, or superseded by a snapshot). Answer: `Done`.
+    /// Delete these LTX files (retention, or superseded by a snapshot), durably: a crash after
+    /// the answer must not bring them back (a snapshot that replaces them is written only after
+    /// it, and a stale newer file beside it would be taken for the position at start-up).
+    /// Answer: `Done`.
     DeleteLtx { db: DbName, files: Vec<(u64, u64)> },
     /// Persist the checksum index (atomically replace the previous one). Answer: `Done`.
     WriteChecksumIndex { db: DbName, bytes: Vec<u8> },

@@ -36,6 +36,17 @@ fn assert_converged(c: &Cluster, name: &DbName) {
     assert_eq!(db_checksum(image, PS), p1.pos.checksum, "position checksum equals a recomputation");
 }
 
+/// The TXIDs node `id` reached by its applies, in order.
+fn applied_txids(c: &Cluster, id: NodeId) -> Vec<u64> {
+    c.events_of(id, |e| matches!(e, Event::Applied { .. }))
+        .iter()
+        .map(|e| match e {
+            Event::Applied { pos, .. } => pos.txid,
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
 /// Goal: commits on the primary reach both replicas with equal positions and identical bytes.
 /// Method: 20 commits (growth, overwrite, truncation) on node 1 of a 3-node async cluster.
 #[test]
@@ -128,14 +139,7 @@ fn disconnected_replica_catches_up_on_reconnect() {
     c.run();
     assert_converged(&c, &a);
     // One compacted LTX (TXIDs 2..=3) took node 3 from 1 to 3: no snapshot, no per-file stream.
-    let applied: Vec<u64> = c
-        .events_of(N3, |e| matches!(e, Event::Applied { .. }))
-        .iter()
-        .map(|e| match e {
-            Event::Applied { pos, .. } => pos.txid,
-            _ => unreachable!(),
-        })
-        .collect();
+    let applied = applied_txids(&c, N3);
     assert_eq!(applied, vec![1, 3]);
     assert!(c.events_of(N1, |e| matches!(e, Event::SnapshotNeeded { .. })).is_empty());
     assert!(c.nodes[&N3].disk.dbs[&a].ltx.contains_key(&(2, 3)));
@@ -172,14 +176,7 @@ fn a_replica_inside_a_merged_file_catches_up_without_a_snapshot() {
     c.run();
     assert_converged(&c, &a);
     assert!(c.events_of(N1, |e| matches!(e, Event::SnapshotNeeded { .. })).is_empty(), "no snapshot");
-    let applied: Vec<u64> = c
-        .events_of(N3, |e| matches!(e, Event::Applied { .. }))
-        .iter()
-        .map(|e| match e {
-            Event::Applied { pos, .. } => pos.txid,
-            _ => unreachable!(),
-        })
-        .collect();
+    let applied = applied_txids(&c, N3);
     assert_eq!(applied, vec![1, 2, 3, 11], "one LTX from TXID 4 to 11");
     // Its file starts at its own position: 4..=11, not the primary's 2..=5 + 6..=9 + 10..=11.
     assert!(c.nodes[&N3].disk.dbs[&a].ltx.contains_key(&(4, 11)));

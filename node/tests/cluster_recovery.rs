@@ -106,6 +106,20 @@ fn late_replica_gets_a_snapshot_and_restarted_replica_catches_up_incrementally()
     }
 }
 
+/// The primary (with failpoints, `ltx-write` among them: its background LTX writer) and
+/// replica1 running; a WAL/NORMAL connection to the primary's database with table `t`.
+fn primary_and_replica1_with_writer_failpoint() -> (Cluster, std::path::PathBuf, rusqlite::Connection) {
+    let mut cluster = Cluster::new();
+    let fp = cluster.nodes[0].root.join("failpoints");
+    std::fs::create_dir_all(&fp).unwrap();
+    cluster.nodes[0].env.push(("LTXFS_FAILPOINT_DIR".into(), fp.to_str().unwrap().into()));
+    cluster.nodes[0].start();
+    cluster.nodes[1].start();
+    let conn = rusqlite::Connection::open(cluster.primary().db(DB)).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    (cluster, fp, conn)
+}
+
 /// Goal: a replica whose position lies inside a merged LTX file of the primary (WAL commits
 /// queued together share one file) catches up incrementally — no snapshot — even after the
 /// primary restarted (the positions inside the file are recorded with it). Method: the
@@ -114,15 +128,7 @@ fn late_replica_gets_a_snapshot_and_restarted_replica_catches_up_incrementally()
 /// one that woke it); the primary restarts; replica1 comes back.
 #[test]
 fn a_replica_inside_a_merged_ltx_file_catches_up_after_the_primary_restarts() {
-    let mut cluster = Cluster::new();
-    let fp = cluster.nodes[0].root.join("failpoints");
-    std::fs::create_dir_all(&fp).unwrap();
-    cluster.nodes[0].env.push(("LTXFS_FAILPOINT_DIR".into(), fp.to_str().unwrap().into()));
-    cluster.nodes[0].start();
-    cluster.nodes[1].start();
-    let db = cluster.primary().db(DB);
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    let (mut cluster, fp, conn) = primary_and_replica1_with_writer_failpoint();
     let insert = |v: &str| conn.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
     insert("before");
     let r1 = &cluster.nodes[1];
@@ -170,15 +176,7 @@ fn a_replica_inside_a_merged_ltx_file_catches_up_after_the_primary_restarts() {
 /// all 6); replica1 comes back.
 #[test]
 fn a_replica_inside_an_ltx_rebuilt_from_the_wal_catches_up_without_a_snapshot() {
-    let mut cluster = Cluster::new();
-    let fp = cluster.nodes[0].root.join("failpoints");
-    std::fs::create_dir_all(&fp).unwrap();
-    cluster.nodes[0].env.push(("LTXFS_FAILPOINT_DIR".into(), fp.to_str().unwrap().into()));
-    cluster.nodes[0].start();
-    cluster.nodes[1].start();
-    let db = cluster.primary().db(DB);
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    let (mut cluster, fp, conn) = primary_and_replica1_with_writer_failpoint();
     let insert = |v: &str| conn.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
     insert("before");
     let before = cluster.primary().pos(DB).unwrap();

@@ -165,6 +165,14 @@ impl Node {
         }
     }
 
+    /// A step of an apply failed: the database stops (queued LTX dropped) until the node restarts.
+    fn halt_apply(&mut self, db: DbName, error: IoErrorKind) {
+        let d = self.dbs.get_mut(&db).expect("apply belongs to an open database");
+        d.state = DbState::Halted;
+        d.queue.clear();
+        self.event(Event::IoFailed { db, error });
+    }
+
     /// The files of the history a snapshot replaces are gone: write the snapshot's LTX. If they
     /// could not be deleted the database stops (as after any failed apply step): writing the
     /// snapshot beside a newer stale file would make a restart report that file's position.
@@ -173,10 +181,7 @@ impl Node {
         let DbState::Applying(pa) = &mut d.state else { unreachable!("delete completion without an apply") };
         assert_eq!(pa.stage, ApplyStage::DeletingReplaced);
         if let Err(error) = result {
-            d.state = DbState::Halted;
-            d.queue.clear();
-            self.event(Event::IoFailed { db, error });
-            return;
+            return self.halt_apply(db, error);
         }
         pa.stage = ApplyStage::WritingLtx;
         let bytes = pa.bytes.take().expect("kept while deleting");
@@ -318,10 +323,7 @@ impl Node {
         let DbState::Applying(pa) = &mut d.state else { unreachable!("LTX write completion without an apply") };
         assert_eq!(pa.stage, ApplyStage::WritingLtx);
         if let Err(error) = result {
-            d.state = DbState::Halted;
-            d.queue.clear();
-            self.event(Event::IoFailed { db, error });
-            return;
+            return self.halt_apply(db, error);
         }
         if let Ok(IoOutcome::LtxMerged { min_txid }) = result {
             pa.merged_from = Some(min_txid);
@@ -342,10 +344,7 @@ impl Node {
         };
         assert_eq!(pa.stage, ApplyStage::ApplyingPages);
         if let Err(error) = result {
-            d.state = DbState::Halted;
-            d.queue.clear();
-            self.event(Event::IoFailed { db, error });
-            return;
+            return self.halt_apply(db, error);
         }
         d.set_pos(pa.post, pa.epoch);
         if !d.retain_written(pa.merged_from, pa.meta) {

@@ -591,11 +591,15 @@ impl DataDir {
     /// The bytes of a WAL-backed LTX file still waiting for the background writer: a group, or
     /// consecutive transactions of one (a read the core emitted before it learned of a merge).
     fn pending_bytes(&self, db: &DbName, min: u64, max: u64) -> Option<io::Result<Vec<u8>>> {
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let g = pending.get(db)?.groups.iter().find(|g| g.min_txid() <= min && max <= g.max_txid())?;
-        let from = g.members.iter().position(|(lo, _, _)| *lo == min)?;
-        let to = g.members.iter().position(|(_, hi, _)| *hi == max)?;
-        (from <= to).then(|| g.merged(from, to))
+        // Copied out under the lock, merged outside it (commits queue under that lock).
+        let part = {
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let g = pending.get(db)?.groups.iter().find(|g| g.min_txid() <= min && max <= g.max_txid())?;
+            let from = g.members.iter().position(|(lo, _, _)| *lo == min)?;
+            let to = g.members.iter().position(|(_, hi, _)| *hi == max)?;
+            (from <= to).then(|| PendingGroup { members: g.members[from..=to].to_vec(), open: false })?
+        };
+        Some(part.merged(0, part.members.len() - 1))
     }
 
     /// Asks the background writer to write `db`'s pending LTX files; false if it cannot run.
@@ -668,16 +672,20 @@ impl DataDir {
         let mut written = 0;
         // Bounded: the groups queued when it started; later ones get their own wake-up.
         for _ in 0..queued {
-            // Taken: closed, so that no transaction joins a group while it is written.
-            let front = {
+            // Taken: closed, so that no transaction joins a group while it is written. Its
+            // members are copied out (reference counts) and merged outside the lock: a commit
+            // queues its LTX under that lock and must not wait for the merge.
+            let taken = {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 pending.get_mut(db).and_then(|p| p.groups.front_mut()).map(|g| {
                     g.open = false;
-                    (g.min_txid(), g.max_txid(), g.members.len(), g.merged(0, g.members.len() - 1), g.points())
+                    PendingGroup { members: g.members.clone(), open: false }
                 })
             };
-            let Some((min, max, members, bytes, points)) = front else { break };
-            let bytes = bytes?;
+            let Some(group) = taken else { break };
+            let (min, max, members) = (group.min_txid(), group.max_txid(), group.members.len());
+            let bytes = group.merged(0, members - 1)?;
+            let points = group.points();
             let link = self.write_unsynced(db, min, max, &bytes, &points)?;
             let waiting = {
                 let mut unsynced = self.unsynced();

@@ -28,13 +28,20 @@
 
 use std::cell::Cell;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
 /// Requests between two looks at the caller's CPU (a look costs a `/proc` read, ~5 µs, so
-/// ~0.1 µs a request; a writer that moved is followed within ~32 WAL commits).
-pub const RESAMPLE_EVERY_REQUESTS: u32 = 64;
+/// ~0.3 µs a request; a writer that moved is followed within ~8 WAL commits, each of which
+/// costs ~50 µs more while the two are apart).
+pub const RESAMPLE_EVERY_REQUESTS: u32 = 16;
+
+/// A request this long after the previous one looks at once: the application did something
+/// else meanwhile and may have moved (a burst after a pause would otherwise run its first ~32
+/// commits across CPUs).
+pub const RESAMPLE_AFTER_GAP: Duration = Duration::from_millis(1);
 
 #[derive(Clone, Copy)]
 struct Follow {
@@ -42,10 +49,12 @@ struct Follow {
     countdown: u32,
     /// The CPU this thread is restricted to, if any.
     pinned_cpu: Option<usize>,
+    /// When the previous request came.
+    last_request: Option<Instant>,
 }
 
 thread_local! {
-    static FOLLOW: Cell<Follow> = const { Cell::new(Follow { countdown: 0, pinned_cpu: None }) };
+    static FOLLOW: Cell<Follow> = const { Cell::new(Follow { countdown: 0, pinned_cpu: None, last_request: None }) };
 }
 
 /// The CPUs the process may use: the first following thread's affinity before it was pinned.
@@ -55,6 +64,7 @@ static ALLOWED: OnceLock<CpuSet> = OnceLock::new();
 /// of the thread that spawns it: threads the FUSE thread may start (the background LTX writer,
 /// the runtime's blocking pool) call this first. Does nothing if no thread ever followed.
 pub fn release() {
+    crate::idle_handoff::leave();
     if let Some(allowed) = ALLOWED.get() {
         let _ = sched_setaffinity(Pid::from_raw(0), allowed);
     }
@@ -62,8 +72,16 @@ pub fn release() {
 
 /// Called by a FUSE thread for each hot request from thread `tid`.
 pub fn observe(tid: u32) {
+    observe_at(tid, Instant::now());
+}
+
+fn observe_at(tid: u32, now: Instant) {
     FOLLOW.with(|cell| {
         let mut f = cell.get();
+        if f.last_request.is_none_or(|t| now.duration_since(t) > RESAMPLE_AFTER_GAP) {
+            f.countdown = 0;
+        }
+        f.last_request = Some(now);
         if f.countdown > 0 {
             f.countdown -= 1;
             cell.set(f);
@@ -138,16 +156,26 @@ mod tests {
         let tid = nix::unistd::gettid().as_raw() as u32;
         let before = current_affinity().expect("affinity");
         std::thread::spawn(move || {
-            observe(tid);
+            // Requests 1 µs apart (no gap between them).
+            let t0 = Instant::now();
+            let at = |i: u32| t0 + Duration::from_micros(u64::from(i));
+            observe_at(tid, at(0));
             let pinned = FOLLOW.with(|c| c.get().pinned_cpu).expect("pinned after the first request");
             assert_eq!(nix::sched::sched_getcpu().expect("getcpu"), pinned);
             let now = current_affinity().expect("affinity");
             assert_eq!(cpus_in(&now), 1);
             // The next RESAMPLE_EVERY_REQUESTS requests do not look again.
-            for _ in 0..RESAMPLE_EVERY_REQUESTS {
-                observe(tid);
+            for i in 1..=RESAMPLE_EVERY_REQUESTS {
+                observe_at(tid, at(i));
             }
             assert_eq!(FOLLOW.with(|c| c.get().countdown), 0);
+            // The next looks again; so does one after a pause, however soon after a look.
+            observe_at(tid, at(RESAMPLE_EVERY_REQUESTS + 1));
+            assert_eq!(FOLLOW.with(|c| c.get().countdown), RESAMPLE_EVERY_REQUESTS);
+            observe_at(tid, at(RESAMPLE_EVERY_REQUESTS + 2));
+            assert_eq!(FOLLOW.with(|c| c.get().countdown), RESAMPLE_EVERY_REQUESTS - 1);
+            observe_at(tid, at(RESAMPLE_EVERY_REQUESTS + 2) + RESAMPLE_AFTER_GAP + Duration::from_micros(1));
+            assert_eq!(FOLLOW.with(|c| c.get().countdown), RESAMPLE_EVERY_REQUESTS, "a request after a gap looks at once");
         })
         .join()
         .expect("follower thread");

@@ -106,6 +106,8 @@ pub struct FuseConfig {
     pub debug: bool,
     /// Run the FUSE thread on the CPU of the application thread it serves (see the README).
     pub follow_caller_cpu: bool,
+    /// Run the FUSE thread at SCHED_IDLE, guarded against starvation (see the README).
+    pub idle_priority: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -256,6 +258,7 @@ impl Default for FuseConfig {
             allow_other: false,
             debug: false,
             follow_caller_cpu: true,
+            idle_priority: true,
         }
     }
 }
@@ -731,6 +734,7 @@ fuse:
   dir: /mnt/${NODE}
   allow-other: true
   follow-caller-cpu: false
+  idle-priority: false
 data:
   dir: /var/lib/ltxfs/$NODE
   compress: false
@@ -767,6 +771,8 @@ exec:
         assert!(config.fuse.allow_other);
         assert!(!config.fuse.follow_caller_cpu);
         assert!(Config::default().fuse.follow_caller_cpu, "on unless turned off");
+        assert!(!config.fuse.idle_priority);
+        assert!(Config::default().fuse.idle_priority, "on unless turned off");
         assert_eq!(config.data.dir, PathBuf::from("/var/lib/ltxfs/n1"));
         assert!(!config.data.compress);
         assert_eq!(config.data.retention, Duration::from_secs(90));

@@ -1624,9 +1624,16 @@ fn page_ranges(pages: &[u32]) -> Vec<(u32, u32)> {
     out
 }
 
+/// Every FUSE request starts here: counted, and the FUSE thread's scheduling policy kept
+/// (`node::idle_handoff`).
+fn begin_request(op: &str) {
+    stats::fuse_request(op);
+    node::idle_handoff::on_request();
+}
+
 impl Filesystem for LtxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        stats::fuse_request("init");
+        begin_request("init");
         // No FUSE_POSIX_LOCKS: the kernel keeps POSIX locks itself (module docs).
         // Optional: without it the kernel still sends OPENDIR (answered ENOSYS once).
         let _ = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
@@ -1634,7 +1641,7 @@ impl Filesystem for LtxFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        stats::fuse_request("lookup");
+        begin_request("lookup");
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if parent.0 != ROOT_INO {
@@ -1656,7 +1663,7 @@ impl Filesystem for LtxFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        stats::fuse_request("getattr");
+        begin_request("getattr");
         let view = View::of(self.shared.runtime.get());
         match self.state().attr(ino, &view) {
             Ok(attr) => reply.attr(&view.ttl(), &attr),
@@ -1682,7 +1689,7 @@ impl Filesystem for LtxFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        stats::fuse_request("setattr");
+        begin_request("setattr");
         let view = View::of(self.shared.runtime.get());
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
@@ -1732,7 +1739,7 @@ impl Filesystem for LtxFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        stats::fuse_request("unlink");
+        begin_request("unlink");
         let view = View::of(self.shared.runtime.get());
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
         let mut state = self.state();
@@ -1778,7 +1785,7 @@ impl Filesystem for LtxFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        stats::fuse_request("open");
+        begin_request("open");
         // The node's own descriptors (for its locks: a write lock needs a writable descriptor)
         // never write through the mount.
         let read_only = self.shared.read_only() && !self.shared.locks.is_opener(req.pid());
@@ -1815,7 +1822,7 @@ impl Filesystem for LtxFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        stats::fuse_request("create");
+        begin_request("create");
         let view = View::of(self.shared.runtime.get());
         let mut state = self.state();
         if parent.0 != ROOT_INO {
@@ -1885,7 +1892,7 @@ impl Filesystem for LtxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        stats::fuse_request("read");
+        begin_request("read");
         self.follow(req);
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
@@ -1926,7 +1933,7 @@ impl Filesystem for LtxFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        stats::fuse_request("write");
+        begin_request("write");
         self.follow(req);
         let read_only = self.shared.read_only();
         let Ok(rt) = self.shared.rt() else { return reply.error(Errno::EIO) };
@@ -2001,7 +2008,7 @@ impl Filesystem for LtxFs {
         reply: ReplyEmpty,
     ) {
         // close(): the kernel drops the owner's POSIX locks itself.
-        stats::fuse_request("flush");
+        begin_request("flush");
         reply.ok();
     }
 
@@ -2013,7 +2020,7 @@ impl Filesystem for LtxFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        stats::fuse_request("fsync");
+        begin_request("fsync");
         let mut state = self.state();
         let Some((id, kind)) = state.resolve(ino) else {
             return reply.ok();
@@ -2056,7 +2063,7 @@ impl Filesystem for LtxFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        stats::fuse_request("readdir");
+        begin_request("readdir");
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if ino.0 != ROOT_INO {
@@ -2094,7 +2101,7 @@ impl Filesystem for LtxFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        stats::fuse_request("access");
+        begin_request("access");
         let view = View::of(self.shared.runtime.get());
         let state = self.state();
         if let Err(err) = state.attr(ino, &view) {
@@ -2119,17 +2126,17 @@ impl Filesystem for LtxFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        stats::fuse_request("getxattr");
+        begin_request("getxattr");
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        stats::fuse_request("listxattr");
+        begin_request("listxattr");
         reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        stats::fuse_request("opendir");
+        begin_request("opendir");
         // ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR (it opens directories
         // itself, FUSE_NO_OPENDIR_SUPPORT); SQLite opens the directory on every DELETE-mode
         // commit to fsync it.
@@ -2144,7 +2151,7 @@ impl Filesystem for LtxFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        stats::fuse_request("fsyncdir");
+        begin_request("fsyncdir");
         // ENOSYS: the kernel answers later FSYNCDIRs with success itself (no round trip).
         // Names are backed by files in data.dir whose creation/removal the engine makes durable
         // where it matters (LTX); SQLite's directory fsync after a journal unlink needs no more.

@@ -5,5 +5,6 @@
 pub mod caller_cpu;
 pub mod failpoint;
 pub mod http;
+pub mod idle_handoff;
 pub mod lease;
 pub mod runtime;

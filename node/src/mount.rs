@@ -198,6 +198,12 @@ fn run_inner(request: MountRequest) -> Result<ExitCode, String> {
     let session = fuser::spawn_mount(LtxFs::new(shared.clone()), fuse_dir, &options)
         .map_err(|e| format!("cannot mount {}: {e}", fuse_dir.display()))?;
     shared.set_notifier(session.notifier(), fuse_dir.to_path_buf());
+    if config.fuse.idle_priority {
+        match node::idle_handoff::enable(fuse_dir) {
+            Ok(()) => tracing::debug!("FUSE thread at idle priority between requests (fuse.idle-priority)"),
+            Err(why) => tracing::info!(%why, "fuse.idle-priority: the FUSE thread keeps SCHED_OTHER"),
+        }
+    }
     let role = if plan.static_primary { "primary" } else { "replica" };
     tracing::info!(dir = %fuse_dir.display(), data = %data_dir.display(), role, "mounted");
 

@@ -342,6 +342,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
     use crate::runtime::stats;
     let fuse = stats::fuse_requests().into_iter().map(|(op, n)| (format!("{{op=\"{op}\"}}"), n.to_string())).collect();
     gauge("ltxfs_fuse_requests_total", "FUSE requests served, by opcode (process-wide).", "counter", fuse);
+    let demotions = vec![(String::new(), crate::idle_handoff::demotions().to_string())];
+    gauge("ltxfs_fuse_idle_demotions_total", "Times the FUSE thread was starved at idle priority and raised to SCHED_OTHER for a while (fuse.idle-priority).", "counter", demotions);
     let fsyncs = stats::fsyncs().into_iter().map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string())).collect();
     gauge("ltxfs_fsyncs_total", "fsync/fdatasync calls by kind: forwarded (SQLite's), wal (the node's before an LTX), ltx, dir, database (applies), metadata (process-wide).", "counter", fsyncs);
     for (name, help, h) in [

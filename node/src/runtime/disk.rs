@@ -611,6 +611,7 @@ impl DataDir {
             let data = DataDir { writer: Arc::default(), ..self.clone() };
             let spawned = std::thread::Builder::new().name("ltxfs-ltx-write".into()).spawn(move || {
                 crate::caller_cpu::release();
+                crate::idle_handoff::background();
                 use std::sync::atomic::Ordering::SeqCst;
                 while rx.recv().is_ok() {
                     data.writer_busy.store(true, SeqCst);

@@ -295,6 +295,9 @@ struct Db {
     /// The WAL was written since it was last synced (by SQLite's FSYNC or by this node): a
     /// commit then syncs it before its LTX; after SQLite's own FSYNC (synchronous=FULL) not.
     wal_unsynced: bool,
+    /// A checkpoint's database write started the background sync of the WAL-backed LTX files
+    /// (once per WAL generation: reset when the WAL restarts).
+    checkpoint_sync_started: bool,
     /// The journal operation that just committed a transaction got an unknown outcome: perform
     /// it, then fail it to SQLite ([`Db::fail_if_outcome_unknown`]).
     commit_unknown: bool,
@@ -1142,6 +1145,7 @@ impl State {
             wal_index,
             shm_change: 0,
             wal_unsynced: true,
+            checkpoint_sync_started: false,
             commit_unknown: false,
             settle_pending: false,
             wal_tail: WalTail::default(),
@@ -1967,9 +1971,18 @@ impl Filesystem for LtxFs {
                 return reply.error(err);
             }
             *lock(&db.wal_index) = WalIndex::default();
+            db.checkpoint_sync_started = false;
         }
         if kind == Kind::Wal {
             db.wal_unsynced = true;
+        }
+        if kind == Kind::Database && !db.checkpoint_sync_started && db.files[Kind::Wal as usize].is_some() {
+            // In WAL mode SQLite writes the database file only to checkpoint: the WAL restart
+            // that follows must find the WAL-backed LTX files durable; sync them meanwhile.
+            db.checkpoint_sync_started = true;
+            if let Ok(name) = db.db_name() {
+                rt.sync_before_wal_restart(&name);
+            }
         }
         let result = db
             .file(kind)

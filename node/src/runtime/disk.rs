@@ -825,13 +825,12 @@ impl DataDir {
         Ok(files.len())
     }
 
-    /// One background round ([`WAL_BACKED_SYNC_AHEAD`]): [`DataDir::sync_wal_backed`] (the
-    /// WAL, then every waiting file at once) while at least half of [`WAL_BACKED_SYNC_AHEAD`]
-    /// files wait.
-    fn sync_ahead_round(&self, db: &DbName) -> io::Result<usize> {
+    /// One background round: [`DataDir::sync_wal_backed`] (the WAL, then every waiting file at
+    /// once) while at least `min_files` files wait.
+    fn sync_ahead_round(&self, db: &DbName, min_files: usize) -> io::Result<usize> {
         let mut synced = 0;
         // Bounded: each pass takes every waiting file; files arrive one commit at a time.
-        while self.unsynced().get(db).map_or(0, |u| u.files.len()) >= WAL_BACKED_SYNC_AHEAD / 2 {
+        while self.unsynced().get(db).map_or(0, |u| u.files.len()) >= min_files.max(1) {
             synced += self.sync_wal_backed(db)?;
         }
         Ok(synced)
@@ -858,6 +857,29 @@ impl DataDir {
     /// ([`WAL_BACKED_SYNC_AHEAD`]). A failure is logged: the files stay queued for the next
     /// sync, which the WAL restart, a durable write or the shutdown does in the foreground.
     fn start_sync_ahead(&self, db: &DbName) {
+        self.start_sync_round(db, WAL_BACKED_SYNC_AHEAD / 2);
+    }
+
+    /// A WAL checkpoint started (SQLite writes the database file in WAL mode): syncs every
+    /// WAL-backed LTX file on a background thread now, so that the WAL restart after the
+    /// checkpoint (which must find them durable before SQLite overwrites their frames,
+    /// [`DataDir::sync_wal_backed`]) finds little or nothing left to sync: the syncs overlap
+    /// the checkpoint's own writes and fsync instead of stalling the next commit.
+    pub fn sync_before_wal_restart(&self, db: &DbName) {
+        let (pending, unsynced) = (
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(db),
+            self.unsynced().get(db).is_some_and(|u| !u.files.is_empty()),
+        );
+        if pending {
+            // Queued in memory: the writer writes them first; the restart syncs the rest.
+            self.wake_writer(db);
+        }
+        if unsynced {
+            self.start_sync_round(db, 1);
+        }
+    }
+
+    fn start_sync_round(&self, db: &DbName, min_files: usize) {
         let mut ahead = self.sync_ahead.lock().unwrap_or_else(|p| p.into_inner());
         let state = ahead.entry(db.clone()).or_default();
         if state.running {
@@ -867,7 +889,7 @@ impl DataDir {
         let (data, name) = (self.clone(), db.clone());
         let spawned = std::thread::Builder::new().name("ltxfs-ltx-sync".into()).spawn(move || {
             crate::caller_cpu::release();
-            if let Err(e) = data.sync_ahead_round(&name) {
+            if let Err(e) = data.sync_ahead_round(&name, min_files) {
                 tracing::warn!(db = %name, error = %e, "cannot sync WAL-backed LTX files ahead of time");
             }
             data.sync_ahead.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default().running = false;

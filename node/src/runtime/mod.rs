@@ -407,6 +407,12 @@ impl RuntimeHandle {
         self.data.sync_wal_backed(db)
     }
 
+    /// A WAL checkpoint of `db` started: its WAL-backed LTX files get synced in the background
+    /// ([`DataDir::sync_before_wal_restart`]).
+    pub fn sync_before_wal_restart(&self, db: &DbName) {
+        self.data.sync_before_wal_restart(db)
+    }
+
     /// Reads the latest state without copying it (the FUSE thread asks on every write).
     pub fn with_status<T>(&self, f: impl FnOnce(&Status) -> T) -> T {
         f(&self.status.lock().unwrap_or_else(|p| p.into_inner()))

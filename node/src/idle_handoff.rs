@@ -17,15 +17,16 @@
 //!
 //! The danger is starvation: a `SCHED_IDLE` thread gets almost no CPU next to a busy normal
 //! one, and every request waits for it. A guard thread (normal priority) reads the FUSE
-//! thread's run-queue wait (`/proc/self/task/<tid>/schedstat`) every [`GUARD_PERIOD_BUSY`]
-//! while requests flow (every [`GUARD_PERIOD_QUIET`] otherwise); when the thread started no
-//! request during a period although one was pending (the connection's `waiting` count in the
+//! thread's run-queue wait (`/proc/self/task/<tid>/schedstat`) after each [`GUARD_PERIOD_BUSY`]
+//! (each [`GUARD_PERIOD_QUIET`] once requests stopped) in which the thread started no request
+//! (while requests flow it reads nothing); when the thread started none during a period
+//! although one was pending (the connection's `waiting` count in the
 //! fusectl file system, when mounted) and spent [`STARVED_WAIT`] or more of it waiting for a
 //! CPU (waiting behind the application it just woke is normal: it preempts the FUSE thread on
 //! purpose; a long request blocked in I/O is not starvation), the guard switches the thread to
 //! `SCHED_OTHER` for [`DEMOTED_FIRST`], doubling up to [`DEMOTED_MAX`] while starvation
 //! recurs soon after each re-promotion. A request is thus held up by starvation for at most
-//! about one busy period (plus the guard's own wake-up) each time.
+//! about three busy periods (plus the guard's own wake-up) each time.
 //! `fuse.idle-priority: false` turns it off.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,13 +39,13 @@ use thread_priority::{
 };
 
 /// Guard period while requests flow (served within [`QUIET_AFTER`]).
-pub const GUARD_PERIOD_BUSY: Duration = Duration::from_millis(10);
+pub const GUARD_PERIOD_BUSY: Duration = Duration::from_millis(5);
 /// Guard period otherwise.
 pub const GUARD_PERIOD_QUIET: Duration = Duration::from_millis(50);
 /// No request for this long: the guard looks every [`GUARD_PERIOD_QUIET`].
 pub const QUIET_AFTER: Duration = Duration::from_millis(100);
 /// Run-queue wait within one guard period that counts as starvation.
-pub const STARVED_WAIT: Duration = Duration::from_millis(5);
+pub const STARVED_WAIT: Duration = Duration::from_millis(3);
 /// First demotion's length; doubled while starvation recurs within [`RECUR_WITHIN`].
 pub const DEMOTED_FIRST: Duration = Duration::from_secs(1);
 pub const DEMOTED_MAX: Duration = Duration::from_secs(64);
@@ -150,48 +151,56 @@ pub fn demotions() -> u64 {
 }
 
 fn guard(fuse: FuseThread) {
-    let Some(mut last_wait) = run_wait_ns(fuse.tid) else { return };
     let mut last_served = SERVED.load(Ordering::Relaxed);
     let mut last_activity = Instant::now();
     let mut demoted_for = DEMOTED_FIRST;
     let mut demoted_until: Option<Instant> = None;
     let mut promoted_at = Instant::now();
+    // The thread's run-queue wait at the end of the previous period, if no request started in
+    // it: while requests flow the guard reads nothing.
+    let mut baseline: Option<u64> = None;
     loop {
         let busy = last_activity.elapsed() < QUIET_AFTER;
         std::thread::sleep(if busy { GUARD_PERIOD_BUSY } else { GUARD_PERIOD_QUIET });
         let now = Instant::now();
         let served = SERVED.load(Ordering::Relaxed);
         let progressed = served != last_served;
+        last_served = served;
         if progressed {
-            last_served = served;
             last_activity = now;
+        }
+        if let Some(until) = demoted_until {
+            if now >= until && set_policy(fuse.native, NormalThreadSchedulePolicy::Idle).is_ok() {
+                demoted_until = None;
+                promoted_at = now;
+                baseline = None;
+            }
+            continue;
+        }
+        if progressed {
+            baseline = None;
+            continue;
         }
         // The FUSE thread is gone (unmounted): so is the guard.
         let Some(wait) = run_wait_ns(fuse.tid) else { return };
-        let waited = Duration::from_nanos(wait.saturating_sub(last_wait));
-        last_wait = wait;
-        match demoted_until {
-            // Starved: no request started for a whole period although one is pending, and the
-            // thread spent the time wanting a CPU (not blocked in a long request's I/O).
-            None if !progressed && waited >= STARVED_WAIT && request_pending() => {
-                if now.duration_since(promoted_at) < RECUR_WITHIN && DEMOTIONS.load(Ordering::Relaxed) > 0 {
-                    demoted_for = (demoted_for * 2).min(DEMOTED_MAX);
-                } else {
-                    demoted_for = DEMOTED_FIRST;
-                }
-                if set_policy(fuse.native, NormalThreadSchedulePolicy::Other).is_err() {
-                    tracing::error!("cannot raise the starved FUSE thread to SCHED_OTHER; the guard stops");
-                    return;
-                }
-                DEMOTIONS.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(waited_us = waited.as_micros() as u64, demoted_for_s = demoted_for.as_secs(), "FUSE thread starved at idle priority; SCHED_OTHER for a while");
-                demoted_until = Some(now + demoted_for);
+        let waited = baseline.map(|b| Duration::from_nanos(wait.saturating_sub(b)));
+        baseline = Some(wait);
+        // Starved: no request started for a whole period although one is pending, and the
+        // thread spent the time wanting a CPU (not blocked in a long request's I/O).
+        if waited.is_some_and(|w| w >= STARVED_WAIT) && request_pending() {
+            if now.duration_since(promoted_at) < RECUR_WITHIN && DEMOTIONS.load(Ordering::Relaxed) > 0 {
+                demoted_for = (demoted_for * 2).min(DEMOTED_MAX);
+            } else {
+                demoted_for = DEMOTED_FIRST;
             }
-            Some(until) if now >= until && set_policy(fuse.native, NormalThreadSchedulePolicy::Idle).is_ok() => {
-                demoted_until = None;
-                promoted_at = now;
+            if set_policy(fuse.native, NormalThreadSchedulePolicy::Other).is_err() {
+                tracing::error!("cannot raise the starved FUSE thread to SCHED_OTHER; the guard stops");
+                return;
             }
-            _ => {}
+            DEMOTIONS.fetch_add(1, Ordering::Relaxed);
+            let waited_us = waited.map_or(0, |w| w.as_micros() as u64);
+            tracing::info!(waited_us, demoted_for_s = demoted_for.as_secs(), "FUSE thread starved at idle priority; SCHED_OTHER for a while");
+            demoted_until = Some(now + demoted_for);
         }
     }
 }

@@ -741,19 +741,187 @@ fn database_behind_its_newest_ltx_is_repaired_by_reapplying_it() {
     assert_eq!(drain(&mut n), vec![Output::Send { to: N2, msg: Message::PositionAnswer { epoch: Epoch(2), cluster_id: CLUSTER, positions } }]);
 }
 
-#[test]
-fn database_matching_no_retained_ltx_forgets_its_position() {
-    let (mut n, out, _p1, p2, f2, _) = open_two_files();
-    // A file that re-applying 2-2 does not bring to p2 (page 1 is not in that LTX).
-    let mut image = page(9);
-    image.extend(page(2));
-    let actual = ltxfs_core::ltx::checksum::db_checksum(&image, PS);
+/// The outputs after the node reads `file` for the repair (its answer to the ReadLtx `out[0]`).
+fn answer_read(n: &mut Node, out: &[Output], at: Time, file: &[u8]) -> Vec<Output> {
+    n.handle_input(at, Input::IoDone { id: io_id(&out[0]), result: Ok(IoOutcome::LtxFiles(vec![file.to_vec()])) }).unwrap();
+    drain(n)
+}
+
+fn is_read_of(out: &[Output], range: (u64, u64)) -> bool {
+    matches!(out, [Output::Io(IoCommand { kind: IoKind::ReadLtx { files, .. }, .. })] if files == &vec![range])
+}
+
+fn is_apply_of(out: &[Output], commit: u32, pages: &[(u32, u8)]) -> bool {
+    let pages = pages.iter().map(|&(p, f)| (p, page(f))).collect();
+    let expected = IoKind::ApplyPages { db: db(), page_size: PS, commit, pages };
+    matches!(out, [Output::Io(IoCommand { kind, .. })] if *kind == expected)
+}
+
+/// A three-page database whose snapshot 1-1 retention already deleted, and retained files
+/// 2-2, 3-3, ... changing `changes[0]`, `changes[1]`, ... (page, fill). Node 1 (`cfg`) opens
+/// `db()` at their end with no index and is handed `image` as the file: returns the node, its
+/// outputs, the end position and the files from 2-2 on.
+fn open_chain_without_snapshot(cfg: Config, changes: &[&[(u32, u8)]], image: Vec<u8>) -> (Node, Vec<Output>, Pos, Vec<Vec<u8>>) {
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (_f1, mut pos) = make_ltx(&mut index, 1, Pos::ZERO, 3, &[(1, 1), (2, 2), (3, 3)]);
+    let (mut files, mut metas) = (Vec::new(), Vec::new());
+    for (txid, pages) in (2..).zip(changes) {
+        let (file, post) = make_ltx(&mut index, txid, pos, 3, pages);
+        metas.push(meta(txid, pos, post, &file));
+        files.push(file);
+        pos = post;
+    }
+    let mut n = Node::new(cfg, N1, Time::ZERO);
+    drain(&mut n);
+    let open = OpenDb { db: db(), page_size: PS, pos, epoch: E1, files: metas, points: vec![], checksum_index: None };
+    n.handle_input(ms(1), Input::OpenDb(open)).unwrap();
+    let out = drain(&mut n);
     n.handle_input(ms(2), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(image)) }).unwrap();
     let out = drain(&mut n);
-    n.handle_input(ms(3), Input::IoDone { id: io_id(&out[0]), result: Ok(IoOutcome::LtxFiles(vec![f2])) }).unwrap();
-    assert_eq!(drain(&mut n), vec![ev(Event::ChecksumMismatch { db: db(), expected: p2.checksum, actual })]);
+    (n, out, pos, files)
+}
+
+fn image_of(fills: &[u8]) -> Vec<u8> {
+    fills.iter().flat_map(|&f| page(f)).collect()
+}
+
+/// Seed 19693 (one node): a torn write of a local commit's pages (its LTX never became durable)
+/// left page 1 changed, a page the newest LTX does not hold. Re-applying only the newest file
+/// did not reach the position, so the node forgot it and, without a peer to send a snapshot,
+/// refused every write for good. The repair now walks the retained chain back until the pages
+/// read so far land on the position (nothing written until then), then writes them: each page
+/// once, with the newest file's value of it.
+#[test]
+fn database_torn_in_a_page_an_older_ltx_holds_is_repaired_from_the_chain() {
+    let (mut n, out, p3, files) = open_chain_without_snapshot(dynamic(&[2, 3]), &[&[(1, 3), (2, 4)], &[(2, 5)]], image_of(&[9, 5, 3]));
+    let (f2, f3) = (&files[0], &files[1]);
+    assert!(is_read_of(&out, (3, 3)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(3), f3);
+    assert!(is_read_of(&out, (2, 2)), "3-3 does not land: the older file is read, nothing written: {out:?}");
+    let out = answer_read(&mut n, &out, ms(4), f2);
+    // 3-3 and 2-2 land: 3-3 is read again and written, then 2-2's page 1 (its page 2 is 3-3's).
+    assert!(is_read_of(&out, (3, 3)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(5), f3);
+    assert!(is_apply_of(&out, 3, &[(2, 5)]), "{out:?}");
+    n.handle_input(ms(6), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    assert!(is_apply_of(&out, 3, &[(1, 3)]), "{out:?}");
+    assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(p3), "the position is kept while the repair runs");
+    n.handle_input(ms(7), done(io_id(&out[0]))).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()), Some(DbPos { epoch: E1, pos: p3 }));
+    assert_eq!(n.index_checksum(&db()), Some(p3.checksum));
+}
+
+/// As above when the chain starts at the snapshot: a page only the snapshot holds is repaired
+/// from it (the newest file re-applied alone used to leave page 1 torn and forget the position).
+#[test]
+fn database_torn_in_a_page_only_the_snapshot_holds_is_repaired_from_it() {
+    let (mut n, out, p1, p2, f2, _) = open_two_files();
+    let (f1, _) = make_ltx(&mut ChecksumIndex::new(PS).unwrap(), 1, Pos::ZERO, 1, &[(1, 1)]);
+    assert_eq!(ltx::decode_slice(&f1).unwrap().2.post_apply_checksum, p1.checksum);
+    n.handle_input(ms(2), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(image_of(&[9, 2]))) }).unwrap();
+    let out = drain(&mut n);
+    assert!(is_read_of(&out, (2, 2)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(3), &f2);
+    assert!(is_read_of(&out, (1, 1)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(4), &f1);
+    assert!(is_read_of(&out, (2, 2)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(5), &f2);
+    assert!(is_apply_of(&out, 2, &[(2, 4)]), "{out:?}");
+    n.handle_input(ms(6), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    assert!(is_apply_of(&out, 2, &[(1, 1)]), "{out:?}");
+    n.handle_input(ms(7), done(io_id(&out[0]))).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()), Some(DbPos { epoch: E1, pos: p2 }));
+}
+
+/// A file with a page no retained LTX holds (page 3 changed, retained files 2-2 and 3-3 touch
+/// pages 1 and 2) cannot be proven at any position: after the whole chain is read (and nothing
+/// written) the position is forgotten; the index describes the file as it is.
+#[test]
+fn database_matching_no_retained_ltx_forgets_its_position() {
+    let image = image_of(&[3, 5, 9]);
+    let actual = ltxfs_core::ltx::checksum::db_checksum(&image, PS);
+    let (mut n, out, p3, files) = open_chain_without_snapshot(dynamic(&[2, 3]), &[&[(1, 3), (2, 4)], &[(2, 5)]], image);
+    let (f2, f3) = (&files[0], &files[1]);
+    assert!(is_read_of(&out, (3, 3)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(3), f3);
+    assert!(is_read_of(&out, (2, 2)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(4), f2);
+    assert_eq!(out, vec![ev(Event::ChecksumMismatch { db: db(), expected: p3.checksum, actual })], "no page written");
     assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(Pos::ZERO));
     assert_eq!(n.index_checksum(&db()), Some(actual));
+}
+
+/// A repair read that fails forgets the position without writing anything.
+#[test]
+fn a_failed_repair_read_forgets_the_position() {
+    let image = image_of(&[9, 5, 3]);
+    let actual = ltxfs_core::ltx::checksum::db_checksum(&image, PS);
+    let (mut n, out, p3, files) = open_chain_without_snapshot(dynamic(&[2, 3]), &[&[(1, 3), (2, 4)], &[(2, 5)]], image);
+    let f3 = &files[1];
+    let out = answer_read(&mut n, &out, ms(3), f3);
+    assert!(is_read_of(&out, (2, 2)), "{out:?}");
+    n.handle_input(ms(4), Input::IoDone { id: io_id(&out[0]), result: Err(IoErrorKind::NotFound) }).unwrap();
+    assert_eq!(drain(&mut n), vec![ev(Event::ChecksumMismatch { db: db(), expected: p3.checksum, actual })]);
+    assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(Pos::ZERO));
+}
+
+/// A file read again in the writing pass must be the one the checking pass read (same LTX file
+/// checksum); another one forgets the position before anything is written.
+#[test]
+fn a_repair_file_that_changed_between_the_passes_forgets_the_position() {
+    let image = image_of(&[9, 5, 3]);
+    let actual = ltxfs_core::ltx::checksum::db_checksum(&image, PS);
+    let (mut n, out, p3, files) = open_chain_without_snapshot(dynamic(&[2, 3]), &[&[(1, 3), (2, 4)], &[(2, 5)]], image);
+    let out = answer_read(&mut n, &out, ms(3), &files[1]);
+    let out = answer_read(&mut n, &out, ms(4), &files[0]);
+    assert!(is_read_of(&out, (3, 3)), "{out:?}");
+    // The same range, pages and end, another timestamp: another file.
+    let (header, pages, trailer) = ltx::decode_slice(&files[1]).unwrap();
+    let other = ltx::encode_to_vec(Header { timestamp_ms: 6, ..header }, pages.iter().map(|(p, d)| (*p, d.as_slice())).collect::<Vec<_>>(), trailer.post_apply_checksum).unwrap();
+    assert_ne!(ltx::decode_slice(&other).unwrap().2.file_checksum, trailer.file_checksum);
+    let out = answer_read(&mut n, &out, ms(5), &other);
+    assert_eq!(out, vec![ev(Event::ChecksumMismatch { db: db(), expected: p3.checksum, actual })]);
+    assert_eq!(n.db_pos(&db()).map(|p| p.pos), Some(Pos::ZERO));
+}
+
+/// A chain file whose pages newer files all set again is read in both passes but not written.
+#[test]
+fn a_repair_writes_each_page_once_and_skips_a_file_left_with_none() {
+    let changes: &[&[(u32, u8)]] = &[&[(1, 3), (2, 4)], &[(2, 5)], &[(2, 6)]];
+    let (mut n, out, p4, files) = open_chain_without_snapshot(dynamic(&[2, 3]), changes, image_of(&[9, 6, 3]));
+    let mut out = out;
+    for (at, range) in [(3, (4, 4)), (4, (3, 3)), (5, (2, 2))] {
+        assert!(is_read_of(&out, range), "checking pass reads {range:?}: {out:?}");
+        out = answer_read(&mut n, &out, ms(at), &files[range.0 as usize - 2]);
+    }
+    assert!(is_read_of(&out, (4, 4)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(6), &files[2]);
+    assert!(is_apply_of(&out, 3, &[(2, 6)]), "{out:?}");
+    n.handle_input(ms(7), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    assert!(is_read_of(&out, (3, 3)), "{out:?}");
+    let out = answer_read(&mut n, &out, ms(8), &files[1]);
+    assert!(is_apply_of(&out, 3, &[(1, 3)]), "3-3 has nothing left to write; 2-2's page 1 follows: {out:?}");
+    n.handle_input(ms(9), done(io_id(&out[0]))).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()), Some(DbPos { epoch: E1, pos: p4 }));
+    assert_eq!(n.index_checksum(&db()), Some(p4.checksum));
+}
+
+/// Retention leaves a loading database alone: a repair may still need every file of its chain.
+#[test]
+fn retention_waits_for_a_repair_to_end() {
+    let mut cfg = dynamic(&[2, 3]);
+    cfg.retention.age_max = Duration::ZERO;
+    let (mut n, out, _p3, _files) = open_chain_without_snapshot(cfg, &[&[(1, 3), (2, 4)], &[(2, 5)]], image_of(&[9, 5, 3]));
+    assert!(is_read_of(&out, (3, 3)), "{out:?}");
+    n.handle_timeout(ms(600_000));
+    let deletes: Vec<Output> = drain(&mut n).into_iter().filter(|o| matches!(o, Output::Io(IoCommand { kind: IoKind::DeleteLtx { .. }, .. }))).collect();
+    assert_eq!(deletes, vec![]);
 }
 
 /// Seed 181 of `sim swarm --sync`: LTX files that arrive while a database is still loading are

@@ -107,6 +107,8 @@ pub(crate) struct Db {
     pub last_ltx: Option<(u64, u64, Vec<u8>)>,
     /// The position changed since the index was last persisted.
     pub index_dirty: bool,
+    /// The start-up repair in progress while loading, if the file was not at its position.
+    pub repair: Option<super::housekeeping::Repair>,
 }
 
 impl Db {
@@ -121,6 +123,7 @@ impl Db {
             queue: VecDeque::new(),
             last_ltx: None,
             index_dirty: false,
+            repair: None,
         }
     }
 

@@ -900,3 +900,50 @@ fn spilled_rollback_produces_no_ltx_persist_mode() {
 fn spilled_rollback_produces_no_ltx_wal_mode() {
     spilled_rollback_round_trip("WAL");
 }
+
+/// Scheduling policy (`/proc/<pid>/task/<tid>/stat` field 41: 0 SCHED_OTHER, 5 SCHED_IDLE) of
+/// every thread of process `pid`, by thread name.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string();
+        // After ')' come fields 3, 4, …: field 41 is the 39th of them.
+        let policy = stat[stat.rfind(')').unwrap() + 1..].split_ascii_whitespace().nth(38).unwrap().parse().unwrap();
+        out.push((name, policy));
+    }
+    out
+}
+
+/// Goal: `fuse.idle-priority` (default on) puts the FUSE thread and the background LTX writer at
+/// SCHED_IDLE, and no other thread of the node — the runtime, the guard, threads the FUSE thread
+/// started (lock opener, blocking pool) must not inherit it. Without the privilege to switch back
+/// (not root) the node keeps every thread at SCHED_OTHER.
+#[test]
+fn the_fuse_thread_and_the_ltx_writer_run_at_idle_priority_and_nothing_else_does() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let node = Node::start(true);
+    let conn = Connection::open(node.db("idle.db")).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch("PRAGMA synchronous=NORMAL; CREATE TABLE t(x INTEGER PRIMARY KEY);").unwrap();
+    for i in 0..50 {
+        conn.execute("INSERT INTO t(x) VALUES (?1)", [i]).unwrap();
+    }
+    // The last commit's LTX reached the writer: the writer thread exists.
+    assert_eq!(node.ltx_count_when("idle.db", 52), 52);
+    let pid = node.child.as_ref().unwrap().id();
+    let threads = thread_policies(pid);
+    let policy_of = |name: &str| threads.iter().filter(|(n, _)| n == name).map(|(_, p)| *p).collect::<Vec<_>>();
+    let privileged = nix::unistd::geteuid().is_root();
+    let idle = if privileged { SCHED_IDLE } else { SCHED_OTHER };
+    assert_eq!(policy_of("fuser-0"), vec![idle], "the FUSE thread: {threads:?}");
+    assert_eq!(policy_of("ltxfs-ltx-write"), vec![idle], "the LTX writer: {threads:?}");
+    let others: Vec<_> = threads.iter().filter(|(n, _)| n != "fuser-0" && n != "ltxfs-ltx-write").collect();
+    assert!(others.len() >= 3, "runtime threads and the main thread: {threads:?}");
+    assert!(others.iter().all(|(_, p)| *p == SCHED_OTHER), "every other thread at SCHED_OTHER: {threads:?}");
+    if privileged {
+        assert_eq!(policy_of("ltxfs-fuse-guar"), vec![SCHED_OTHER], "the guard runs: {threads:?}");
+    }
+}

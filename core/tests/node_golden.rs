@@ -1029,3 +1029,33 @@ fn diverged_old_primary_applies_the_snapshots_that_arrived_while_it_loaded() {
     assert_eq!(drain(&mut n), vec![ev(Event::Applied { db: db(), pos: theirs, from: N2 }), acked]);
     assert_eq!(n.db_pos(&db()).map(|p| (p.pos, p.epoch)), Some((theirs, Epoch(2))));
 }
+
+#[test]
+fn a_follower_reporting_a_position_of_another_history_counts_for_no_sync_commit() {
+    let mut n = primary_at_epoch_1(1);
+    // N2 reports TXID 5 of another history: not an ack of this node's TXID 1..=5.
+    follow(&mut n, ms(200), N2, Some(Pos { txid: 5, checksum: 0xdead_beef }));
+    let out = commit_durably(&mut n, ms(300), 1, &[(1, 1)]);
+    let pos1 = n.db_pos(&db()).unwrap().pos;
+    assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Committed { .. }))), "counted N2's other history as an ack: {out:?}");
+    // Once N2 acks this history's position (after its snapshot), the commit completes.
+    n.handle_input(ms(310), Input::Receive { from: N2, msg: Message::Ack { epoch: E1, db: db(), pos: pos1 } }).unwrap();
+    let out = drain(&mut n);
+    assert!(out.contains(&ev(Event::Committed { db: db(), pos: pos1 })), "{out:?}");
+}
+
+#[test]
+fn an_ack_of_a_position_on_another_history_counts_for_nothing() {
+    let mut n = primary_at_epoch_1(1);
+    follow(&mut n, ms(200), N2, None);
+    commit_durably(&mut n, ms(300), 1, &[(1, 1)]);
+    let pos1 = n.db_pos(&db()).unwrap().pos;
+    for other in [Pos { txid: pos1.txid, checksum: pos1.checksum ^ 1 }, Pos { txid: pos1.txid + 1, checksum: 7 }] {
+        n.handle_input(ms(310), Input::Receive { from: N2, msg: Message::Ack { epoch: E1, db: db(), pos: other } }).unwrap();
+        let out = drain(&mut n);
+        assert!(!out.iter().any(|o| matches!(o, Output::Event(Event::Committed { .. } | Event::ReplicaCaughtUp { .. }))), "{other:?}: {out:?}");
+    }
+    n.handle_input(ms(320), Input::Receive { from: N2, msg: Message::Ack { epoch: E1, db: db(), pos: pos1 } }).unwrap();
+    let out = drain(&mut n);
+    assert!(out.contains(&ev(Event::Committed { db: db(), pos: pos1 })), "{out:?}");
+}

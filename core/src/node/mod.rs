@@ -443,4 +443,16 @@ impl Node {
     fn db_pos_or_zero(&self, db: &DbName) -> Pos {
         self.dbs.get(db).map_or(Pos::ZERO, |d| d.pos)
     }
+
+    /// Whether `pos` is a position of this node's history of `db` that it can prove: its own
+    /// position, or one its retained files start, end or pass through with that checksum.
+    /// TXID 0 (nothing) is on every history. A position it cannot prove (older than the
+    /// retained files, or inside a merged file without points) counts as not on it.
+    fn on_our_history(&self, db: &DbName, pos: Pos) -> bool {
+        if pos.txid == 0 {
+            return true;
+        }
+        let Some(d) = self.dbs.get(db) else { return false };
+        pos == d.pos || (pos.txid < d.pos.txid && d.files.checksum_at(pos.txid) == Some(pos.checksum))
+    }
 }

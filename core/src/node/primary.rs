@@ -194,6 +194,11 @@ impl Node {
             return;
         }
         let ours = self.db_pos_or_zero(&db);
+        // An ack of a position this node cannot prove is on its history (a follower finishing
+        // an apply from a deposed primary, or on another history) counts for nothing.
+        if !self.on_our_history(&db, pos) {
+            return;
+        }
         let Some(pd) = self.followers.get_mut(&from).and_then(|f| f.dbs.get_mut(&db)) else { return };
         if pos.txid >= pd.acked.txid {
             pd.acked = pos;

@@ -76,9 +76,15 @@ impl Node {
             (StreamMode::Follow, Some(p)) => matches!(p.phase, super::lease::Phase::Recovering(_)),
             (StreamMode::Recovery, _) => false,
         };
+        // A reported position counts as acknowledged only if it is on this node's history: a
+        // follower on another history at TXID 30 has not acked this node's TXID 30 (it gets a
+        // snapshot, and counts for a sync commit once it acks a position of this history).
         let mut dbs: BTreeMap<DbName, PeerDb> = positions
             .into_iter()
-            .map(|(name, p)| (name, PeerDb { sent: p.pos, acked: p.pos, ..PeerDb::default() }))
+            .map(|(name, p)| {
+                let acked = if self.on_our_history(&name, p.pos) { p.pos } else { Pos::ZERO };
+                (name, PeerDb { sent: p.pos, acked, ..PeerDb::default() })
+            })
             .collect();
         if mode == StreamMode::Follow {
             for name in self.dbs.keys() {
@@ -346,9 +352,10 @@ impl Node {
         if !self.accept_epoch(from, epoch) {
             return;
         }
+        let on_history = self.on_our_history(&db, pos);
         let Some(pd) = self.followers.get_mut(&from).and_then(|f| f.dbs.get_mut(&db)) else { return };
         pd.sent = pos;
-        pd.acked = pos;
+        pd.acked = if on_history { pos } else { Pos::ZERO };
         self.pump(from, &db);
     }
 

@@ -1059,3 +1059,53 @@ fn an_ack_of_a_position_on_another_history_counts_for_nothing() {
     let out = drain(&mut n);
     assert!(out.contains(&ev(Event::Committed { db: db(), pos: pos1 })), "{out:?}");
 }
+
+#[test]
+fn a_duplicate_ending_at_our_txid_with_another_checksum_asks_for_a_resync() {
+    let mut n = static_replica();
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (snap, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 1)]);
+    apply(&mut n, ltx_msg(E1, &snap));
+    let mut other = index.clone();
+    let (two, p2) = make_ltx(&mut index, 2, p1, 1, &[(1, 2)]);
+    apply(&mut n, ltx_msg(E1, &two));
+    // TXID 2 of another history (a new primary's own TXID 2): not a duplicate to skip.
+    let (other_two, q2) = make_ltx(&mut other, 2, p1, 1, &[(1, 9)]);
+    assert_ne!(p2, q2);
+    n.handle_input(ms(20), ltx_msg(E1, &other_two)).unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            ev(Event::PreApplyMismatch { db: db(), have: p2, need: q2, from: N1 }),
+            Output::Send { to: N1, msg: Message::Resync { epoch: E1, db: db(), pos: p2 } },
+        ]
+    );
+    // A true duplicate is still skipped without a word.
+    n.handle_input(ms(30), ltx_msg(E1, &two)).unwrap();
+    assert_eq!(drain(&mut n), vec![]);
+    assert_eq!(n.db_pos(&db()).unwrap().pos, p2);
+}
+
+#[test]
+fn an_apply_of_an_older_epoch_finishing_after_a_new_primary_won_tells_the_new_primary() {
+    let mut n = Node::new(dynamic(&[1, 3]), N2, Time::ZERO);
+    for input in [Input::LeaseObserved { holder: Some(N1), epoch: E1 }, Input::PeerConnected { peer: N1 }, Input::PeerConnected { peer: N3 }] {
+        n.handle_input(ms(1), input).unwrap();
+        drain(&mut n);
+    }
+    assert_eq!(n.upstream(), Some(N1));
+    let mut index = ChecksumIndex::new(PS).unwrap();
+    let (snap, p1) = make_ltx(&mut index, 1, Pos::ZERO, 1, &[(1, 1)]);
+    n.handle_input(ms(10), ltx_msg(E1, &snap)).unwrap();
+    let out = drain(&mut n);
+    let write = out.iter().find(|o| matches!(o, Output::Io(IoCommand { kind: IoKind::WriteLtx { .. }, .. }))).cloned().expect("the LTX write");
+    // While the write is in flight N3 wins epoch 2 and N2 asks it for its stream (position 0).
+    n.handle_input(ms(20), Input::LeaseObserved { holder: Some(N3), epoch: Epoch(2) }).unwrap();
+    drain(&mut n);
+    assert_eq!(n.upstream(), Some(N3));
+    n.handle_input(ms(30), done(io_id(&write))).unwrap();
+    let out = drain(&mut n);
+    n.handle_input(ms(30), done(io_id(&out[0]))).unwrap();
+    let out = drain(&mut n);
+    assert!(out.contains(&Output::Send { to: N3, msg: Message::Resync { epoch: Epoch(2), db: db(), pos: p1 } }), "{out:?}");
+}

@@ -279,7 +279,20 @@ impl Node {
     fn check_incremental(&mut self, db: &DbName, inc: &Incoming) -> Option<Checked> {
         let d = self.dbs.get(db).expect("open");
         if inc.header.max_txid <= d.pos.txid {
-            self.apply_next(db.clone()); // a duplicate of something already applied
+            // A duplicate of something already applied — if it ends on this node's history. One
+            // that ends at a position this node holds with another checksum (an apply from a
+            // deposed primary that finished after this node asked the new one for its stream)
+            // is a divergence: ask for a resync, which the primary answers with a snapshot.
+            let ours = if inc.header.max_txid == d.pos.txid { Some(d.pos.checksum) } else { d.files.checksum_at(inc.header.max_txid) };
+            if ours.is_some_and(|c| c != inc.trailer.post_apply_checksum) {
+                let (have, from) = (d.pos, inc.from);
+                let need = crate::ltx::Pos { txid: inc.header.max_txid, checksum: inc.trailer.post_apply_checksum };
+                self.event(Event::PreApplyMismatch { db: db.clone(), have, need, from });
+                self.dbs.get_mut(db).expect("open").queue.clear();
+                self.request_resync(from, db.clone());
+                return None;
+            }
+            self.apply_next(db.clone());
             return None;
         }
         let need = inc.header.pre_apply_pos();
@@ -352,6 +365,16 @@ impl Node {
         }
         self.event(Event::Applied { db: db.clone(), pos: pa.post, from: pa.from });
         self.send(pa.from, Message::Ack { epoch: self.highest_epoch, db: db.clone(), pos: pa.post });
+        // An apply of an older epoch that finished after this node learned a newer one (it was
+        // in flight when a new primary won): the new primary may already have taken this
+        // node's position from before it (a stream request or a recovery answer), and would
+        // keep it there. Tell it where this node is now; it sends what is missing, or a
+        // snapshot if that position is not on its history.
+        if pa.epoch < self.highest_epoch {
+            if let Some(upstream) = self.upstream.filter(|u| *u != pa.from) {
+                self.request_resync(upstream, db.clone());
+            }
+        }
         self.apply_next(db);
         self.recovery_progress();
     }

@@ -253,7 +253,8 @@ impl Checker {
     /// primary of the epoch it followed. Checked incrementally: a state (db, txid, checksum) a
     /// node applies (or resets to) from a frame of epoch `E` must (a) have been decided by some
     /// primary of an epoch ≤ `E` — no phantom states — and (b) agree with what the holder of `E`
-    /// has at that txid in its own history, if it still has that txid. With continuity
+    /// has at that txid in its own history, if it still has that txid from epoch `E` or earlier
+    /// (not replaced since by a later epoch's history). With continuity
     /// (invariant 2) this makes every replica history a chain of the primary's states.
     #[allow(clippy::too_many_arguments)]
     fn check_prefix(&mut self, now: TrueUs, node: NodeIdx, db: &DbId, txid: u64, checksum: u64, epoch: u64, lease: &LeaseService) {
@@ -281,7 +282,12 @@ impl Checker {
             return;
         }
         let theirs = self.nodes[usize::from(holder)].chain.get(db).and_then(|c| c.get(&txid)).copied();
-        if let Some(theirs) = theirs {
+        // The holder's entry says what it had in epoch `epoch` only if no later epoch's history
+        // replaced it since (a deposed primary reset by its successor's snapshot holds the later
+        // epoch's state at that TXID; a frame it sent before, delivered late, is still epoch
+        // `epoch`'s — (a) above checked that state was produced).
+        let replaced_later = |theirs: u64| self.produced.get(db, txid, theirs).is_some_and(|(_, e)| *e > epoch);
+        if let Some(theirs) = theirs.filter(|t| !replaced_later(*t)) {
             if theirs != checksum {
                 self.fail(
                     Invariant::PrefixConsistency,

@@ -1109,3 +1109,24 @@ fn an_apply_of_an_older_epoch_finishing_after_a_new_primary_won_tells_the_new_pr
     let out = drain(&mut n);
     assert!(out.contains(&Output::Send { to: N3, msg: Message::Resync { epoch: Epoch(2), db: db(), pos: p1 } }), "{out:?}");
 }
+
+#[test]
+fn a_snapshot_that_failed_to_read_is_tried_again_at_a_heartbeat_without_a_commit() {
+    let mut n = static_primary(2);
+    let ours = n.db_pos(&db()).unwrap().pos;
+    let diverged = Pos { txid: ours.txid, checksum: ours.checksum ^ 1 };
+    let mut out = follow(&mut n, ms(5), N2, Some(diverged));
+    // Every read of the database fails (a full disk): the immediate retries give up.
+    let mut reads = 0;
+    while let Some(read) = out.iter().find(|o| matches!(o, Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. }))).cloned() {
+        reads += 1;
+        assert!(reads <= 10, "bounded retries");
+        n.handle_input(ms(6), Input::IoDone { id: io_id(&read), result: Err(IoErrorKind::NoSpace) }).unwrap();
+        out = drain(&mut n);
+    }
+    assert!(reads >= 1);
+    // No commit comes (the disk is still full); the next heartbeat tries again.
+    n.handle_timeout(ms(6) + Duration::from_secs(5));
+    let out = drain(&mut n);
+    assert!(out.iter().any(|o| matches!(o, Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. }))), "{out:?}");
+}

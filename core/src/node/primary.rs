@@ -242,6 +242,7 @@ impl Node {
             for peer in peers {
                 self.send(peer, Message::Heartbeat { epoch, wall_ms });
             }
+            self.pump_lagging_followers();
         }
         let expired: Vec<(DbName, Pos)> = self
             .dbs
@@ -256,6 +257,28 @@ impl Node {
             self.event(Event::CommitOutcomeUnknown { db, pos });
         }
         self.handoff_timer();
+    }
+
+    /// Once a heartbeat: a follower still short of an idle database (its catch-up or snapshot
+    /// failed, e.g. a snapshot read that hit a full disk, and no commit has come since to try
+    /// again — commits may not come while the disk stays full) is brought forward again.
+    /// Bounded: one decision per follower and database per heartbeat; a read in flight waits.
+    fn pump_lagging_followers(&mut self) {
+        let dbs = &self.dbs;
+        let lagging: Vec<(NodeId, DbName)> = self
+            .followers
+            .iter()
+            .filter(|(_, f)| f.mode == crate::msg::StreamMode::Follow && !f.waiting)
+            .flat_map(|(peer, f)| {
+                f.dbs.iter().filter_map(move |(db, pd)| {
+                    let d = dbs.get(db)?;
+                    (d.is_idle() && d.pos.txid > 0 && !pd.busy && pd.sent != d.pos).then(|| (*peer, db.clone()))
+                })
+            })
+            .collect();
+        for (peer, db) in lagging {
+            self.pump(peer, &db);
+        }
     }
 
     pub(super) fn primary_timeout(&self) -> Option<Time> {

@@ -139,7 +139,7 @@ impl Node {
     }
 
     /// Sends `peer` what it lacks of `db`, or starts the read that will.
-    fn pump(&mut self, peer: NodeId, db: &DbName) {
+    pub(super) fn pump(&mut self, peer: NodeId, db: &DbName) {
         let Some(d) = self.dbs.get(db) else { return };
         if d.pos.txid == 0 || matches!(d.state, super::db::DbState::Loading | super::db::DbState::Halted) {
             return;

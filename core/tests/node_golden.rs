@@ -1130,3 +1130,40 @@ fn a_snapshot_that_failed_to_read_is_tried_again_at_a_heartbeat_without_a_commit
     let out = drain(&mut n);
     assert!(out.iter().any(|o| matches!(o, Output::Io(IoCommand { kind: IoKind::ReadDatabase { .. }, .. }))), "{out:?}");
 }
+
+#[test]
+fn a_recovering_primary_serves_a_follower_only_after_its_recovery() {
+    let (mut n, out, p1, p2, _f2, _index) = open_two_files();
+    n.handle_input(ms(2), Input::IoDone { id: io_id(&out[1]), result: Ok(IoOutcome::Database(image_of(&[1, 4]))) }).unwrap();
+    drain(&mut n);
+    assert_eq!(n.db_pos(&db()).unwrap().pos, p2);
+    n.handle_timeout(ms(10));
+    let out = drain(&mut n);
+    let acquire = out.iter().find_map(|o| match o {
+        Output::Lease(LeaseRequest { id, kind: LeaseKind::Acquire }) => Some(*id),
+        _ => None,
+    });
+    let e2 = Epoch(2);
+    n.handle_input(ms(100), Input::LeaseReply { id: acquire.expect("acquires"), result: LeaseResult::Granted { epoch: e2, ttl: Duration::from_secs(10) } }).unwrap();
+    drain(&mut n);
+    assert!(!n.is_writable(ms(100)), "recovering until the peers answer");
+    // N2 follows at TXID 1 and asks for a resync while N1 recovers: nothing is served yet (the
+    // recovery may still move N1 past TXID 2; a snapshot now would label N2 with epoch 2 there).
+    let served = |out: &[Output]| out.iter().any(|o| matches!(o, Output::Send { to: N2, msg: Message::Ltx { .. } } | Output::Io(IoCommand { kind: IoKind::ReadLtx { .. } | IoKind::ReadDatabase { .. }, .. })));
+    let positions = [(db(), DbPos { epoch: E1, pos: p1 })].into_iter().collect();
+    n.handle_input(ms(110), Input::Receive { from: N2, msg: Message::StreamRequest { epoch: e2, cluster_id: CLUSTER, node_id: N2, mode: StreamMode::Follow, positions } }).unwrap();
+    let out = drain(&mut n);
+    assert!(!served(&out), "{out:?}");
+    n.handle_input(ms(120), Input::Receive { from: N2, msg: Message::Resync { epoch: e2, db: db(), pos: p1 } }).unwrap();
+    let out = drain(&mut n);
+    assert!(!served(&out), "served a follower while recovering: {out:?}");
+    // Recovery ends (the peers have nothing newer): now N2 is brought forward.
+    let mut out = Vec::new();
+    for p in [N2, N3] {
+        let msg = Message::PositionAnswer { epoch: e2, cluster_id: CLUSTER, positions: BTreeMap::new() };
+        n.handle_input(ms(130), Input::Receive { from: p, msg }).unwrap();
+        out.extend(drain(&mut n));
+    }
+    assert!(n.is_writable(ms(130)));
+    assert!(served(&out), "{out:?}");
+}

@@ -145,7 +145,13 @@ impl Node {
             return;
         }
         let ours = d.pos;
-        let Some(pd) = self.followers.get_mut(&peer).and_then(|f| f.dbs.get_mut(db)) else { return };
+        // A follow stream that reached this node while it recovers waits for the recovery's
+        // outcome (`Follower::waiting`): serving it now — e.g. a snapshot after a Resync — would
+        // label the follower with this epoch at a position the recovery may still move past,
+        // and that label would outrank the acknowledged writes it is missing in the next
+        // election's recovery.
+        let Some(f) = self.followers.get_mut(&peer).filter(|f| !f.waiting) else { return };
+        let Some(pd) = f.dbs.get_mut(db) else { return };
         if pd.busy {
             pd.again = true;
             return;
